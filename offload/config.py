@@ -1,0 +1,100 @@
+"""`OffloadConfig`: every knob of the runtime in one frozen, validated dataclass.
+
+Later layers (tiers, sparse selection) read their fields from here; the CLI maps its flags onto it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["OffloadConfig"]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+_STORES = ("dense", "tiered")
+
+
+def _positive_int(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    """Runtime configuration.
+
+    ctx: context window in tokens (prompt + generated); None = the model's trained context.
+    prefill_chunk: tokens per chunk in layer-major prefill; bounds activation memory.
+    device: "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N".
+    dtype: "auto" (bf16 on CUDA, fp32 on CPU: bf16 matmuls are 4-5x slower on CPU) or a dtype name.
+    kv_store: "dense" keeps every KV entry on the compute device; "tiered" spreads chunks over the
+        GPU pool, the pinned host pool and the disk store.
+    kv_chunk: tokens per KV chunk, the unit of placement and transfer between tiers.
+    sinks / window: leading tokens and most recent tokens always kept on the compute device.
+    gpu_mem / host_mem: byte limits for the GPU hot set and the host pool (None = measured).
+    disk_dir: where spill files and sessions' scratch go (None = a private dir under the cache).
+    compress: zstd on disk chunks; None = on where it pays (bf16 KV), off otherwise.
+    """
+
+    ctx: int | None = None
+    prefill_chunk: int = 512
+    device: str = "auto"
+    dtype: str = "auto"
+    kv_store: str = "dense"
+    kv_chunk: int = 64
+    sinks: int = 4
+    window: int = 64
+    gpu_mem: int | None = None
+    host_mem: int | None = None
+    disk_dir: str | None = None
+    compress: bool | None = None
+
+    def __post_init__(self):
+        _positive_int("ctx", self.ctx, allow_none=True)
+        _positive_int("prefill_chunk", self.prefill_chunk)
+        _positive_int("kv_chunk", self.kv_chunk)
+        _positive_int("gpu_mem", self.gpu_mem, allow_none=True)
+        _positive_int("host_mem", self.host_mem, allow_none=True)
+        for name in ("sinks", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.kv_store not in _STORES:
+            raise ConfigError(f"kv_store must be one of {_STORES}, got {self.kv_store!r}")
+        if self.compress not in (None, True, False):
+            raise ConfigError(f"compress must be None, True or False, got {self.compress!r}")
+        dev = self.device
+        if dev != "auto" and not (dev == "cpu" or dev == "cuda" or dev.startswith("cuda:")):
+            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {dev!r} asked for, but torch sees no CUDA device")
+
+    def torch_device(self) -> torch.device:
+        """The compute device this config resolves to on this machine."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self) -> torch.dtype:
+        """The compute dtype: bf16 on CUDA, fp32 on CPU, unless set."""
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
+        return _DTYPES[self.dtype]
+
+    def replace(self, **changes) -> "OffloadConfig":
+        """A copy with `changes` applied (and validated)."""
+        return replace(self, **changes)
