@@ -5,6 +5,7 @@ from .config import OffloadConfig
 from .errors import (
     ConfigError,
     ContextOverflowError,
+    InputError,
     ModelNotFoundError,
     OffloadError,
     PlanError,
@@ -26,6 +27,7 @@ __all__ = [
     "OffloadError",
     "ConfigError",
     "ContextOverflowError",
+    "InputError",
     "ModelNotFoundError",
     "PlanError",
     "SessionError",

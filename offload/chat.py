@@ -46,16 +46,17 @@ class Chat:
         return len(self.tokens)
 
     def stream(self, content: str, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-               top_k: int = 0, seed: int | None = None, stop=None) -> Iterator[GenerationResponse]:
+               top_k: int = 0, seed: int | None = None, stop=None, progress=None) -> Iterator[GenerationResponse]:
         """Add a user turn and stream the answer. Checks the context before any compute. If the stream is
-        closed early (Ctrl-C), the partial answer stays in the conversation."""
+        closed early (Ctrl-C), the partial answer stays in the conversation. progress(done, total) is
+        called after each prefilled layer (layers done, layers, new tokens)."""
         sampling = SamplingParams(temperature, top_p, top_k, seed)
         turn = self.messages + [{"role": "user", "content": content}]
         ids = self.model.encode(turn)
         check_fits(len(ids), max_new_tokens, self.model.n_ctx)
-        return self._steps(turn, ids, max_new_tokens, sampling, stop)
+        return self._steps(turn, ids, max_new_tokens, sampling, stop, progress)
 
-    def _steps(self, turn, ids, max_new_tokens, sampling, stop):
+    def _steps(self, turn, ids, max_new_tokens, sampling, stop, progress):
         keep = min(_common_prefix(self.tokens, ids), len(ids) - 1)  # prefill needs >= 1 token
         self.engine.truncate(keep)
         self.tokens = self.tokens[:keep]
@@ -64,7 +65,7 @@ class Chat:
         try:
             gen = run_generation(
                 self.engine, new, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop,
-                on_decoded=self.tokens.append,
+                on_decoded=self.tokens.append, progress=progress,
             )
             first = True
             for r in gen:

@@ -55,7 +55,7 @@ class Engine:
                 progress=None) -> torch.Tensor:
         """Append `ids` to the sequence. Returns logits [T, V] (all_logits) or [V] for the last token.
 
-        progress: optional callable(tokens_done_in_layer_units, total_units) for a progress bar."""
+        progress: optional callable(layers_done, n_layers, n_new_tokens), called after each layer."""
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.model.device).view(1, -1)
         t = ids.shape[1]
         if t == 0:
@@ -85,7 +85,7 @@ class Engine:
                 h[:, s:e] = out[0] if isinstance(out, tuple) else out
             self.store.append(li, *p.new_kv())
             if progress is not None:
-                progress(li + 1, n_layers)
+                progress(li + 1, n_layers, t)
         return self._logits(h[0]) if all_logits else self._logits(h[0, -1:])[0]
 
     @torch.inference_mode()

@@ -6,6 +6,7 @@ from __future__ import annotations
 __all__ = [
     "OffloadError",
     "ConfigError",
+    "InputError",
     "ModelNotFoundError",
     "ContextOverflowError",
     "PlanError",
@@ -21,6 +22,12 @@ class OffloadError(Exception):
 
 class ConfigError(OffloadError, ValueError):
     """An `OffloadConfig` field (or a CLI flag mapped onto it) is out of range."""
+
+    exit_code = 2
+
+
+class InputError(OffloadError, ValueError):
+    """A document or prompt offload cannot read (missing, not UTF-8 text, binary)."""
 
     exit_code = 2
 
