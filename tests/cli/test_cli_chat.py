@@ -1,0 +1,80 @@
+"""offload-chat through click's runner on the real embedded model."""
+
+import pytest
+from click.testing import CliRunner
+
+from offload.cli.chat import main
+from offload.cli.units import parse_bytes, parse_count
+
+NEEDLE_DOC = (
+    "Notes from the harbour office.\n\n" + "The boats came in late and the nets were mended. " * 40
+    + "\nThe secret word is 'pineapple'.\n" + "Gulls circled over the pier all afternoon. " * 40
+)
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return CliRunner()
+
+
+def test_prompt_over_document_answers_from_it(model, runner, tmp_path):
+    doc = tmp_path / "notes.md"
+    doc.write_text(NEEDLE_DOC, encoding="utf-8")
+    r = runner.invoke(main, ["-f", str(doc), "-p", "What is the secret word?", "-n", "24"])
+    assert r.exit_code == 0, r.output
+    assert "pineapple" in r.stdout.lower()
+    assert "tok/s" in r.stderr and "prompt" in r.stderr  # the speed line goes to stderr
+
+
+def test_stdin_document(model, runner):
+    r = runner.invoke(main, ["-f", "-", "-p", "What is the secret word?", "-n", "24"], input=NEEDLE_DOC)
+    assert r.exit_code == 0, r.output
+    assert "pineapple" in r.stdout.lower()
+
+
+@pytest.mark.parametrize("text,n", [("200k", 200_000), ("128K", 131_072), ("131072", 131_072), ("8k", 8000)])
+def test_ctx_parsing(text, n):
+    assert parse_count(text) == n
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-5", "1.5", "0", "12x"])
+def test_ctx_parsing_rejects(text):
+    with pytest.raises(ValueError):
+        parse_count(text)
+
+
+def test_bytes_parsing():
+    assert parse_bytes("24G") == 24 * 2**30 and parse_bytes("24GiB") == 24 * 2**30
+    assert parse_bytes("24GB") == 24 * 10**9 and parse_bytes("512M") == 512 * 2**20
+    with pytest.raises(ValueError):
+        parse_bytes("lots")
+
+
+def test_errors_have_exit_codes_and_no_traceback(model, runner, tmp_path):
+    doc = tmp_path / "d.md"
+    doc.write_text("The sky is blue. " * 200, encoding="utf-8")
+    binary = tmp_path / "x.txt"
+    binary.write_bytes(b"\x00\x01\x02binary")
+    latin = tmp_path / "l.txt"
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    cases = [
+        (["-f", str(tmp_path / "missing.md"), "-p", "hi"], 2, "does not exist"),
+        (["-f", str(binary), "-p", "hi"], 2, "binary"),
+        (["-f", str(latin), "-p", "hi"], 2, "UTF-8"),
+        (["-f", str(tmp_path / "a.pdf"), "-p", "hi"], 2, "does not exist"),
+        (["-m", "org/some-model", "-p", "hi"], 6, "never downloads"),
+        (["-c", "300", "-f", str(doc), "-p", "hi"], 4, "tokens"),
+        (["-c", "lots", "-p", "hi"], 2, "not a token count"),
+    ]
+    for args, code, words in cases:
+        r = runner.invoke(main, args)
+        assert r.exit_code == code, (args, r.output)
+        assert words in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_help_documents_exit_codes(runner):
+    r = runner.invoke(main, ["--help"])
+    assert r.exit_code == 0
+    for code in ("3 memory plan", "4 context overflow", "5 bad session", "6 model not found"):
+        assert code in r.output
