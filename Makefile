@@ -8,7 +8,7 @@ STAMP := $(VENV)/.offload-installed
 # Where a CPU-only torch comes from when no local wheel of it is found.
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-DEMO_QUESTION ?= According to the document, what is the name of the lighthouse keeper's cat, and how old is the lighthouse?
+DEMO_QUESTION ?= How old is the lighthouse?
 
 .PHONY: install demo test bench clean
 
