@@ -1,0 +1,184 @@
+"""Plain-torch specs of every kernel in this package, and the code that runs them on CPU.
+
+Each function here is the definition its Triton twin is tested against (invariant 3) and is itself
+tested against a brute-force loop. They are vectorised (no Python loop over tokens or heads), so the
+CPU engine runs them in production through `offload.kernels` dispatch.
+
+Shapes: B batch, H query heads, Hkv KV heads, G = H // Hkv query heads per KV head (head h reads KV
+head h // G, as HF's repeat_kv), D head dim, S pool slots, C tokens per chunk, M block-table width,
+E extra (sinks + window) capacity, n chunks, r low-rank dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "sparse_decode_attention_ref",
+    "chunk_score_ref",
+    "top_chunks_ref",
+    "prefill_attention_ref",
+    "gather_chunks_ref",
+    "merge_attention_ref",
+]
+
+
+def _gather_selection(k_pool: torch.Tensor, block_table: torch.Tensor, body_len: torch.Tensor):
+    """Tokens a block table selects: k_sel [B, Hkv, M*C, D] and a validity mask [B, Hkv, M*C].
+
+    Token j of row (b, h) sits in slot block_table[b, h, j // C] at row j % C; j < body_len[b, h].
+    Entries past ceil(body_len / C) may hold anything: they are clamped to a valid slot and masked.
+    k_pool: [S, Hkv, C, D], or [S, B*Hkv, C, D] (a slot holds every sequence's rows: row b*Hkv + h).
+    """
+    n_slots, n_rows, chunk, _ = k_pool.shape
+    b, n_kv, width = block_table.shape
+    slots = block_table.long().clamp(0, n_slots - 1)  # [B, Hkv, M]
+    heads = torch.arange(n_kv, device=k_pool.device)[None, :, None, None]
+    if n_rows != n_kv:  # rows per slot = B * Hkv
+        heads = heads + n_kv * torch.arange(b, device=k_pool.device)[:, None, None, None]
+    rows = torch.arange(chunk, device=k_pool.device)[None, None, None, :]
+    k_sel = k_pool[slots[..., None], heads, rows]  # [B, Hkv, M, C, D]
+    k_sel = k_sel.reshape(b, n_kv, width * chunk, -1)
+    pos = torch.arange(width * chunk, device=k_pool.device)
+    return k_sel, pos[None, None, :] < body_len.long()[..., None]
+
+
+def sparse_decode_attention_ref(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    block_table: torch.Tensor,
+    body_len: torch.Tensor,
+    extra_k: torch.Tensor | None = None,
+    extra_v: torch.Tensor | None = None,
+    extra_len: torch.Tensor | None = None,
+    scale: float | None = None,
+    upcast: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode attention of one query token per sequence over a sparse selection plus extra tokens.
+
+    q: [B, H, D]. k_pool, v_pool: [S, Hkv, C, D], the GPU pool (one chunk of every KV head per slot),
+    or [S, B*Hkv, C, D] when a slot holds the chunk of every sequence (row b*Hkv + h; tiers' layout).
+    block_table: [B, Hkv, M] int slot ids; body_len: [B, Hkv] int selected tokens per row (the last
+    chunk may be partial: its first body_len % C rows count). extra_k, extra_v: [B, Hkv, E, D] with
+    extra_len [B]: sinks + recent window in any order (softmax does not care), first extra_len[b] valid.
+    Returns out [B, H, D] in q.dtype and lse [B, H] fp32 (natural log of the softmax denominator,
+    -inf and out = 0 when a row attends to nothing). upcast=False computes in the input dtype: the
+    low-precision baseline of the error rule.
+    """
+    b, h, d = q.shape
+    n_kv = block_table.shape[1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    cdt = torch.float32 if upcast else q.dtype
+    k_sel, keep = _gather_selection(k_pool, block_table, body_len)
+    v_sel, _ = _gather_selection(v_pool, block_table, body_len)
+    if extra_k is not None:
+        pos = torch.arange(extra_k.shape[2], device=q.device)
+        k_sel = torch.cat([k_sel, extra_k], dim=2)
+        v_sel = torch.cat([v_sel, extra_v], dim=2)
+        keep = torch.cat([keep, (pos[None, :] < extra_len.long()[:, None])[:, None, :].expand(b, n_kv, -1)], 2)
+    qg = q.reshape(b, n_kv, h // n_kv, d).to(cdt)  # [B, Hkv, G, D]
+    s = torch.matmul(qg, k_sel.to(cdt).transpose(-1, -2)) * scale  # [B, Hkv, G, N]
+    s = s.masked_fill(~keep[:, :, None, :], float("-inf"))
+    lse = torch.logsumexp(s.float(), dim=-1)  # [B, Hkv, G]
+    # exp(s - lse) is nan on empty rows (-inf - -inf): zero those weights so out = 0
+    p = torch.exp(s.float() - lse[..., None]).nan_to_num(0.0).to(cdt)
+    out = torch.matmul(p, v_sel.to(cdt))  # [B, Hkv, G, D]
+    return out.reshape(b, h, d).to(q.dtype), lse.reshape(b, h)
+
+
+def merge_attention_ref(
+    out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the union of two disjoint key sets from each one's (out, lse), as returned by
+    `sparse_decode_attention_ref`: out [..., D], lse [...] fp32 natural log. Empty sides (lse = -inf)
+    contribute nothing; both empty gives out = 0, lse = -inf."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)  # -inf - -inf would be nan
+    w_a = torch.exp(lse_a - safe)[..., None]
+    w_b = torch.exp(lse_b - safe)[..., None]
+    out = w_a * out_a.float() + w_b * out_b.float()
+    return out.to(out_a.dtype), lse
+
+
+def chunk_score_ref(
+    q: torch.Tensor,
+    kmin: torch.Tensor,
+    kmax: torch.Tensor,
+    basis: torch.Tensor | None = None,
+    res_max: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Upper bound of each chunk's best q.k per KV head (max over the group's query heads), fp32.
+
+    Quest (basis None): kmin, kmax [Bk, Hkv, n, D] per-channel key min/max (Bk is 1 or B);
+        bound = sum_i max(q_i kmin_i, q_i kmax_i) = relu(q).kmax + min(q, 0).kmin.
+    Low rank: basis [Hkv, D, r] orthonormal columns; kmin, kmax [Bk, Hkv, n, r] min/max of P^T k;
+        res_max [Bk, Hkv, n] max ||k - P P^T k||; with q~ = P^T q and q_res = q - P q~,
+        bound = relu(q~).kmax + min(q~, 0).kmin + ||q_res|| res_max,
+        valid because q.k = q~.k~ + q_res.k_res and q_res.k_res <= ||q_res|| ||k_res||.
+    q: [B, H, D]. Returns [B, Hkv, n] fp32, unscaled (ranking does not need the softmax scale).
+    """
+    b, h, d = q.shape
+    n_kv = kmin.shape[1]
+    qg = q.float().reshape(b, n_kv, h // n_kv, d)  # [B, Hkv, G, D]
+    if basis is not None:
+        p = basis.float()  # [Hkv, D, r]
+        q_low = torch.einsum("bkgd,kdr->bkgr", qg, p)
+        q_res = qg - torch.einsum("bkgr,kdr->bkgd", q_low, p)
+        qg = q_low
+    bound = torch.matmul(qg.clamp(min=0), kmax.float().transpose(-1, -2))  # [B, Hkv, G, n]
+    bound = bound + torch.matmul(qg.clamp(max=0), kmin.float().transpose(-1, -2))
+    if basis is not None:
+        bound = bound + q_res.norm(dim=-1)[..., None] * res_max.float()[:, :, None, :]
+    return bound.amax(dim=2)
+
+
+def top_chunks_ref(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [B, Hkv, k] (int32, unordered) of the k highest scores [B, Hkv, n] per KV head."""
+    return torch.topk(scores, k, dim=-1, sorted=False).indices.to(torch.int32)
+
+
+def prefill_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    sliding_window: int | None = None,
+    upcast: bool = False,
+) -> torch.Tensor:
+    """Causal attention of a query chunk over the layer's KV, bottom-right aligned, with GQA.
+
+    q: [B, H, Lq, D] (query i sits at key position Lk - Lq + i); k, v: [B, Hkv, Lk, D], Lk >= Lq.
+    sliding_window w keeps keys with qpos - w < kpos <= qpos (HF's convention). Returns
+    [B, Lq, H, D] contiguous in q.dtype (HF's attention-interface layout). torch SDPA with an
+    explicit mask: this is the production path on every device (see prefill_attention.py).
+    upcast=True computes in fp32 (the error rule's reference).
+    """
+    lq, lk = q.shape[2], k.shape[2]
+    qpos = torch.arange(lk - lq, lk, device=q.device)[:, None]
+    kpos = torch.arange(lk, device=q.device)[None, :]
+    keep = kpos <= qpos  # [Lq, Lk]
+    if sliding_window is not None:
+        keep = keep & (kpos > qpos - sliding_window)
+    dt = torch.float32 if upcast else q.dtype
+    groups = q.shape[1] // k.shape[1]
+    out = F.scaled_dot_product_attention(
+        q.to(dt), k.to(dt), v.to(dt), attn_mask=keep, scale=scale, enable_gqa=groups > 1
+    )
+    return out.transpose(1, 2).contiguous().to(q.dtype)
+
+
+def gather_chunks_ref(
+    src_pool: torch.Tensor, src_ids: torch.Tensor, dst_pool: torch.Tensor, dst_slots: torch.Tensor
+) -> torch.Tensor:
+    """dst_pool[dst_slots[i]] = src_pool[src_ids[i]] for every i; returns dst_pool (written in place).
+
+    src_pool: [N, *chunk], dst_pool: [S, *chunk], same dtype; src_ids, dst_slots: [m] int. The pools may
+    sit on different devices (host -> GPU); duplicate dst_slots leave an unspecified one of the writes.
+    """
+    rows = src_pool.index_select(0, src_ids.to(src_pool.device).long())
+    dst_pool.index_copy_(0, dst_slots.to(dst_pool.device).long(), rows.to(dst_pool.device))
+    return dst_pool
