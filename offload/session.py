@@ -1,0 +1,330 @@
+"""Sessions: a processed document's KV cache and tokens saved to disk and reopened without prefill.
+
+A session is a directory (0700) of 0600 files:
+
+    header.json        {"body": {...}, "crc32": crc of the canonical body}: format and version,
+                       model fingerprint, KV geometry and dtype, chunk size, token ids, per-layer
+                       record index (offset, size, crc, compressed), user meta, abstracts (none yet)
+    layer_000.kv ...   per layer: records of C tokens ([2, B*Hkv, c, D] each, the last one partial),
+                       encoded like the disk tier (byte-shuffle + zstd for bf16), each with a CRC
+
+Saving writes a sibling `NAME.tmp-XXXX` directory, fsyncs it, then swaps it in with one atomic
+rename (renameat2 RENAME_EXCHANGE when an old session is there), so a crash or a full disk leaves
+either the old session or the new one, never half of one. Loading validates everything first and
+raises `SessionError` — and only `SessionError` — for another model's session, a format version it
+does not read, a damaged or truncated file, a missing file, or a path that is not a session.
+
+Works with any `KVStore` (through `read_layer` / `append`): DenseKVStore and TieredKVStore alike.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import SessionError
+
+__all__ = ["save_session", "load_session", "read_session_info", "model_fingerprint", "SessionInfo"]
+
+FORMAT, VERSION = "offload-session", 1
+_HEADER = "header.json"
+# what a damaged or crafted file can raise while decoding (RuntimeError: torch on absurd shapes)
+_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError,
+                MemoryError)  # fmt: skip
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16)}
+_VOLATILE = {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_attentions",
+             "output_hidden_states", "return_dict", "attn_implementation"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What a session's header says (validated)."""
+
+    path: str
+    fingerprint: str
+    kv_dtype: str
+    chunk: int
+    n_tokens: int
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    batch: int
+    layer_lens: tuple[int, ...]
+    tokens: tuple[int, ...]
+    meta: dict = field(default_factory=dict)
+    layers: tuple = field(default=(), repr=False)  # per layer: {"file", "size", "records"}
+
+
+def _clean_config(obj):
+    """A config dict without runtime-only keys (private ones, dtype, output switches)."""
+    if isinstance(obj, dict):
+        return {str(k): _clean_config(v) for k, v in obj.items()
+                if not str(k).startswith("_") and k not in _VOLATILE}  # fmt: skip
+    if isinstance(obj, (list, tuple)):
+        return [_clean_config(v) for v in obj]
+    return obj
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    if tokenizer is None:
+        return ""
+    if isinstance(tokenizer, (str, bytes)):
+        return tokenizer if isinstance(tokenizer, str) else tokenizer.hex()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    text += json.dumps(getattr(tokenizer, "chat_template", None), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def model_fingerprint(hf_config, weights, tokenizer=None) -> str:
+    """sha256 hex of what makes a KV cache reusable: the model config (runtime switches dropped),
+    weight names/shapes/dtypes, a strided sample of weight values when tensors are given (64 values
+    per tensor: tells fine-tunes of one architecture apart, cheaply), and the tokenizer.
+
+    hf_config: a transformers PretrainedConfig or a dict; weights: a mapping name -> tensor (e.g. a
+    state_dict) or -> (shape, dtype), or an iterable of (name, shape, dtype); tokenizer: a HF
+    tokenizer, a precomputed digest string, or None."""
+    cfg = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+    h = hashlib.sha256(json.dumps(_clean_config(cfg), sort_keys=True, default=str).encode())
+    items = weights.items() if hasattr(weights, "items") else ((n, (s, d)) for n, s, d in weights)
+    for name, w in sorted(items, key=lambda kv: kv[0]):
+        if isinstance(w, torch.Tensor):
+            flat = w.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", torch.float32)
+            h.update(f"{name}|{list(w.shape)}|{w.dtype}|".encode() + sample.numpy().tobytes())
+        else:
+            shape, dtype = w
+            h.update(f"{name}|{list(shape)}|{dtype}|".encode())
+    h.update(_tokenizer_digest(tokenizer).encode())
+    return h.hexdigest()
+
+
+# -- saving ---------------------------------------------------------------------------------------
+def save_session(path, store, tokens, fingerprint: str, meta: dict | None = None,
+                 chunk: int | None = None, compress: bool | None = None) -> None:  # fmt: skip
+    """Write `store`'s KV and `tokens` to the session directory `path`, atomically.
+
+    fingerprint: `model_fingerprint(...)` of the model that produced the KV; meta: JSON-serializable
+    extras (e.g. chat messages); chunk: tokens per record (default: the store's chunk, else 64);
+    compress: zstd records (default: on for bf16). An existing session at `path` is replaced only
+    once the new one is complete; a path that is not a session is never overwritten."""
+    from offload.tiers.codec import ChunkCodec, default_compress
+
+    path = Path(path)
+    if path.exists() and not _looks_like_session(path):
+        raise SessionError(f"refusing to overwrite {path}: it exists and is not an offload session")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=parent))  # 0700
+    except OSError as e:
+        raise SessionError(f"could not save session to {path}: {e}") from None
+    try:
+        chunk = chunk or getattr(getattr(store, "layout", None), "chunk", None) or 64
+        k0, _ = store.read_layer(0)
+        batch, n_kv_heads, _, head_dim = k0.shape
+        dtype = k0.dtype
+        codec = ChunkCodec(itemsize=k0.element_size(), compress=default_compress(dtype, compress))
+        layers, lens = [], []
+        for layer in range(store.n_layers):
+            k, v = store.read_layer(layer)
+            layers.append(_write_layer(tmp / f"layer_{layer:03d}.kv", k, v, chunk, codec))
+            lens.append(k.shape[2])
+        body = {
+            "format": FORMAT, "version": VERSION, "fingerprint": fingerprint,
+            "kv_dtype": str(dtype).removeprefix("torch."), "chunk": chunk,
+            "n_tokens": max(lens, default=0), "n_layers": store.n_layers, "n_kv_heads": n_kv_heads,
+            "head_dim": head_dim, "batch": batch, "layer_lens": lens,
+            "tokens": [int(t) for t in tokens], "meta": meta or {}, "abstracts": None, "layers": layers,
+        }  # fmt: skip
+        text = json.dumps(body, sort_keys=True)
+        header = json.dumps({"body": body, "crc32": zlib.crc32(text.encode())}, sort_keys=True)
+        _write_file(tmp / _HEADER, header.encode())
+        _fsync_dir(tmp)
+        _swap_in(tmp, path)
+        _fsync_dir(parent)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, TypeError, ValueError)):
+            raise SessionError(f"could not save session to {path}: {e}") from None
+        raise
+
+
+def _write_layer(file: Path, k: torch.Tensor, v: torch.Tensor, chunk: int, codec) -> dict:
+    b, h, n, d = k.shape
+    k2, v2 = k.reshape(b * h, n, d).to("cpu"), v.reshape(b * h, n, d).to("cpu")  # [R, n, D]
+    records, offset = [], 0
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for a in range(0, n, chunk):
+            # one record [2, R, c, D]: built per record (small, reused allocations), not per layer
+            payload, compressed, crc = codec.encode(torch.stack([k2[:, a : a + chunk], v2[:, a : a + chunk]]))
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            records.append([offset, len(payload), crc, compressed])
+            offset += len(payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"file": file.name, "size": offset, "records": records}
+
+
+def _write_file(file: Path, data: bytes) -> None:
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Make `tmp` be `path` in one atomic step; the old session (if any) is removed afterwards."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2 is not None and renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(path),
+                                           rename_exchange) == 0:  # fmt: skip
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old session
+        return
+    old = Path(tempfile.mkdtemp(prefix=path.name + ".old-", dir=path.parent))  # no exchange here
+    os.replace(path, old / "session")
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -- loading --------------------------------------------------------------------------------------
+def _looks_like_session(path: Path) -> bool:
+    try:
+        return json.loads((path / _HEADER).read_text())["body"]["format"] == FORMAT
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def read_session_info(path) -> SessionInfo:
+    """Parse and validate the header of the session at `path` (no KV read). Raises SessionError."""
+    path = Path(path)
+    if not path.is_dir() or not (path / _HEADER).is_file():
+        raise SessionError(f"{path} is not an offload session (no {_HEADER} in a directory)")
+    try:
+        outer = json.loads((path / _HEADER).read_bytes())
+        body, crc = outer["body"], outer["crc32"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SessionError(f"{path}: the session header is unreadable or damaged ({e})") from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise SessionError(f"{path} is not an offload session (unknown header format)")
+    if zlib.crc32(json.dumps(body, sort_keys=True).encode()) != crc:
+        raise SessionError(f"{path}: the session header is damaged (checksum mismatch)")
+    if body.get("version") != VERSION:
+        raise SessionError(f"{path}: session format version {body.get('version')!r}; this offload "
+                           f"reads version {VERSION}. Re-create the session from the document.")  # fmt: skip
+    try:
+        info = SessionInfo(
+            path=str(path), fingerprint=str(body["fingerprint"]), kv_dtype=str(body["kv_dtype"]),
+            chunk=int(body["chunk"]), n_tokens=int(body["n_tokens"]), n_layers=int(body["n_layers"]),
+            n_kv_heads=int(body["n_kv_heads"]), head_dim=int(body["head_dim"]), batch=int(body["batch"]),
+            layer_lens=tuple(int(x) for x in body["layer_lens"]),
+            tokens=tuple(int(t) for t in body["tokens"]),
+            meta=dict(body["meta"]), layers=tuple(body["layers"]),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as e:
+        raise SessionError(f"{path}: the session header is incomplete ({e})") from None
+    if info.kv_dtype not in _DTYPES or not len(info.layers) == info.n_layers == len(info.layer_lens):
+        raise SessionError(f"{path}: the session header is inconsistent")
+    return info
+
+
+def load_session(path, fingerprint: str, config=None, device=None, dtype=None):
+    """Reopen the session at `path` into a new KV store; returns (store, tokens).
+
+    fingerprint: the current model's `model_fingerprint(...)`; it must equal the saved one.
+    config: OffloadConfig (kv_store "dense" or "tiered" and the tier knobs); device: where the
+    store computes (default: config's device); dtype: if given, must equal the saved KV dtype.
+    Raises SessionError for any bad input; nothing else escapes for a bad file."""
+    from offload.config import OffloadConfig
+    from offload.kvstore import DenseKVStore
+    from offload.tiers import TieredKVStore
+    from offload.tiers.codec import ChunkCodec, CorruptChunkError
+
+    info = read_session_info(path)
+    if info.fingerprint != fingerprint:
+        raise SessionError(f"{path} was saved by a different model (fingerprint "
+                           f"{info.fingerprint[:12]}… ≠ this model's {str(fingerprint)[:12]}…); "
+                           "re-create it with this model")  # fmt: skip
+    kv_dtype = _DTYPES[info.kv_dtype]
+    if dtype is not None and dtype != kv_dtype:
+        raise SessionError(f"{path} holds {info.kv_dtype} KV, this model computes in {dtype}")
+    config = config if config is not None else OffloadConfig()
+    device = torch.device(device) if device is not None else config.torch_device()
+    geometry = (info.n_layers, info.n_kv_heads, info.head_dim, kv_dtype, device)
+    store, layer = None, 0
+    try:
+        if config.kv_store == "tiered":
+            store = TieredKVStore(*geometry, config=config, batch=info.batch)
+        else:
+            store = DenseKVStore(*geometry, batch=info.batch)
+        codec = ChunkCodec(itemsize=kv_dtype.itemsize, compress=False)  # decodes both record kinds
+        for layer, entry in enumerate(info.layers):
+            for k, v in _read_layer(Path(path), entry, info, layer, kv_dtype, codec):
+                store.append(layer, k.to(device), v.to(device))
+    except CorruptChunkError as e:
+        store.close()
+        raise SessionError(f"{path}: layer {layer} is damaged ({e}); the session cannot be used") from None
+    except _READ_ERRORS as e:
+        if store is not None:
+            store.close()
+        raise SessionError(f"{path}: cannot read layer {layer} ({type(e).__name__}: {e})") from None
+    return store, list(info.tokens)
+
+
+def _read_layer(path: Path, entry: dict, info: SessionInfo, layer: int, dtype, codec, block: int = 4096):
+    """Yield `layer`'s KV as k, v [B, Hkv, t, D] blocks of about `block` tokens, decoded into one
+    reused buffer (the caller copies each block before the next: no per-layer intermediate)."""
+    file = path / str(entry["file"])
+    if file.parent != path or not file.is_file():
+        raise FileNotFoundError(f"missing layer file {entry['file']!r}")
+    data = file.read_bytes()
+    if len(data) != int(entry["size"]):
+        raise ValueError(f"{file.name} has {len(data)} bytes, expected {entry['size']} (truncated?)")
+    n, r, c = info.layer_lens[layer], info.batch * info.n_kv_heads, info.chunk
+    records = entry["records"]
+    if len(records) != -(-n // c):
+        raise ValueError(f"{file.name} lists {len(records)} records for {n} tokens")
+    per = max(1, block // c)  # records per block
+    buf = torch.empty(2, r, per * c, info.head_dim, dtype=dtype)
+    tmp = torch.empty(2, r, c, info.head_dim, dtype=dtype)  # decode target of a full record
+    view, shape = memoryview(data), (info.batch, info.n_kv_heads, -1, info.head_dim)
+    for j0 in range(0, len(records), per):
+        t = 0
+        for j, (offset, nbytes, crc, compressed) in enumerate(records[j0 : j0 + per], start=j0):
+            if offset < 0 or offset + nbytes > len(data):
+                raise ValueError(f"record {j} of {file.name} lies outside the file")
+            size = min(c, n - j * c)
+            out = tmp if size == c else torch.empty(2, r, size, info.head_dim, dtype=dtype)
+            codec.decode_into(view[offset : offset + nbytes], bool(compressed), int(crc), out)
+            buf[:, :, t : t + size] = out
+            t += size
+        yield buf[0, :, :t].reshape(shape), buf[1, :, :t].reshape(shape)

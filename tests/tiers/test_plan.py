@@ -1,0 +1,45 @@
+"""Memory plan from a transformers config, checked on Llama-3.1-8B's numbers."""
+
+import json
+
+from transformers import LlamaConfig
+
+from offload.config import OffloadConfig
+from offload.plan import GIB, plan
+
+LLAMA_8B = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                       tie_word_embeddings=False)  # fmt: skip
+
+
+def test_llama_8b_at_200k_on_a_24gb_gpu(tmp_path):
+    p = plan(LLAMA_8B, 200_000, gpu_mem=24 * GIB, host_mem=64 * GIB, disk_dir=tmp_path)
+    assert p.kv_token_bytes == 128 * 1024  # 128 KiB/token at bf16
+    assert round(p.kv_bytes / GIB, 1) == 24.4
+    assert abs(p.n_params - 8.03e9) < 0.01e9 and p.weights_bytes == 2 * p.n_params
+    assert p.fits and p.max_ctx == 200_000 and p.gpu_total_bytes <= 24 * GIB
+    assert 2048 <= p.budget_tokens <= 200_000 and p.budget_tokens % 64 == 0
+    assert p.host_pool_bytes == p.kv_bytes and p.disk_bytes == 0  # 64 GiB host: half holds it all
+    d = p.to_dict()
+    assert json.loads(json.dumps(d))["kv_bytes"] == p.kv_bytes
+    text = str(p)
+    assert "24.41 GiB" in text and "128 KiB/token" in text
+
+
+def test_too_small_gpu_reports_largest_ctx(tmp_path):
+    p = plan(LLAMA_8B, 200_000, gpu_mem=16 * GIB, host_mem=16 * GIB, disk_dir=tmp_path)
+    assert not p.fits and p.reasons and 0 < p.max_ctx < 200_000
+    assert plan(LLAMA_8B, p.max_ctx, gpu_mem=16 * GIB, host_mem=16 * GIB, disk_dir=tmp_path).fits
+    assert not plan(LLAMA_8B, p.max_ctx + 1, gpu_mem=16 * GIB, host_mem=16 * GIB, disk_dir=tmp_path).fits
+    assert "NO" in str(p)
+    assert plan(LLAMA_8B, 1000, gpu_mem=8 * GIB, disk_dir=tmp_path).max_ctx == 0  # weights alone
+
+
+def test_host_and_disk_split_and_smollm_shape(tmp_path):
+    small = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                        num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                        tie_word_embeddings=True)  # fmt: skip
+    off = OffloadConfig(host_mem=GIB // 4)
+    p = plan(small, 8192, gpu_mem=4 * GIB, host_mem=GIB, disk_dir=tmp_path, offload=off)
+    assert p.kv_token_bytes == 2 * 30 * 3 * 64 * 2 and abs(p.n_params - 134.5e6) < 1e6
+    assert p.host_pool_bytes <= GIB // 4 and p.host_pool_bytes + p.disk_bytes == p.kv_bytes

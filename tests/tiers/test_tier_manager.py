@@ -1,0 +1,119 @@
+"""TierManager policy, without tensors: budgets, pinning, homes, eviction order, trace replay."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from offload.tiers.eviction import POLICIES, make_policy
+from offload.tiers.manager import DISK, HOST, TierManager
+
+
+def _check_invariants(mgr: TierManager):
+    for layer, budget in enumerate(mgr.budgets):
+        resident = mgr.resident(layer)
+        assert len(resident) <= budget
+        assert len(set(resident.values())) == len(resident)  # one chunk per slot
+        assert all(0 <= s < budget for s in resident.values())
+    assert mgr.host_used <= mgr.host_capacity
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["add", "hot", "acquire", "prefetch", "truncate"]),
+              st.integers(0, 2), st.lists(st.integers(0, 40), max_size=6), st.integers(0, 40)),
+    max_size=60,
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, policy=st.sampled_from(sorted(POLICIES)), host=st.integers(0, 12))
+def test_budget_and_pin_invariants(ops, policy, host):
+    mgr = TierManager([1, 3, 4], host_capacity=host, policy=policy)
+    for op, layer, chunks, n in ops:
+        count = mgr.n_chunks(layer)
+        if op in ("add", "hot"):
+            p = mgr.add_chunk(layer, hot=op == "hot")
+            assert p.home == (HOST if p.host_slot is not None else DISK)
+        elif op == "truncate":
+            mgr.truncate(layer, min(n, count))
+        elif count:
+            want = list(dict.fromkeys(c % count for c in chunks))[: mgr.budgets[layer]]
+            plan = mgr.acquire(layer, want, prefetch=op == "prefetch")
+            assert set(plan.evicted).isdisjoint(want)  # never evict what this step reads
+            for c, s in zip(plan.chunks, plan.slots):
+                assert mgr.gpu_slot(layer, c) == s
+            if op == "acquire":  # pinned chunks survive any later add in the same step
+                for _ in range(3):
+                    mgr.add_chunk(layer, hot=True)
+                assert all(mgr.gpu_slot(layer, c) is not None for c in want)
+                mgr.release(layer)
+        _check_invariants(mgr)
+
+
+def test_homes_fill_host_then_disk_and_truncate_frees():
+    mgr = TierManager([2], host_capacity=3)
+    homes = [mgr.add_chunk(0).home for _ in range(5)]
+    assert homes == [HOST, HOST, HOST, DISK, DISK]
+    assert mgr.host_used == 3 and mgr.disk_chunks == 2
+    freed = mgr.truncate(0, 2)
+    assert [p.chunk for p in freed] == [4, 3, 2]
+    assert mgr.host_used == 2 and mgr.disk_chunks == 0
+    assert mgr.add_chunk(0).home == HOST  # the freed host slot is reused
+
+
+def test_prefill_does_not_churn_but_decode_chunks_take_a_slot():
+    mgr = TierManager([2], host_capacity=10)
+    slots = [mgr.add_chunk(0).gpu_slot for _ in range(4)]
+    assert slots == [0, 1, None, None]  # prefill: free slots only
+    p = mgr.add_chunk(0, hot=True)  # decode: the new chunk evicts the LRU one
+    assert p.gpu_slot is not None and mgr.counters["evictions"] == 1
+    assert mgr.gpu_slot(0, 0) is None
+
+
+def test_over_budget_request_is_refused():
+    mgr = TierManager([2], host_capacity=10)
+    for _ in range(3):
+        mgr.add_chunk(0)
+    with pytest.raises(ValueError, match="budget"):
+        mgr.acquire(0, [0, 1, 2])
+    mgr.acquire(0, [0, 1])
+    with pytest.raises(ValueError, match="budget"):  # 2 pinned + 1 more
+        mgr.acquire(0, [2])
+    mgr.release(0)
+    mgr.acquire(0, [2])
+
+
+def _replay(policy, budget, trace):
+    mgr = TierManager([budget], host_capacity=100, policy=policy)
+    for _ in range(max(max(s) for s in trace) + 1):
+        mgr.add_chunk(0)
+    hits = []
+    for step in trace:
+        before = mgr.counters["hits"]
+        mgr.acquire(0, step)
+        mgr.release(0)
+        hits.append(mgr.counters["hits"] - before)
+    return hits
+
+
+def test_trace_replay_gives_expected_hits():
+    # two slots; prefill placed chunks 0 and 1 there, chunk 2 is cold
+    trace = [[0, 1], [2], [1], [0], [1], [2]]
+    # LRU: [2] evicts 0; 1 hits; [0] evicts 2 (1 was just used); 1 hits; [2] evicts 0
+    assert _replay("lru", 2, trace) == [2, 0, 1, 0, 1, 0]
+    # FIFO: [0] evicts 1 (older than 2) although 1 was just used, so the next [1] misses
+    assert _replay("fifo", 2, trace) == [2, 0, 1, 0, 0, 0]
+    assert _replay("clock", 2, trace) == [2, 0, 1, 0, 1, 0]
+    assert _replay("lfu", 2, trace) == [2, 0, 1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_policy_never_picks_pinned(name):
+    p = make_policy(name)
+    for k in range(5):
+        p.insert(k)
+        p.touch(k)
+    assert p.victim({0, 1, 2, 3}) == 4
+    with pytest.raises(LookupError):
+        p.victim({0, 1, 2, 3, 4})
+    with pytest.raises(ValueError):
+        make_policy("random")

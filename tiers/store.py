@@ -1,0 +1,313 @@
+"""`TieredKVStore`: the `KVStore` protocol over the GPU pool, the host pool and the disk store.
+
+Per layer (see `layout.ChunkLayout`): sinks and the recent window sit in one preallocated device
+buffer `edge[l]` [2, R, S + W + C, D] (sinks at [:S], window at [S:]); the body is chunks placed by
+the `TierManager` (policy) and moved by `Transfer` (mechanism).
+
+`attend` is exact: until sparse selection lands it attends over sinks + every body chunk + window.
+Chunks go through the layer's GPU slots in rounds of at most `budget` chunks (resident ones first,
+then misses fetched from host/disk), each round a partial softmax merged by log-sum-exp, so a budget
+smaller than the context still gives the exact result. `attend(select=...)` already takes chunk ids
+per KV head ([Hkv, k], -1 = none): the union is fetched once, each head masked to its own chunks.
+
+`truncate(n)` restores the canonical layout for n tokens: chunks from m(n) on are freed (slots, host
+slots, disk tail), and the tokens after the last kept chunk — a partially kept chunk included — are
+read back into the window. A store truncated to n is therefore identical to one that was fed n tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from offload.config import OffloadConfig
+from offload.kvstore import exact_attention
+
+from .attention import from_rows, merge_partials, partial_attention, to_rows
+from .disk import DiskStore
+from .eviction import DEFAULT_POLICY
+from .gpu import GpuPool
+from .host import HostPool
+from .layout import ChunkLayout
+from .limits import TierLimits
+from .manager import HOST, TierManager
+from .spill import SpillDir
+from .transfer import Transfer
+
+__all__ = ["TieredKVStore"]
+
+
+class TieredKVStore:
+    """KV store spread over the GPU hot set, pinned host memory and mmap'd disk (see module doc).
+
+    n_layers, n_kv_heads, head_dim, dtype, device: the model's KV geometry and compute placement;
+    config: OffloadConfig (kv_chunk, sinks, window, gpu_mem, host_mem, disk_dir, compress, ctx);
+    batch: sequences per step (rows R = batch * n_kv_heads); policy: GPU eviction policy name.
+    """
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, dtype, device,
+                 config: OffloadConfig | None = None, batch: int = 1,
+                 policy: str = DEFAULT_POLICY):  # fmt: skip
+        config = config if config is not None else OffloadConfig()
+        self.n_layers, self.batch, self.n_kv_heads = n_layers, batch, n_kv_heads
+        self.device = torch.device(device)
+        self.layout = lay = ChunkLayout(n_layers, batch * n_kv_heads, config.kv_chunk, head_dim,
+                                        dtype, config.sinks, config.window)  # fmt: skip
+        self.limits = TierLimits.resolve(lay, config, self.device)
+        self._gpu = GpuPool(lay, list(self.limits.budgets), self.device)
+        self._host = HostPool(lay, self.limits.host_chunks, pin=self.device.type == "cuda")
+        self._disk: DiskStore | None = None  # created at the first spill: no files otherwise
+        self._mgr = TierManager(list(self.limits.budgets), self.limits.host_chunks, policy)
+        self._xfer = Transfer(self.device, lay)
+        shape = (n_layers, 2, lay.rows, lay.edge_capacity, head_dim)
+        self._edge = torch.zeros(shape, dtype=dtype, device=self.device)
+        self._n = [0] * n_layers
+        self._closed = False
+
+    # -- KVStore protocol ------------------------------------------------------------------------
+    def layer_len(self, layer: int) -> int:
+        return self._n[layer]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Append t tokens (k, v [B, Hkv, t, D]); full chunks beyond the window join the body."""
+        self._check_open()
+        lay = self.layout
+        b, h, t, d = k.shape
+        if (b * h, d) != (lay.rows, lay.head_dim) or v.shape != k.shape:
+            raise ValueError(f"append: k/v {tuple(k.shape)}/{tuple(v.shape)} do not match "
+                             f"B*Hkv={lay.rows}, D={lay.head_dim}")  # fmt: skip
+        kr = k.reshape(lay.rows, t, d).to(self.device, lay.dtype)  # [R, t, D]
+        vr = v.reshape(lay.rows, t, d).to(self.device, lay.dtype)
+        n, s, c = self._n[layer], lay.sinks, lay.chunk
+        edge = self._edge[layer]  # [2, R, E, D]
+        take = min(t, s - lay.sink_len(n))
+        if take > 0:
+            edge[0, :, n : n + take] = kr[:, :take]
+            edge[1, :, n : n + take] = vr[:, :take]
+        nk, nv, r = kr[:, take:], vr[:, take:], t - take
+        win = edge[:, :, s:]  # [2, R, W + C, D]
+        w = lay.window_len(n)
+        emit = lay.body_chunks(n + t) - self._mgr.n_chunks(layer)
+        for i in range(emit):  # chunk i of the stream window[:w] ++ new[:r]
+            a, e = i * c, (i + 1) * c
+            parts = []
+            if a < w:
+                parts.append(win[:, :, a : min(e, w)])
+            if e > w:
+                lo, hi = max(a, w) - w, e - w
+                parts.append(torch.stack([nk[:, lo:hi], nv[:, lo:hi]]))
+            chunk = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0].clone()  # [2, R, C, D]
+            self._add_chunk(layer, chunk, hot=t <= c)
+        start, new_w = emit * c, w + r - emit * c
+        if start < w:
+            win[:, :, : w - start] = win[:, :, start:w].clone()
+            win[0, :, w - start : new_w], win[1, :, w - start : new_w] = nk, nv
+        else:
+            win[0, :, :new_w], win[1, :, :new_w] = nk[:, start - w :], nv[:, start - w :]
+        self._n[layer] = n + t
+
+    def read_layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token of `layer` on the compute device, k, v [B, Hkv, n, D] (fresh tensors)."""
+        self._check_open()
+        lay, n = self.layout, self._n[layer]
+        out = torch.empty(2, lay.rows, n, lay.head_dim, dtype=lay.dtype, device=self.device)
+        self._xfer.settle()
+        ns, m = lay.sink_len(n), self._mgr.n_chunks(layer)
+        out[:, :, :ns] = self._edge[layer, :, :, :ns]
+        for j in range(m):
+            p0 = lay.chunk_start(j)
+            self._read_chunk(layer, j, out[:, :, p0 : p0 + lay.chunk])
+        p0 = lay.chunk_start(m)
+        out[:, :, p0:n] = self._edge[layer, :, :, lay.sinks : lay.sinks + max(0, n - p0)]
+        shape = (self.batch, self.n_kv_heads, n, lay.head_dim)
+        return out[0].reshape(shape), out[1].reshape(shape)
+
+    def attend(self, layer: int, q: torch.Tensor, scaling: float, sliding_window: int | None = None,
+               select: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Exact attention of q [B, H, Lq, D] over the stored tokens of `layer` (the last Lq are the
+        queries' own, causal bottom-right). Returns [B, Lq, H, D].
+
+        select: None = every body chunk; or int [Hkv, k] (or [B*Hkv, k]) chunk ids per KV head,
+        -1 = padding: each head then sees sinks + window + its own chunks."""
+        self._check_open()
+        lay, n, lq = self.layout, self._n[layer], q.shape[2]
+        qr = to_rows(q, self.n_kv_heads)  # [R, g, Lq, D]
+        qpos = torch.arange(n - lq, n, device=self.device)
+        ids, row_has = self._selection(layer, select)
+        if sliding_window is not None:  # skip chunks no query can see
+            first = n - lq - sliding_window + 1
+            keep = [i for i, j in enumerate(ids) if lay.chunk_start(j + 1) - 1 >= first]
+            ids = [ids[i] for i in keep]
+            row_has = None if row_has is None else row_has[:, keep]
+        # edges (sinks + window, always resident) join the first round: one softmax when the
+        # budget covers the selection; later rounds (resident chunks first) merge by log-sum-exp
+        ns, w, m = lay.sink_len(n), lay.window_len(n), self._mgr.n_chunks(layer)
+        e = self._edge[layer]
+        edge_k = [e[0, :, :ns], e[0, :, lay.sinks : lay.sinks + w]]  # [R, *, D] each
+        edge_v = [e[1, :, :ns], e[1, :, lay.sinks : lay.sinks + w]]
+        edge_pos = torch.cat([torch.arange(ns), torch.arange(w) + lay.chunk_start(m)]).to(self.device)
+        budget = self._mgr.budgets[layer]
+        if row_has is None and len(ids) == m and m <= budget:  # whole layer in one round:
+            k, v = self._gpu.gather(self._fetch(layer, ids))  # chunks in position order
+            k = torch.cat([edge_k[0], k, edge_k[1]], dim=1).reshape(self.batch, self.n_kv_heads, n, -1)
+            v = torch.cat([edge_v[0], v, edge_v[1]], dim=1).reshape(self.batch, self.n_kv_heads, n, -1)
+            out = exact_attention(q, k, v, scaling, sliding_window)  # positions 0..n-1: plain SDPA
+            self._xfer.mark_used(layer)
+            self._mgr.release(layer)
+            return out
+        order = sorted(range(len(ids)), key=lambda i: self._mgr.gpu_slot(layer, ids[i]) is None)
+        out = lse = None
+        for r0 in range(0, max(1, len(order)), budget):
+            idx = order[r0 : r0 + budget]
+            chunks = [ids[i] for i in idx]
+            ks, vs, pos, masks = [], [], [], []
+            if r0 == 0:
+                ks, vs, pos = edge_k, edge_v, [edge_pos]
+                masks = [torch.ones(lay.rows, ns + w, dtype=torch.bool, device=self.device)]
+            if chunks:
+                k, v = self._gpu.gather(self._fetch(layer, chunks))  # [R, len*C, D]
+                starts = torch.tensor([lay.chunk_start(j) for j in chunks], device=self.device)
+                ks, vs = [*ks, k], [*vs, v]
+                pos.append((starts[:, None] + torch.arange(lay.chunk, device=self.device)).reshape(-1))
+                if row_has is not None:
+                    masks.append(row_has[:, idx].repeat_interleave(lay.chunk, dim=1))  # [R, len*C]
+            mask = torch.cat(masks, dim=1) if row_has is not None and chunks else None
+            o, l_ = partial_attention(qr, torch.cat(ks, dim=1), torch.cat(vs, dim=1), torch.cat(pos),
+                                      qpos, scaling, sliding_window, mask)  # fmt: skip
+            out, lse = merge_partials(out, lse, o, l_)
+            self._xfer.mark_used(layer)
+            self._mgr.release(layer)
+        return from_rows(out, self.batch, q.dtype)
+
+    def prefetch(self, layer: int, chunks) -> None:
+        """Start copying `chunks` of `layer` into its slots (e.g. under the previous layer's
+        attention); a later `attend` finds them resident. Not pinned: may be evicted again."""
+        self._check_open()
+        self._fetch(layer, list(chunks), prefetch=True)
+
+    def truncate(self, n: int) -> None:
+        """Forget tokens at positions >= n in every layer (canonical layout for n; see module doc)."""
+        self._check_open()
+        lay = self.layout
+        self._xfer.settle()
+        for layer in range(self.n_layers):
+            if n >= self._n[layer]:
+                continue
+            m_old, m_new, w_new = self._mgr.n_chunks(layer), lay.body_chunks(n), lay.window_len(n)
+            win = torch.empty(2, lay.rows, w_new, lay.head_dim, dtype=lay.dtype, device=self.device)
+            filled, j = 0, m_new
+            buf = torch.empty(lay.chunk_shape, dtype=lay.dtype, device=self.device)
+            while filled < w_new and j < m_old:  # kept tokens of freed chunks go back to the window
+                take = min(lay.chunk, w_new - filled)
+                self._read_chunk(layer, j, buf)
+                win[:, :, filled : filled + take] = buf[:, :, :take]
+                filled, j = filled + take, j + 1
+            s = lay.sinks
+            win[:, :, filled:] = self._edge[layer, :, :, s : s + w_new - filled]
+            self._mgr.truncate(layer, m_new)
+            if self._disk is not None:
+                self._disk.drop_from(layer, m_new)
+            self._edge[layer, :, :, s : s + w_new] = win
+            self._n[layer] = n
+
+    def stats(self) -> dict:
+        """Bytes per tier (gpu_bytes includes sinks + window), pool sizes, token count and the
+        manager's counters (hits, misses, misses_host, misses_disk, evictions, prefetched, ...)."""
+        lay = self.layout
+        edge_tokens = sum(lay.sink_len(n) + lay.window_len(n) for n in self._n)
+        return {
+            "gpu_bytes": self._mgr.gpu_used * lay.chunk_bytes + edge_tokens * lay.token_bytes,
+            "host_bytes": self._mgr.host_used * lay.chunk_bytes,
+            "disk_bytes": self._disk.nbytes if self._disk is not None else 0,
+            "gpu_pool_bytes": self._gpu.nbytes,
+            "host_pool_bytes": self._host.nbytes_allocated,
+            "tokens": max(self._n, default=0),
+            "chunks": sum(self._mgr.n_chunks(i) for i in range(self.n_layers)),
+            "disk_chunks": self._mgr.disk_chunks,
+            **self._mgr.counters,
+        }
+
+    def close(self) -> None:
+        """Free every pool and remove the spill files (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._xfer.synchronize()
+        if self._disk is not None:
+            self._disk.close()
+        self._gpu.close()
+        self._host.close()
+        self._edge = self._edge.new_empty(0)
+        self._n = [0] * self.n_layers
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def spill_files(self) -> list[str]:
+        """Paths of spill files currently on disk (empty when nothing spilled)."""
+        return self._disk.files() if self._disk is not None else []
+
+    # -- internals -------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this TieredKVStore is closed")
+
+    def _add_chunk(self, layer: int, chunk: torch.Tensor, hot: bool) -> None:
+        """Place a new chunk [2, R, C, D] (device): home copy on host or disk, maybe a GPU copy."""
+        p = self._mgr.add_chunk(layer, hot=hot)
+        if p.gpu_slot is not None:
+            self._xfer.to_slot(chunk, self._gpu.view(layer, p.gpu_slot))
+        if p.home == HOST:
+            self._xfer.to_host(chunk, self._host.view(p.host_slot))
+        else:
+            if self._disk is None:
+                self._disk = DiskStore(self.layout, SpillDir(self.limits.disk_dir), self.limits.compress)
+            self._disk.append(layer, p.chunk, self._xfer.to_cpu(chunk))
+
+    def _fetch(self, layer: int, chunks: list[int], prefetch: bool = False) -> torch.Tensor:
+        """Make `chunks` resident (pinned unless prefetch); returns their global slots, int64 [n]."""
+        plan = self._mgr.acquire(layer, chunks, prefetch=prefetch)
+        if plan.misses:
+            self._xfer.begin(layer)
+            for miss in plan.misses:
+                dst = self._gpu.view(layer, miss.slot)
+                if miss.home == HOST:
+                    self._xfer.upload(self._host.view(miss.host_slot), dst)
+                else:
+                    self._xfer.upload_from(
+                        lambda buf, c=miss.chunk: self._disk.read_into(layer, c, buf), dst)  # fmt: skip
+        self._xfer.ready(layer)  # also covers copies an earlier prefetch issued
+        base = self._gpu.base[layer]
+        return torch.tensor([base + s for s in plan.slots], dtype=torch.long, device=self.device)
+
+    def _read_chunk(self, layer: int, j: int, dst: torch.Tensor) -> None:
+        """Bulk read (read_layer, truncate): chunk j into dst [2, R, C, D] on the device, from
+        wherever it is, without touching the hot set. Caller has called `settle()`."""
+        p = self._mgr.placement(layer, j)
+        if p.gpu_slot is not None:
+            dst.copy_(self._gpu.view(layer, p.gpu_slot))
+        elif p.home == HOST:
+            dst.copy_(self._host.view(p.host_slot), non_blocking=True)  # host slots are immutable
+        else:
+            buf = torch.empty(self.layout.chunk_shape, dtype=self.layout.dtype)
+            self._disk.read_into(layer, j, buf)
+            dst.copy_(buf)  # pageable source: synchronous, buf can go
+
+    def _selection(self, layer: int, select):
+        """(chunk ids to fetch, per-row membership bool [R, len(ids)] or None)."""
+        m = self._mgr.n_chunks(layer)
+        if select is None:
+            return list(range(m)), None
+        sel = torch.as_tensor(select, dtype=torch.long).to("cpu")
+        if sel.dim() != 2 or sel.shape[0] not in (self.n_kv_heads, self.layout.rows):
+            raise ValueError(f"select must be [Hkv, k] or [B*Hkv, k], got {tuple(sel.shape)}")
+        if sel.shape[0] != self.layout.rows:
+            sel = sel.repeat(self.batch, 1)  # same selection for every sequence of the batch
+        ids = sorted(set(sel[sel >= 0].tolist()))
+        if ids and ids[-1] >= m:
+            raise IndexError(f"select names chunk {ids[-1]}, layer {layer} has {m}")
+        row_has = (sel[:, :, None] == torch.tensor(ids, dtype=torch.long)).any(dim=1)
+        return ids, row_has.to(self.device)
