@@ -92,5 +92,25 @@ class Chat:
         self.engine.truncate(0)
         self.tokens = []
 
+    def save_session(self, path) -> None:
+        """Save the conversation (KV, tokens, messages) to the session directory `path`, atomically."""
+        from .session import save_session
+
+        save_session(path, self.store, self.tokens, self.model.fingerprint(),
+                     meta={"messages": self.messages}, chunk=self.model.config.kv_chunk)
+
+    def load_session(self, path) -> None:
+        """Replace this conversation with the one saved at `path` (no prefill). Raises SessionError
+        for a session of another model or a damaged one; the current conversation is kept then."""
+        from .session import load_session, read_session_info
+
+        info = read_session_info(path)
+        store, tokens = load_session(path, self.model.fingerprint(), self.model.config,
+                                     device=self.model.device, dtype=self.model.dtype)
+        self.store.close()
+        self.store, self.tokens = store, tokens
+        self.engine = Engine(self.model, store)
+        self.messages = list(info.meta.get("messages", []))
+
     def close(self) -> None:
         self.store.close()

@@ -80,6 +80,13 @@ class OffloadModel:
             return list(out["input_ids"])
         raise ConfigError(f"prompt must be a str or a list of messages, got {type(prompt_or_messages).__name__}")
 
+    def fingerprint(self) -> str:
+        """What a saved session must match: config, weight names/shapes/dtypes (+ a value sample),
+        tokenizer."""
+        from .session import model_fingerprint
+
+        return model_fingerprint(self.hf.config, self.hf.state_dict(), self.tokenizer)
+
     def new_store(self) -> KVStore:
         """An empty KV store of the kind the config asks for."""
         n_layers, n_kv, head_dim = self.kv_shape()
