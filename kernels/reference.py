@@ -158,11 +158,13 @@ def prefill_attention_ref(
     upcast=True computes in fp32 (the error rule's reference).
     """
     lq, lk = q.shape[2], k.shape[2]
-    qpos = torch.arange(lk - lq, lk, device=q.device)[:, None]
-    kpos = torch.arange(lk, device=q.device)[None, :]
-    keep = kpos <= qpos  # [Lq, Lk]
-    if sliding_window is not None:
-        keep = keep & (kpos > qpos - sliding_window)
+    keep = None  # one query with nothing windowed out sees every key: no mask, SDPA's fast path
+    if lq > 1 or (sliding_window is not None and lk > sliding_window):
+        qpos = torch.arange(lk - lq, lk, device=q.device)[:, None]
+        kpos = torch.arange(lk, device=q.device)[None, :]
+        keep = kpos <= qpos  # [Lq, Lk]
+        if sliding_window is not None:
+            keep = keep & (kpos > qpos - sliding_window)
     dt = torch.float32 if upcast else q.dtype
     groups = q.shape[1] // k.shape[1]
     out = F.scaled_dot_product_attention(

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .kvstore import KVStore, exact_attention
+from .kernels import causal_prefill_attention
+from .kvstore import KVStore
 
 __all__ = ["ATTN_NAME", "register_attention", "PrefillPass", "DecodePass"]
 
@@ -76,7 +77,7 @@ class PrefillPass:
         return self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]
 
     def attend(self, layer, q, k, v, scaling, sliding_window):
-        return exact_attention(q, k, v, scaling, sliding_window)
+        return causal_prefill_attention(q, k, v, scaling, sliding_window)
 
     def new_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The k/v of the tokens this pass added: [B, Hkv, T, D] views."""

@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["KVStore", "DenseKVStore", "exact_attention"]
+from .kernels import causal_prefill_attention
+
+__all__ = ["KVStore", "DenseKVStore"]
 
 
 @runtime_checkable
@@ -49,33 +50,6 @@ class KVStore(Protocol):
 
     def close(self) -> None:
         """Release memory and remove any spill files."""
-
-
-def exact_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scaling: float,
-    sliding_window: int | None = None,
-) -> torch.Tensor:
-    """Exact causal attention, bottom-right aligned (query i sits at key position n - Lq + i).
-
-    q: [B, H, Lq, D]; k, v: [B, Hkv, n, D] (GQA: H is a multiple of Hkv). Returns [B, Lq, H, D].
-    """
-    lq, n = q.shape[2], k.shape[2]
-    mask = None
-    if lq > 1 or (sliding_window is not None and n > sliding_window):
-        qpos = torch.arange(n - lq, n, device=q.device)[:, None]
-        kpos = torch.arange(n, device=q.device)[None, :]
-        keep = kpos <= qpos
-        if sliding_window is not None:
-            keep = keep & (kpos > qpos - sliding_window)
-        mask = keep
-    groups = q.shape[1] // k.shape[1]
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, scale=scaling, enable_gqa=groups > 1
-    )
-    return out.transpose(1, 2).contiguous()
 
 
 class DenseKVStore:
@@ -127,7 +101,7 @@ class DenseKVStore:
 
     def attend(self, layer, q, scaling, sliding_window=None):
         k, v = self.read_layer(layer)
-        return exact_attention(q, k, v, scaling, sliding_window)
+        return causal_prefill_attention(q, k, v, scaling, sliding_window)
 
     def truncate(self, n: int) -> None:
         self._n = [min(m, n) for m in self._n]

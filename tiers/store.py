@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from offload.config import OffloadConfig
-from offload.kvstore import exact_attention
+from offload.kernels import causal_prefill_attention
 
 from .attention import from_rows, merge_partials, partial_attention, to_rows
 from .disk import DiskStore
@@ -150,7 +150,7 @@ class TieredKVStore:
             k, v = self._gpu.gather(self._fetch(layer, ids))  # chunks in position order
             k = torch.cat([edge_k[0], k, edge_k[1]], dim=1).reshape(self.batch, self.n_kv_heads, n, -1)
             v = torch.cat([edge_v[0], v, edge_v[1]], dim=1).reshape(self.batch, self.n_kv_heads, n, -1)
-            out = exact_attention(q, k, v, scaling, sliding_window)  # positions 0..n-1: plain SDPA
+            out = causal_prefill_attention(q, k, v, scaling, sliding_window)  # positions 0..n-1: plain SDPA
             self._xfer.mark_used(layer)
             self._mgr.release(layer)
             return out

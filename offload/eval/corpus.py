@@ -48,7 +48,8 @@ STDLIB_MODULES = (
 )
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-_WORD = re.compile(r"\b[a-z]{4,10}\b")
+_TOKEN = re.compile(r"[A-Za-z_'\\]+")  # words with their apostrophes, underscores, backslashes
+_WORD = re.compile(r"[a-z]{4,10}")
 
 
 def natural_text_source() -> str:
@@ -111,8 +112,11 @@ def natural_sentences() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def vocabulary() -> tuple[str, ...]:
-    """Distinct lowercase words (4-10 letters) of the prose, sorted: keys for needles, cwe's words."""
-    words = set()
+    """Lowercase words of 4-10 letters seen at least 3 times in the prose, sorted: needle keys and
+    cwe's words. Tokens with apostrophes, underscores or escapes ("aren't", "\\return") are skipped."""
+    counts: dict[str, int] = {}
     for sentence in natural_sentences():
-        words.update(_WORD.findall(sentence))
-    return tuple(sorted(words))
+        for token in _TOKEN.findall(sentence):
+            if _WORD.fullmatch(token):
+                counts[token] = counts.get(token, 0) + 1
+    return tuple(sorted(w for w, c in counts.items() if c >= 3))

@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from .errors import EvalError
+
 __all__ = [
     "GenerationError",
     "Sample",
@@ -27,7 +29,7 @@ __all__ = [
 LENGTH_TOLERANCE = 0.02  # prompt tokens land in [(1 - tol) * budget, budget]
 
 
-class GenerationError(ValueError):
+class GenerationError(EvalError):
     """A sample cannot be built as asked (length too small for the task's fixed text, bad depth)."""
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from offload.config import OffloadConfig
-from offload.kvstore import DenseKVStore, KVStore, exact_attention
+from offload.kernels import causal_prefill_attention
+from offload.kvstore import DenseKVStore, KVStore
 from offload.tiers import TieredKVStore
 
 L, HKV, D = 2, 2, 16
@@ -101,7 +102,7 @@ def test_per_head_selection():
             if c >= 0:
                 keep += list(range(3 + 8 * c, 3 + 8 * c + 8))
         idx = torch.tensor(sorted(keep))
-        want = exact_attention(q[:, 2 * h : 2 * h + 2], k[:, h : h + 1, idx], v[:, h : h + 1, idx], 0.3)
+        want = causal_prefill_attention(q[:, 2 * h : 2 * h + 2], k[:, h : h + 1, idx], v[:, h : h + 1, idx], 0.3)
         torch.testing.assert_close(got[:, :, 2 * h : 2 * h + 2], want, atol=2e-6, rtol=1e-4)
     tiered.close()
 

@@ -1,0 +1,155 @@
+"""`offload-eval`: RULER-style synthetic tasks, full attention vs offload, one command.
+
+    offload-eval --tasks all --lengths 1k,2k,4k,8k --modes full,dense --samples 10 --json out.json
+    offload-eval --recall full,window --budgets 1/16,1/8 --recall-length 4k
+
+Prints one table (task x length x mode -> score, and the ratio to `full`) on stdout, a progress bar
+and the elapsed time on stderr. Exit codes: 0 ok, 1 unexpected error, 2 bad input or option, others
+as offload's errors (4 context overflow, 6 model not found).
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import sys
+import time
+
+import click
+
+from ..errors import OffloadError
+from .errors import EvalError
+from .modes import format_length, parse_budget, parse_length, parse_lengths, parse_modes
+
+__all__ = ["main"]
+
+
+def _task_list(text: str) -> list[str]:
+    from .tasks import TASKS
+
+    if text.strip() == "all":
+        return list(TASKS)
+    names = [t.strip() for t in text.split(",")]
+    for name in names:
+        if name not in TASKS:
+            raise EvalError(f"unknown task {name!r}; tasks are {', '.join(TASKS)} (or 'all')")
+    return list(dict.fromkeys(names))
+
+
+def _checked(parse):
+    """A click callback that turns an EvalError from `parse` into a usage error (exit 2)."""
+
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except EvalError as e:
+            raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+    return callback
+
+
+def _budgets(text: str):
+    return [parse_budget(p.strip()) for p in text.split(",")]
+
+
+@click.command(epilog="Lengths: 1k = 1024 tokens, prompt + answer (RULER's convention).")
+@click.option("--model", "model_path", default=None, metavar="PATH",
+              help="Local model (transformers dir or .gguf). Default: the embedded SmolLM2-135M-Instruct.")
+@click.option("--tasks", default="all", show_default=True, callback=_checked(_task_list),
+              help="Comma list of tasks, or 'all'.")
+@click.option("--lengths", default="1k,2k,4k,8k", show_default=True, callback=_checked(parse_lengths),
+              help="Comma list of sequence lengths (prompt + answer budget).")
+@click.option("--modes", default="full,dense", show_default=True, callback=_checked(parse_modes),
+              help="Comma list: full (HF reference), dense (offload, all KV), sparse@B (B = 1/16, 0.0625, 512).")
+@click.option("--policy", default=None, help="Selection policy for sparse@B modes.")
+@click.option("--samples", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Samples per (task, length).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Write every answer and the summary here (rewritten after each answer).")
+@click.option("--recall", "recall_policies", default=None, metavar="POLICIES",
+              help="Instead of tasks: attention recall of these selection policies (e.g. full,window).")
+@click.option("--budgets", default="1/16", show_default=True, callback=_checked(_budgets),
+              help="Budgets for --recall (fraction of the context or tokens).")
+@click.option("--recall-length", default="4k", show_default=True, callback=_checked(parse_length),
+              help="Natural-text context length for --recall.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+def main(model_path, tasks, lengths, modes, policy, samples, seed, json_path, recall_policies, budgets,
+         recall_length, progress):
+    """Score RULER-synthetic tasks (needle retrieval, multi-hop tracing, aggregation, multi-needle
+    extraction) with full attention and with offload, on 2 CPU cores or a GPU."""
+    t0 = time.perf_counter()
+    try:
+        if recall_policies is not None:
+            _run_recall(model_path, recall_policies, budgets, recall_length, seed)
+        else:
+            _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, json_path, progress)
+    except EvalError as e:
+        raise click.UsageError(str(e)) from None
+    except OffloadError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted after {time.perf_counter() - t0:.0f} s", err=True)
+        sys.exit(130)
+    click.echo(f"elapsed {time.perf_counter() - t0:.1f} s")
+
+
+def _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, json_path, progress):
+    import offload
+
+    from .corpus import natural_text_source
+    from .modes import sparse_config
+    from .report import JsonWriter, format_table
+    from .runner import run_eval
+
+    for m in modes:  # a bad policy fails before the model loads
+        if m.kind == "sparse":
+            sparse_config(offload.OffloadConfig(), m, policy, 1024)
+    model = offload.load_model(model_path)
+    writer = None
+    if json_path:
+        writer = JsonWriter(json_path, {
+            "command": " ".join(["offload-eval", *sys.argv[1:]]),
+            "model": str(model.model_dir),
+            "tasks": tasks, "lengths": lengths, "modes": [m.label for m in modes], "policy": policy,
+            "samples": samples, "seed": seed, "natural_text": natural_text_source(),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "torch_threads": __import__("torch").get_num_threads(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "finished": None,
+        })
+    t0 = time.perf_counter()
+    records = run_eval(model, tasks=tasks, lengths=lengths, modes=modes, samples=samples, seed=seed,
+                       policy=policy, progress=progress, on_record=writer)
+    if writer:
+        writer.write(finished=datetime.datetime.now().isoformat(timespec="seconds"),
+                     seconds=round(time.perf_counter() - t0, 1))
+    click.echo(format_table(records))
+    click.echo(f"\nscores: mean x 100 per cell (RULER string match); lengths {', '.join(map(format_length, lengths))}; "
+               f"natural text: {natural_text_source()}")
+
+
+def _run_recall(model_path, policies, budgets, length, seed):
+    import offload
+    from offload.loading import load_reference
+
+    from .policies import get_policy
+    from .recall import attention_recall, format_recall_table
+
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    for name in names:
+        try:
+            get_policy(name)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
+    model = offload.load_model(model_path)
+    reference = load_reference(model)
+    results = attention_recall(reference, model.tokenizer, names, budgets, n_context=length, seed=seed)
+    click.echo(format_recall_table(results))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

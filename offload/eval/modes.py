@@ -1,0 +1,140 @@
+"""Parsing what to run: lengths (`1k` = 1024 tokens, RULER's sizes) and modes.
+
+Modes: `full` (stock transformers forward + greedy decode: the reference), `dense` (offload with every
+KV entry attended: must equal `full`), `sparse@B` (offload with sparse selection under budget B: a
+fraction of the context like `1/16` or `0.0625`, or a token count like `256` / `2k`, with a named
+selection policy). `sparse_config` maps a sparse mode onto an `OffloadConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from ..config import OffloadConfig
+from ..errors import ConfigError
+from .errors import EvalError
+
+__all__ = [
+    "Mode",
+    "parse_length",
+    "parse_lengths",
+    "format_length",
+    "parse_budget",
+    "parse_mode",
+    "parse_modes",
+    "sparse_config",
+]
+
+_LENGTH = re.compile(r"^(\d+)([kK]?)$")
+_MODE_KINDS = ("full", "dense", "sparse")
+
+
+def parse_length(text: str) -> int:
+    """`1k` / `1K` = 1024 tokens (eval sizes are RULER's powers of two), plain integers as is."""
+    m = _LENGTH.match(str(text).strip())
+    if not m or int(m.group(1)) <= 0:
+        raise EvalError(f"{text!r} is not a length (examples: 1k, 8k, 1500)")
+    return int(m.group(1)) * (1024 if m.group(2) else 1)
+
+
+def parse_lengths(text: str) -> list[int]:
+    """A comma list of lengths, in the order given, duplicates dropped."""
+    out: list[int] = []
+    for part in _parts(text, "lengths"):
+        n = parse_length(part)
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def format_length(n: int) -> str:
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def parse_budget(text: str) -> Fraction | int:
+    """A fraction of the context (`1/16`, `0.0625`; in (0, 1]) or a token count (`256`, `2k`)."""
+    t = str(text).strip()
+    bad = EvalError(f"{t!r} is not a budget (a fraction like 1/16 or 0.0625, or tokens like 512)")
+    if "/" in t or "." in t:
+        try:
+            frac = Fraction(t)
+        except (ValueError, ZeroDivisionError):
+            raise bad from None
+        if not 0 < frac <= 1:
+            raise EvalError(f"budget fraction {t!r} must be in (0, 1]")
+        return frac
+    try:
+        return parse_length(t)
+    except EvalError:
+        raise bad from None
+
+
+@dataclass(frozen=True)
+class Mode:
+    """kind: full | dense | sparse. budget: for sparse, a Fraction of the context or a token count."""
+
+    kind: str
+    budget: Fraction | int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind != "sparse":
+            return self.kind
+        b = self.budget
+        return f"sparse@{b}" if isinstance(b, Fraction) else f"sparse@{format_length(b)}"
+
+    def budget_tokens(self, n_context: int) -> int:
+        """Tokens a layer may attend to beyond sinks + window, for a context of n_context tokens."""
+        if isinstance(self.budget, Fraction):
+            return max(1, math.ceil(self.budget * n_context))
+        return int(self.budget)
+
+
+def parse_mode(text: str) -> Mode:
+    t = str(text).strip()
+    if t in ("full", "dense"):
+        return Mode(t)
+    if t.startswith("sparse@"):
+        return Mode("sparse", parse_budget(t[len("sparse@"):]))
+    raise EvalError(f"unknown mode {t!r}; modes are full, dense and sparse@B (B = 1/16, 0.0625 or 512)")
+
+
+def parse_modes(text: str) -> list[Mode]:
+    out: list[Mode] = []
+    for part in _parts(text, "modes"):
+        mode = parse_mode(part)
+        if mode not in out:
+            out.append(mode)
+    return out
+
+
+def _parts(text: str, what: str) -> list[str]:
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or any(not p for p in parts):
+        raise EvalError(f"{what} must be a comma-separated list without empty items, got {text!r}")
+    return parts
+
+
+def sparse_config(base: OffloadConfig, mode: Mode, policy: str | None, n_context: int) -> OffloadConfig:
+    """The config offload runs a sparse mode with: `base` plus budget (tokens) and selection policy.
+
+    OffloadConfig validates the policy name; a build without sparse selection has no such fields and
+    every policy is unknown there."""
+    if mode.kind != "sparse":
+        raise EvalError(f"mode {mode.label!r} is not a sparse mode")
+    if not policy:
+        raise EvalError(f"mode {mode.label} needs a selection policy (--policy NAME)")
+    names = {f.name for f in dataclasses.fields(OffloadConfig)}
+    if not {"budget", "policy"} <= names:
+        raise EvalError(
+            f"unknown policy {policy!r}: this build of offload has no sparse selection yet "
+            "(OffloadConfig has no budget/policy fields); run the full and dense modes"
+        )
+    try:
+        return base.replace(budget=mode.budget_tokens(n_context), policy=policy)
+    except (ConfigError, TypeError) as e:
+        raise EvalError(f"{mode.label} with policy {policy!r}: {e}") from None

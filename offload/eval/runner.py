@@ -1,0 +1,173 @@
+"""The runner: for each (task, length, sample, mode) generate the greedy answer and score it.
+
+Every mode reads the same token ids (`model.encode(sample.prompt)`) and its answer is decoded the same
+way (the new token ids up to the first end-of-sequence token, special tokens skipped), so `full` and
+`dense` are compared token for token. Samples are generated once per (task, length, index) and shared
+by all modes; single-needle tasks spread their needle depths evenly over the samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .haystack import spread_depths
+from .modes import Mode, sparse_config
+from .sample import Sample
+from .scoring import score
+from .tasks import get_task
+
+__all__ = ["Record", "run_eval", "plan_samples", "answer_full", "answer_offload", "sample_seed"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One scored answer. score in [0, 1]; tokens: the answer's token ids (EOS excluded)."""
+
+    task: str
+    length: int
+    mode: str
+    policy: str | None
+    index: int
+    seed: str
+    depth: float | None
+    n_prompt_tokens: int
+    score: float
+    prediction: str
+    references: tuple[str, ...]
+    tokens: tuple[int, ...]
+    seconds: float
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def sample_seed(seed: int, index: int) -> str:
+    return f"{seed}:{index}"
+
+
+def plan_samples(task: str, tokenizer, length: int, samples: int, seed: int) -> list[Sample]:
+    """The samples of one (task, length) cell: deterministic for (task, length, samples, seed)."""
+    t = get_task(task)
+    depths = spread_depths(samples) if t.single_needle else [None] * samples
+    return [t.generate(tokenizer, length, sample_seed(seed, i), depths[i]) for i in range(samples)]
+
+
+def _until_eos(tokens: Sequence[int], eos: frozenset[int]) -> list[int]:
+    out = []
+    for t in tokens:
+        if t in eos:
+            break
+        out.append(int(t))
+    return out
+
+
+@torch.inference_mode()
+def answer_full(reference, model, ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy answer of the stock transformers model (HF `generate`, sdpa attention)."""
+    from transformers import GenerationConfig
+
+    eos = sorted(model.eos_ids)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos[0]
+    )
+    input_ids = torch.tensor([ids], device=reference.device)
+    out = reference.generate(
+        input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
+    )
+    return _until_eos(out[0, len(ids):].tolist(), model.eos_ids)
+
+
+def answer_offload(model, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy answer of offload's engine under `model.config`."""
+    from ..generate import stream_generate
+
+    tokens = [
+        r.token
+        for r in stream_generate(model, prompt, max_new_tokens=max_new_tokens, temperature=0.0)
+        if r.token is not None
+    ]
+    return _until_eos(tokens, model.eos_ids)
+
+
+def _mode_model(model, mode: Mode, policy: str | None, n_prompt: int, length: int):
+    """`model` under the config a mode runs with (weights and tokenizer shared, nothing reloaded).
+    The context is raised to the eval length when that exceeds the model's, so both modes see the
+    same positions."""
+    base = model.config
+    if length > model.n_ctx:
+        base = base.replace(ctx=length)
+    if mode.kind == "sparse":
+        base = sparse_config(base, mode, policy, n_prompt)
+    return model if base is model.config else dataclasses.replace(model, config=base)
+
+
+def run_eval(
+    model,
+    *,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    modes: Sequence[Mode],
+    samples: int = 10,
+    seed: int = 0,
+    policy: str | None = None,
+    reference=None,
+    progress: bool = True,
+    on_record: Callable[[Record], None] | None = None,
+) -> list[Record]:
+    """Score every (task, length, sample, mode); returns the records in run order.
+
+    model: an OffloadModel (offload.load_model); reference: the stock HF model for `full` (loaded
+    with offload.loading.load_reference when needed and not given). Order: lengths ascending, then
+    tasks, samples and modes, so short cells finish first and `on_record` (e.g. a JSON writer) keeps
+    partial results. Sparse modes fail before any compute when the policy is not available.
+    """
+    from tqdm.auto import tqdm
+
+    for t in tasks:
+        get_task(t)
+    for m in modes:
+        if m.kind == "sparse":
+            sparse_config(model.config, m, policy, 1024)  # fail fast on a bad policy
+    if reference is None and any(m.kind == "full" for m in modes):
+        from ..loading import load_reference
+
+        reference = load_reference(model)
+    tok = model.tokenizer
+    records: list[Record] = []
+    total = len(tasks) * len(lengths) * samples * len(modes)
+    bar = tqdm(total=total, file=sys.stderr, disable=not progress, unit="answer", dynamic_ncols=True)
+    try:
+        for length in sorted(lengths):
+            for task in tasks:
+                for i, sample in enumerate(plan_samples(task, tok, length, samples, seed)):
+                    ids = model.encode(sample.prompt)
+                    for mode in modes:
+                        bar.set_postfix_str(f"{task} {length} {mode.label} #{i}", refresh=False)
+                        t0 = time.perf_counter()
+                        if mode.kind == "full":
+                            new = answer_full(reference, model, ids, sample.max_new_tokens)
+                        else:
+                            m = _mode_model(model, mode, policy, len(ids), length)
+                            new = answer_offload(m, sample.prompt, sample.max_new_tokens)
+                        pred = tok.decode(new, skip_special_tokens=True)
+                        rec = Record(
+                            task=task, length=length, mode=mode.label,
+                            policy=policy if mode.kind == "sparse" else None, index=i,
+                            seed=sample.seed, depth=sample.depths[0] if len(sample.depths) == 1 else None,
+                            n_prompt_tokens=len(ids), score=score(pred, sample.references, sample.metric),
+                            prediction=pred, references=sample.references, tokens=tuple(new),
+                            seconds=time.perf_counter() - t0,
+                        )
+                        records.append(rec)
+                        if on_record is not None:
+                            on_record(rec)
+                        bar.update(1)
+    finally:
+        bar.close()
+    return records
