@@ -1,11 +1,10 @@
 """`offload-chat`: chat with a local model over long documents.
 
-Answers stream to stdout; progress, the speed line and errors go to stderr. Exit codes:
-0 ok, 1 other error, 2 bad input or option, 3 plan does not fit, 4 context overflow, 5 bad session,
-6 model not found."""
+Answers stream to stdout; progress, the speed line and errors go to stderr."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import traceback
@@ -13,121 +12,53 @@ import traceback
 import click
 
 from .documents import read_document, with_documents
-from .speed import speed_line
-from .units import BytesType, CountType
+from .interactive import repl
+from .session_file import maybe_save, open_session
+from .stream import answer
+from .units import BudgetType, BytesType, CountType
 
 __all__ = ["main"]
 
 HELP_EPILOG = """\b
 Exit codes: 0 ok, 1 unexpected error, 2 bad input or option, 3 memory plan does not fit,
 4 context overflow (prompt + answer > --ctx), 5 bad session file, 6 model not found.
-Every option also reads an OFFLOAD_* environment variable (e.g. OFFLOAD_CTX=200k).
+Every option also reads an OFFLOAD_* environment variable (shown with each option).
 """
 
-SLASH_HELP = """commands: /help  /clear (forget the conversation)  /exit (or Ctrl-D)
-Ctrl-C stops an answer and returns to the prompt."""
+
+def _opt(*names, env, **kw):
+    return click.option(*names, envvar=f"OFFLOAD_{env}", show_envvar=True, **kw)
 
 
-class _Progress:
-    """Prefill progress on stderr: layers done, tokens, elapsed and ETA."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.t0 = enabled, time.perf_counter()
-
-    def __call__(self, done: int, total: int, n_tokens: int) -> None:
-        if not self.enabled or n_tokens < 256:
-            return
-        el = time.perf_counter() - self.t0
-        eta = el / done * (total - done)
-        tps = n_tokens * done / total / max(el, 1e-9)
-        click.echo(f"\rprefill {n_tokens * done // total:,}/{n_tokens:,} tok, {tps:,.0f} tok/s, "
-                   f"{el:.1f} s, ETA {eta:.1f} s   ", err=True, nl=False)
-        if done == total:  # clear the bar: the speed line follows the answer
-            click.echo("\r" + " " * 79 + "\r", err=True, nl=False)
-
-
-def _answer(chat, text, opts, show_speed=True) -> None:
-    """Stream one answer to stdout; Ctrl-C stops it and keeps the conversation."""
-    stream = chat.stream(text, progress=_Progress(sys.stderr.isatty()), **opts)
-    last = None
-    t0 = time.perf_counter()
-    try:
-        for r in stream:
-            if last is None:
-                prompt_s = time.perf_counter() - t0
-            last = r
-            if r.text:
-                click.echo(r.text, nl=False)
-                sys.stdout.flush()
-    except KeyboardInterrupt:
-        stream.close()
-        click.echo("\n[stopped]", err=True)
-    finally:
-        click.echo("")
-    if last is not None and show_speed:
-        click.echo(speed_line(last, prompt_s), err=True)
-
-
-def _interactive(chat, first_prefix, opts) -> None:
-    click.echo(f"offload-chat: {SLASH_HELP}", err=True)
-    pending_docs = first_prefix
-    while True:
-        try:
-            click.echo("> ", err=True, nl=False)
-            line = input()
-        except EOFError:
-            click.echo("", err=True)
-            return
-        except KeyboardInterrupt:
-            click.echo("", err=True)
-            continue
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("/"):
-            cmd = line.split()[0]
-            if cmd == "/exit":
-                return
-            if cmd == "/clear":
-                chat.clear()
-                click.echo("conversation cleared", err=True)
-            elif cmd == "/help":
-                click.echo(SLASH_HELP, err=True)
-            else:
-                click.echo(f"unknown command {cmd}; {SLASH_HELP}", err=True)
-            continue
-        text = pending_docs(line) if pending_docs else line
-        pending_docs = None
-        _answer(chat, text, opts)
-
-
-@click.command(epilog=HELP_EPILOG, context_settings={"auto_envvar_prefix": "OFFLOAD",
-                                                      "help_option_names": ["-h", "--help"]})
-@click.option("-m", "--model", "model_path", default=None, help="Local model dir or .gguf (default: embedded SmolLM2-135M-Instruct).")
-@click.option("-c", "--ctx", type=CountType(), default=None, help="Context in tokens: 8192, 200k (=200,000), 128K (=131,072).")
-@click.option("-f", "--file", "files", multiple=True, help="A UTF-8 text/markdown document (repeatable; - = stdin).")
-@click.option("-p", "--prompt", default=None, help="Ask one question, print the answer, exit.")
-@click.option("-s", "--system", default=None, help="System prompt.")
-@click.option("-n", "--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--temp", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=None)
-@click.option("--prefill-chunk", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--gpu-mem", type=BytesType(), default=None, help="GPU memory for the KV hot set (e.g. 20G).")
-@click.option("--host-mem", type=BytesType(), default=None, help="Host memory for KV (e.g. 32G).")
-@click.option("--disk-dir", type=click.Path(file_okay=False), default=None, help="Where KV spills to disk.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks and loading details.")
-def main(model_path, ctx, files, prompt, system, max_new_tokens, temp, top_p, top_k, seed, prefill_chunk,
-         gpu_mem, host_mem, disk_dir, verbose):
+@click.command(epilog=HELP_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@_opt("-m", "--model", env="MODEL", default=None, help="Local model dir or .gguf (default: embedded SmolLM2-135M-Instruct).")
+@_opt("-c", "--ctx", env="CTX", type=CountType(), default=None, help="Context in tokens: 8192, 200k (=200,000), 128K (=131,072). Default: the model's.")
+@_opt("-f", "--file", "files", env="FILE", multiple=True, help="UTF-8 text/markdown document (repeatable; - reads stdin).")
+@_opt("-p", "--prompt", env="PROMPT", default=None, help="Ask one question, print the answer, exit.")
+@_opt("-s", "--system", env="SYSTEM", default=None, help="System prompt.")
+@_opt("-n", "--max-new-tokens", env="MAX_NEW_TOKENS", type=click.IntRange(min=1), default=512, show_default=True)
+@_opt("--temp", env="TEMP", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 = greedy.")
+@_opt("--top-p", env="TOP_P", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True)
+@_opt("--top-k", env="TOP_K", type=click.IntRange(min=0), default=0, show_default=True)
+@_opt("--seed", env="SEED", type=click.IntRange(min=0), default=None)
+@_opt("--budget", env="BUDGET", type=BudgetType(), default=None, help="KV tokens per layer (2048) or a fraction of the context (1/16, 0.05).")
+@_opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection).")
+@_opt("--prefill-chunk", env="PREFILL_CHUNK", type=click.IntRange(min=1), default=512, show_default=True)
+@_opt("--gpu-mem", env="GPU_MEM", type=BytesType(), default=None, help="GPU memory to plan for (e.g. 24G).")
+@_opt("--host-mem", env="HOST_MEM", type=BytesType(), default=None, help="Host memory for KV (e.g. 32G).")
+@_opt("--disk-dir", env="DISK_DIR", type=click.Path(file_okay=False), default=None, help="Where KV spills to disk.")
+@_opt("--session", env="SESSION", type=click.Path(dir_okay=True), default=None, help="Reopen this session if it exists (no prefill), else create it.")
+@_opt("--dry-run", env="DRY_RUN", is_flag=True, help="Print the memory plan and exit.")
+@_opt("--json", "as_json", env="JSON", is_flag=True, help="With --dry-run: the plan as JSON.")
+@_opt("-v", "--verbose", env="VERBOSE", is_flag=True, help="Tracebacks and loading details.")
+def main(**o):
     """Chat with a local model over long documents. Nothing leaves this machine."""
     try:
-        _run(model_path, ctx, files, prompt, system, max_new_tokens, temp, top_p, top_k, seed,
-             prefill_chunk, gpu_mem, host_mem, disk_dir, verbose)
+        _run(**o)
     except Exception as e:  # every failure becomes one line and an exit code
         from offload.errors import OffloadError
 
-        if verbose:
+        if o["verbose"]:
             traceback.print_exc()
         if isinstance(e, OffloadError):
             click.echo(f"error: {e}", err=True)
@@ -136,29 +67,65 @@ def main(model_path, ctx, files, prompt, system, max_new_tokens, temp, top_p, to
         sys.exit(1)
 
 
-def _run(model_path, ctx, files, prompt, system, max_new_tokens, temp, top_p, top_k, seed, prefill_chunk,
-         gpu_mem, host_mem, disk_dir, verbose):
-    documents = [read_document(f) for f in files]  # bad documents fail before the model loads
+def _config(o, offload):
+    tiered = not o["dense"] and any(o[k] is not None for k in ("gpu_mem", "host_mem", "disk_dir", "budget"))
+    fields = dict(ctx=o["ctx"], prefill_chunk=o["prefill_chunk"], gpu_mem=None, host_mem=o["host_mem"],
+                  disk_dir=o["disk_dir"], kv_store="tiered" if tiered else "dense")
+    if o["budget"] is not None and not o["dense"]:
+        fields["budget"] = o["budget"]
+    return offload.OffloadConfig(**fields)
+
+
+def _plan(o, offload, config):
+    from transformers import AutoConfig
+
+    from offload.loading import resolve_model_dir
+    from offload.plan import plan
+
+    hf_config = AutoConfig.from_pretrained(str(resolve_model_dir(o["model"])), local_files_only=True)
+    ctx = o["ctx"] or getattr(hf_config, "max_position_embeddings", 4096)
+    return plan(hf_config, ctx, gpu_mem=o["gpu_mem"], host_mem=o["host_mem"], disk_dir=o["disk_dir"],
+                offload=config, dtype=config.torch_dtype())
+
+
+def _run(**o):
+    documents = [read_document(f) for f in o["files"]]  # bad documents fail before the model loads
     import offload
 
-    if not verbose:
+    if not o["verbose"]:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    config = offload.OffloadConfig(ctx=ctx, prefill_chunk=prefill_chunk, gpu_mem=gpu_mem,
-                                   host_mem=host_mem, disk_dir=disk_dir)
+    config = _config(o, offload)
+    memory = _plan(o, offload, config)
+    if config.kv_store == "tiered":  # the GPU hot set is what the plan leaves after weights etc.
+        config = config.replace(gpu_mem=max(1, memory.hot_set_bytes))
+    if o["dry_run"]:
+        click.echo(json.dumps(memory.to_dict(), indent=2) if o["as_json"] else str(memory))
+        sys.exit(0 if memory.fits else offload.PlanError.exit_code)
+    if not memory.fits:
+        raise offload.PlanError(
+            f"{memory.ctx:,} tokens do not fit: " + "; ".join(memory.reasons)
+            + f". The largest context that fits is {memory.max_ctx:,}: pass --ctx {memory.max_ctx:,}, "
+            "or give more room (--host-mem, --disk-dir on a larger disk)"
+        )
     t0 = time.perf_counter()
-    model = offload.load_model(model_path, config)
-    if verbose:
+    model = offload.load_model(o["model"], config)
+    if o["verbose"]:
         click.echo(f"loaded {model.model_dir} on {model.device} ({model.dtype}) in "
                    f"{time.perf_counter() - t0:.1f} s; context {model.n_ctx:,} tokens", err=True)
-    if ctx and model.trained_ctx and ctx > model.trained_ctx:
-        click.echo(f"warning: --ctx {ctx:,} is larger than the {model.trained_ctx:,} tokens this model "
-                   "was trained on; answers past that may degrade", err=True)
-    opts = dict(max_new_tokens=max_new_tokens, temperature=temp, top_p=top_p, top_k=top_k, seed=seed)
-    with offload.Chat(model, system=system) as chat:
-        if prompt is not None:
-            _answer(chat, with_documents(documents, prompt), opts)
+    if o["ctx"] and model.trained_ctx and o["ctx"] > model.trained_ctx:
+        click.echo(f"warning: --ctx {o['ctx']:,} is larger than the {model.trained_ctx:,} tokens this "
+                   "model was trained on; answers past that may degrade", err=True)
+    opts = dict(max_new_tokens=o["max_new_tokens"], temperature=o["temp"], top_p=o["top_p"],
+                top_k=o["top_k"], seed=o["seed"])
+    with offload.Chat(model, system=o["system"]) as chat:
+        loaded = open_session(chat, o["session"], o["verbose"])
+        if o["prompt"] is not None:
+            last = answer(chat, with_documents(documents, o["prompt"]), opts)
+            maybe_save(chat, o["session"], loaded, last)
         else:
-            _interactive(chat, (lambda msg: with_documents(documents, msg)) if documents else None, opts)
+            repl(chat, documents, opts)
+            if o["session"] is not None and chat.n_tokens:
+                chat.save_session(o["session"])

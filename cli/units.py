@@ -6,7 +6,7 @@ import re
 
 import click
 
-__all__ = ["parse_count", "parse_bytes", "fmt_bytes", "CountType", "BytesType"]
+__all__ = ["parse_count", "parse_bytes", "parse_budget", "fmt_bytes", "CountType", "BytesType", "BudgetType"]
 
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
 _BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
@@ -63,5 +63,35 @@ class BytesType(click.ParamType):
             return value
         try:
             return parse_bytes(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def parse_budget(text: str) -> int | float:
+    """`2048` (tokens per layer), `1/16` or `0.0625` (fraction of the context, in (0, 1))."""
+    s = str(text).strip()
+    try:
+        if "/" in s:
+            num, den = s.split("/", 1)
+            value = float(num) / float(den)
+        elif re.fullmatch(r"\d+", s) or s[-1:] in "kKmM":
+            return parse_count(s)
+        else:
+            value = float(s)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{text!r} is not a budget (examples: 2048, 4k, 1/16, 0.05)") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{text!r}: a fractional budget must be in (0, 1); use a token count otherwise")
+    return value
+
+
+class BudgetType(click.ParamType):
+    name = "BUDGET"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return value
+        try:
+            return parse_budget(value)
         except ValueError as e:
             self.fail(str(e), param, ctx)
