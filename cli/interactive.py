@@ -86,3 +86,5 @@ def repl(chat, documents: list, opts: dict) -> None:
             state["documents"] = []  # sent: kept only if the turn failed before it started
         except OffloadError as e:
             click.echo(f"error: {e}", err=True)
+        except KeyboardInterrupt:  # Ctrl-C outside the answer stream (a slow /load, /save)
+            click.echo("\n[stopped]", err=True)

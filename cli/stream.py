@@ -33,9 +33,10 @@ class PrefillProgress:
 def answer(chat, text: str, opts: dict, show_speed: bool = True):
     """Stream one answer to stdout. Ctrl-C stops it and keeps the conversation. Returns the last
     GenerationResponse (None if interrupted before the first token)."""
-    stream = chat.stream(text, progress=PrefillProgress(sys.stderr.isatty()), **opts)
     last, prompt_s, t0 = None, None, time.perf_counter()
+    stream = None
     try:
+        stream = chat.stream(text, progress=PrefillProgress(sys.stderr.isatty()), **opts)
         for r in stream:
             if last is None:
                 prompt_s = time.perf_counter() - t0
@@ -44,7 +45,8 @@ def answer(chat, text: str, opts: dict, show_speed: bool = True):
                 click.echo(r.text, nl=False)
                 sys.stdout.flush()
     except KeyboardInterrupt:
-        stream.close()
+        if stream is not None:
+            stream.close()
         click.echo("")
         click.echo("[stopped]", err=True)
         return last
