@@ -99,7 +99,7 @@ def _run(**o):
         hf_logging.set_verbosity_error()
     config = _config(o, offload)
     memory = _plan(o, offload, config)
-    if config.kv_store == "tiered":  # the GPU hot set is what the plan leaves after weights etc.
+    if config.store_kind == "tiered":  # the GPU hot set is what the plan leaves after weights etc.
         config = config.replace(gpu_mem=max(1, memory.hot_set_bytes))
     if o["dry_run"]:
         click.echo(json.dumps(memory.to_dict(), indent=2) if o["as_json"] else str(memory))

@@ -65,9 +65,12 @@ class PrefillPass:
     the layer's earlier tokens (a previous chat turn); chunks of the T new tokens are appended in order.
     """
 
-    def __init__(self, k_buf: torch.Tensor, v_buf: torch.Tensor, n_prior: int):
+    def __init__(self, k_buf: torch.Tensor, v_buf: torch.Tensor, n_prior: int, keep_tail: int = 0):
         self.k_buf, self.v_buf = k_buf, v_buf
         self.n_prior = self.n = n_prior
+        # keep_tail > 0: remember the last keep_tail queries [B, H, t, D] and the scale (sparse
+        # stores score chunks by the prompt's last queries: snapkv, h2o)
+        self.keep_tail, self.q_tail, self.scaling = keep_tail, None, None
 
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int):
         t = k.shape[2]
@@ -77,6 +80,9 @@ class PrefillPass:
         return self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]
 
     def attend(self, layer, q, k, v, scaling, sliding_window):
+        if self.keep_tail:
+            tail = q if self.q_tail is None else torch.cat([self.q_tail, q], dim=2)
+            self.q_tail, self.scaling = tail[:, :, -self.keep_tail :].clone(), scaling
         return causal_prefill_attention(q, k, v, scaling, sliding_window)
 
     def new_kv(self) -> tuple[torch.Tensor, torch.Tensor]:

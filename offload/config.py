@@ -11,7 +11,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["OffloadConfig"]
+__all__ = ["OffloadConfig", "SELECTION_POLICIES", "LAYER_BUDGETS"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -22,6 +22,9 @@ _DTYPES = {
     "fp16": torch.float16,
 }
 _STORES = ("dense", "tiered")
+# Chunk-selection policies of sparse decode (offload/tiers/selection.py): ours first, then baselines.
+SELECTION_POLICIES = ("bound", "quest", "landmark", "snapkv", "h2o")
+LAYER_BUDGETS = ("uniform", "squeeze")
 
 
 def _positive_int(name: str, value, allow_none: bool = False) -> None:
@@ -46,6 +49,16 @@ class OffloadConfig:
     gpu_mem / host_mem: byte limits for the GPU hot set and the host pool (None = measured).
     disk_dir: where spill files and sessions' scratch go (None = a private dir under the cache).
     compress: zstd on disk chunks; None = on where it pays (bf16 KV), off otherwise.
+    budget: sparse decode — KV tokens a layer attends to per step beyond sinks + window: an int is
+        tokens, a float in (0, 1) a fraction of the current context; None = everything (dense
+        attention). A budget needs the tiered store: with kv_store="dense" the tiered store is used
+        anyway (`store_kind`), since selection, abstracts and fetching live there.
+    rank: r of the low-rank chunk abstracts (policy "bound"); capped at the head dim.
+    policy: chunk-selection policy: "bound" (low-rank upper bound, ours), "quest" (per-channel
+        min/max), "landmark" (ShadowKV-style mean key), "snapkv" (static, from the prompt's last
+        queries), "h2o" (accumulated attention, evicting).
+    layer_budget: "uniform" (every layer the same budget) or "squeeze" (SqueezeAttention: the third
+        of layers whose attention changes the hidden state least gets less, total unchanged).
     """
 
     ctx: int | None = None
@@ -60,6 +73,10 @@ class OffloadConfig:
     host_mem: int | None = None
     disk_dir: str | None = None
     compress: bool | None = None
+    budget: int | float | None = None
+    rank: int = 16
+    policy: str = "bound"
+    layer_budget: str = "uniform"
 
     def __post_init__(self):
         _positive_int("ctx", self.ctx, allow_none=True)
@@ -77,11 +94,35 @@ class OffloadConfig:
             raise ConfigError(f"kv_store must be one of {_STORES}, got {self.kv_store!r}")
         if self.compress not in (None, True, False):
             raise ConfigError(f"compress must be None, True or False, got {self.compress!r}")
+        b = self.budget
+        if b is not None:
+            if isinstance(b, bool) or not isinstance(b, (int, float)):
+                raise ConfigError(f"budget must be None, tokens (int >= 1) or a fraction in (0, 1), "
+                                  f"got {b!r}")
+            if isinstance(b, int) and b < 1:
+                raise ConfigError(f"budget in tokens must be >= 1, got {b!r}")
+            if isinstance(b, float) and not 0.0 < b < 1.0:
+                raise ConfigError(f"budget as a fraction must be in (0, 1), got {b!r}")
+        _positive_int("rank", self.rank)
+        if self.policy not in SELECTION_POLICIES:
+            raise ConfigError(f"policy must be one of {SELECTION_POLICIES}, got {self.policy!r}")
+        if self.layer_budget not in LAYER_BUDGETS:
+            raise ConfigError(f"layer_budget must be one of {LAYER_BUDGETS}, got {self.layer_budget!r}")
         dev = self.device
         if dev != "auto" and not (dev == "cpu" or dev == "cuda" or dev.startswith("cuda:")):
             raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {dev!r} asked for, but torch sees no CUDA device")
+
+    @property
+    def sparse(self) -> bool:
+        """True when decode attends to a selection (a budget is set)."""
+        return self.budget is not None
+
+    @property
+    def store_kind(self) -> str:
+        """The KV store this config runs on: "tiered" when asked for or when sparse decode is on."""
+        return "tiered" if self.sparse else self.kv_store
 
     def torch_device(self) -> torch.device:
         """The compute device this config resolves to on this machine."""

@@ -15,6 +15,7 @@ import torch
 from .attention import DecodePass, PrefillPass
 from .kvstore import KVStore
 from .model import OffloadModel
+from .prefill_stats import OBS_TAIL, AttentionCosine
 
 __all__ = ["Engine"]
 
@@ -70,20 +71,29 @@ class Engine:
         k_buf = torch.empty(shape, dtype=h.dtype, device=h.device)
         v_buf = torch.empty_like(k_buf)
         n_layers = len(self._layers)
+        observe = getattr(self.store, "prefill_observer", None)  # sparse stores take statistics
         for li, layer in enumerate(self._layers):
             if n_prior:
                 k_old, v_old = self.store.read_layer(li)
                 k_buf[:, :, :n_prior] = k_old
                 v_buf[:, :, :n_prior] = v_old
-            p = PrefillPass(k_buf, v_buf, n_prior)
-            for ci, (s, e) in enumerate(spans):
-                out = layer(
-                    h[:, s:e], attention_mask=None, position_ids=pos[:, s:e], past_key_values=p,
-                    use_cache=True, position_embeddings=self._rope(h, pos[:, s:e], li, ropes[ci]),
-                    offload_pass=p,
-                )
-                h[:, s:e] = out[0] if isinstance(out, tuple) else out
+            p = PrefillPass(k_buf, v_buf, n_prior, keep_tail=OBS_TAIL if observe else 0)
+            cos = AttentionCosine(layer.self_attn) if observe else None
+            try:
+                for ci, (s, e) in enumerate(spans):
+                    if cos is not None:
+                        cos.h_in = h[:, s:e]  # the layer's input: read by the hook before it is replaced
+                    out = layer(
+                        h[:, s:e], attention_mask=None, position_ids=pos[:, s:e], past_key_values=p,
+                        use_cache=True, position_embeddings=self._rope(h, pos[:, s:e], li, ropes[ci]),
+                        offload_pass=p,
+                    )
+                    h[:, s:e] = out[0] if isinstance(out, tuple) else out
+            finally:  # the hook must go even if a layer raises
+                squeeze = cos.close() if cos is not None else None
             self.store.append(li, *p.new_kv())
+            if observe:
+                observe(li, p.q_tail, k_buf[:, :, : p.n], p.scaling, squeeze)
             if progress is not None:
                 progress(li + 1, n_layers, t)
         return self._logits(h[0]) if all_logits else self._logits(h[0, -1:])[0]

@@ -90,7 +90,7 @@ class OffloadModel:
     def new_store(self) -> KVStore:
         """An empty KV store of the kind the config asks for."""
         n_layers, n_kv, head_dim = self.kv_shape()
-        if self.config.kv_store == "tiered":
+        if self.config.store_kind == "tiered":  # a sparse budget implies the tiered store
             from .tiers import TieredKVStore
 
             return TieredKVStore(

@@ -282,7 +282,7 @@ def load_session(path, fingerprint: str, config=None, device=None, dtype=None):
     geometry = (info.n_layers, info.n_kv_heads, info.head_dim, kv_dtype, device)
     store, layer = None, 0
     try:
-        if config.kv_store == "tiered":
+        if config.store_kind == "tiered":  # abstracts are rebuilt by append as layers load
             store = TieredKVStore(*geometry, config=config, batch=info.batch)
         else:
             store = DenseKVStore(*geometry, batch=info.batch)

@@ -4,7 +4,13 @@ Per layer (see `layout.ChunkLayout`): sinks and the recent window sit in one pre
 buffer `edge[l]` [2, R, S + W + C, D] (sinks at [:S], window at [S:]); the body is chunks placed by
 the `TierManager` (policy) and moved by `Transfer` (mechanism).
 
-`attend` is exact: until sparse selection lands it attends over sinks + every body chunk + window.
+Sparse decode (config.budget set): every body chunk gets an abstract when it joins the body
+(prefill and decode alike) and a one-query `attend` asks the `Selector` for each KV head's chunks
+(score -> top-k within the layer's budget, see selection.py); `attend(select=...)` then fetches the
+misses through the TierManager and attends over sinks + window + the selection. A budget covering
+every chunk selects None: the exact path below, identical to dense.
+
+`attend` without a selection is exact over sinks + every body chunk + window.
 Chunks go through the layer's GPU slots in rounds of at most `budget` chunks (resident ones first,
 then misses fetched from host/disk), each round a partial softmax merged by log-sum-exp, so a budget
 smaller than the context still gives the exact result. `attend(select=...)` already takes chunk ids
@@ -30,6 +36,7 @@ from .host import HostPool
 from .layout import ChunkLayout
 from .limits import TierLimits
 from .manager import HOST, TierManager
+from .selection import Selector
 from .spill import SpillDir
 from .transfer import Transfer
 
@@ -62,6 +69,8 @@ class TieredKVStore:
         self._edge = torch.zeros(shape, dtype=dtype, device=self.device)
         self._n = [0] * n_layers
         self._closed = False
+        # sparse decode: abstracts and selection state (None = attend to every chunk)
+        self._sel = Selector(lay, n_kv_heads, batch, config, self.device) if config.sparse else None
 
     # -- KVStore protocol ------------------------------------------------------------------------
     def layer_len(self, layer: int) -> int:
@@ -87,6 +96,10 @@ class TieredKVStore:
         win = edge[:, :, s:]  # [2, R, W + C, D]
         w = lay.window_len(n)
         emit = lay.body_chunks(n + t) - self._mgr.n_chunks(layer)
+        if emit and self._sel is not None and self._mgr.n_chunks(layer) == 0:
+            # the layer's first chunks: its abstract basis comes from every key it holds (the prompt)
+            held = [edge[0, :, : lay.sink_len(n)], edge[0, :, s : s + lay.window_len(n)], kr]
+            self._sel.before_chunks(layer, torch.cat(held, dim=1))
         for i in range(emit):  # chunk i of the stream window[:w] ++ new[:r]
             a, e = i * c, (i + 1) * c
             parts = []
@@ -123,12 +136,39 @@ class TieredKVStore:
 
     def attend(self, layer: int, q: torch.Tensor, scaling: float, sliding_window: int | None = None,
                select: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """Exact attention of q [B, H, Lq, D] over the stored tokens of `layer` (the last Lq are the
+        """Attention of q [B, H, Lq, D] over the stored tokens of `layer` (the last Lq are the
         queries' own, causal bottom-right). Returns [B, Lq, H, D].
 
-        select: None = every body chunk; or int [Hkv, k] (or [B*Hkv, k]) chunk ids per KV head,
-        -1 = padding: each head then sees sinks + window + its own chunks."""
+        select: None = the sparse selection when the store is sparse and Lq == 1, else every body
+        chunk (exact); or int [Hkv, k] (or [B*Hkv, k]) chunk ids per KV head, -1 = padding: each head
+        then sees sinks + window + its own chunks."""
         self._check_open()
+        sel = self._sel
+        # sliding-window layers (Gemma 3) read at most their window: nothing to select there
+        if select is None and sel is not None and q.shape[2] == 1 and sliding_window is None:
+            m = self._mgr.n_chunks(layer)
+            select = sel.select(layer, q[:, :, 0].contiguous(), m, self._n[layer])
+            if select is not None and sel.wants_mass:
+                out, mass = self._attend(layer, q, scaling, sliding_window, select, want_mass=True)
+                sel.add_mass(layer, *mass)
+                return out
+        return self._attend(layer, q, scaling, sliding_window, select)
+
+    @property
+    def prefill_observer(self):
+        """callable(layer, q_tail, keys, scaling, attn_cos) taking prefill statistics (the prompt's
+        last queries [B, H, t, D], the layer's keys [B, Hkv, n, D], mean cos(h, h + attn(h))) for
+        snapkv/h2o scores and SqueezeAttention budgets; None when the store is not sparse."""
+        return self._sel.observe_prefill if self._sel is not None else None
+
+    @property
+    def selector(self) -> Selector | None:
+        """Sparse selection state (abstracts, per-layer budgets), or None when dense."""
+        return self._sel
+
+    def _attend(self, layer, q, scaling, sliding_window, select, want_mass: bool = False):
+        """`attend` with an explicit selection. want_mass (one query, a selection given): also
+        return (chunk ids, attention mass per row on each of them [R, len(ids)]) for h2o."""
         lay, n, lq = self.layout, self._n[layer], q.shape[2]
         qr = to_rows(q, self.n_kv_heads)  # [R, g, Lq, D]
         qpos = torch.arange(n - lq, n, device=self.device)
@@ -156,6 +196,10 @@ class TieredKVStore:
             return out
         order = sorted(range(len(ids)), key=lambda i: self._mgr.gpu_slot(layer, ids[i]) is None)
         out = lse = None
+        g = q.shape[1] // self.n_kv_heads
+        chunk_lse = None  # want_mass: per-chunk log-sum-exp [R, g, len(ids)]
+        if want_mass:
+            chunk_lse = torch.full((lay.rows, g, len(ids)), float("-inf"), device=self.device)
         for r0 in range(0, max(1, len(order)), budget):
             idx = order[r0 : r0 + budget]
             chunks = [ids[i] for i in idx]
@@ -174,9 +218,25 @@ class TieredKVStore:
             o, l_ = partial_attention(qr, torch.cat(ks, dim=1), torch.cat(vs, dim=1), torch.cat(pos),
                                       qpos, scaling, sliding_window, mask)  # fmt: skip
             out, lse = merge_partials(out, lse, o, l_)
+            if want_mass and chunks:
+                row_mask = masks[-1] if row_has is not None else None
+                chunk_lse[:, :, idx] = self._chunk_lse(qr, k, scaling, row_mask)
             self._xfer.mark_used(layer)
             self._mgr.release(layer)
-        return from_rows(out, self.batch, q.dtype)
+        res = from_rows(out, self.batch, q.dtype)
+        if want_mass:  # mass of chunk c on row r: sum over the group of exp(lse_c - lse)
+            mass = torch.exp(chunk_lse - lse[:, :, :1]).sum(1)  # [R, len(ids)]
+            return res, (ids, mass)
+        return res
+
+    def _chunk_lse(self, qr, k, scaling, row_mask):
+        """Per-chunk log-sum-exp of one query's scores (h2o's mass): qr [R, g, 1, D], k [R, n*C, D],
+        row_mask bool [R, n*C] or None -> [R, g, n]."""
+        r, g = qr.shape[:2]
+        s = torch.matmul(qr[:, :, 0].float(), k.float().transpose(-1, -2)) * scaling  # [R, g, n*C]
+        if row_mask is not None:
+            s = s.masked_fill(~row_mask[:, None, :], float("-inf"))
+        return torch.logsumexp(s.view(r, g, -1, self.layout.chunk), dim=-1)  # [R, g, n]
 
     def prefetch(self, layer: int, chunks) -> None:
         """Start copying `chunks` of `layer` into its slots (e.g. under the previous layer's
@@ -204,6 +264,8 @@ class TieredKVStore:
             s = lay.sinks
             win[:, :, filled:] = self._edge[layer, :, :, s : s + w_new - filled]
             self._mgr.truncate(layer, m_new)
+            if self._sel is not None:
+                self._sel.truncate(layer, m_new)
             if self._disk is not None:
                 self._disk.drop_from(layer, m_new)
             self._edge[layer, :, :, s : s + w_new] = win
@@ -258,6 +320,8 @@ class TieredKVStore:
     def _add_chunk(self, layer: int, chunk: torch.Tensor, hot: bool) -> None:
         """Place a new chunk [2, R, C, D] (device): home copy on host or disk, maybe a GPU copy."""
         p = self._mgr.add_chunk(layer, hot=hot)
+        if self._sel is not None:
+            self._sel.add_chunk(layer, p.chunk, chunk[0])  # abstract from the keys [R, C, D]
         if p.gpu_slot is not None:
             self._xfer.to_slot(chunk, self._gpu.view(layer, p.gpu_slot))
         if p.home == HOST:

@@ -134,3 +134,6 @@ class WindowPolicy:
 
 register_policy("full")(FullPolicy)
 register_policy("window")(WindowPolicy)
+
+# sparse decode's chunk policies (bound, quest, landmark, snapkv, h2o) register themselves
+from . import sparse_policies  # noqa: E402,F401

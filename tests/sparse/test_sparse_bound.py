@@ -1,0 +1,98 @@
+"""Invariant 5: a chunk's abstract score is an upper bound of max over its keys of q.k — on random
+keys (hypothesis) and on SmolLM2's real post-RoPE keys captured through the store after a prefill."""
+
+import dataclasses
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from offload.engine import Engine
+from offload.tiers.abstracts import ChunkAbstracts
+
+TOL = 1e-4  # relative to |q| |k|: fp32 rounding of projections and dots
+
+
+def _best_dot(q, keys, n_kv):
+    """max over each chunk's keys of q.k, max over the group: q [1, H, D], keys [Hkv, m, C, D]."""
+    h, d = q.shape[1], q.shape[2]
+    qg = q[0].reshape(n_kv, h // n_kv, d).double()
+    dots = torch.einsum("kgd,kmcd->kgmc", qg, keys.double())  # [Hkv, g, m, C]
+    return dots.amax(dim=(1, 3))  # [Hkv, m]
+
+
+def _scale(q, keys):
+    return float(q.norm(dim=-1).max() * keys.norm(dim=-1).max())
+
+
+def _check(kind, keys, q, rank, basis_keys=None):
+    n_kv, m, c, d = keys.shape
+    ab = ChunkAbstracts(1, 1, n_kv, d, kind, rank, "cpu", capacity=2)  # grows while adding
+    ab.ensure_basis(0, basis_keys if basis_keys is not None else keys.reshape(n_kv, m * c, d))
+    for j in range(m):
+        ab.add(0, j, keys[:, j])
+    got = ab.scores(0, q)[0]  # [Hkv, m]
+    want = _best_dot(q, keys, n_kv)
+    assert (got.double() >= want - TOL * _scale(q, keys)).all(), (got - want).min()
+    return got, want
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n_kv=st.sampled_from([1, 3]),
+    group=st.sampled_from([1, 3]),
+    d=st.sampled_from([8, 64]),
+    chunk=st.sampled_from([1, 4, 16]),
+    m=st.integers(1, 6),
+    rank=st.integers(1, 12),
+    spread=st.floats(0.01, 100.0),
+    offset=st.floats(-10.0, 10.0),
+    outlier=st.booleans(),
+)
+def test_bound_on_random_keys(seed, n_kv, group, d, chunk, m, rank, spread, offset, outlier):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n_kv, m, chunk, d, generator=g) * spread + offset
+    if outlier:  # one key far off the basis: the needle a mean landmark would hide
+        keys[:, 0, 0] = torch.randn(n_kv, d, generator=g) * spread * 50
+    q = torch.randn(1, n_kv * group, d, generator=g) * spread
+    basis_keys = torch.randn(n_kv, 3 * d, d, generator=g)  # any basis must give a bound
+    for kind in ("lowrank", "quest"):
+        _check(kind, keys, q, rank)
+    _check("lowrank", keys, q, rank, basis_keys=basis_keys)
+    # a key as the query: its own chunk's score reaches at least |k|^2
+    q = keys[:, -1, -1].repeat_interleave(group, 0)[None]
+    got, want = _check("lowrank", keys, q, rank)
+    assert (got[:, -1] >= want[:, -1] - TOL * _scale(q, keys)).all()
+
+
+def test_bound_on_real_keys(model):
+    """Prefill ~600 tokens through a sparse store; for every layer and KV head, the store's own
+    abstracts bound every key of every body chunk against real-scale queries (the layer's keys
+    themselves and random directions with their norms)."""
+    cfg = model.config.replace(budget=256, policy="bound", rank=16)
+    m = dataclasses.replace(model, config=cfg)
+    text = "The lighthouse keeper counted the ships that passed the rocks at night. " * 50
+    ids = model.encode(text)[:600]
+    store = m.new_store()
+    try:
+        Engine(m, store).prefill(ids)
+        ab = store.selector.abstracts
+        lay = store.layout
+        n_layers, n_kv, d = model.kv_shape()
+        n_heads = model.text_config.num_attention_heads
+        g = torch.Generator().manual_seed(0)
+        for layer in range(n_layers):
+            k, _ = store.read_layer(layer)  # [1, Hkv, n, D]
+            mc = ab.n[layer]
+            assert mc == lay.body_chunks(len(ids)) > 0
+            body = k[0, :, lay.sinks : lay.sinks + mc * lay.chunk].reshape(n_kv, mc, lay.chunk, d)
+            picks = torch.randint(0, k.shape[2], (n_heads,), generator=g)
+            qs = [k[0, torch.arange(n_heads) // (n_heads // n_kv), picks][None],
+                  torch.randn(1, n_heads, d, generator=g) * k.norm(dim=-1).mean()]  # fmt: skip
+            for q in qs:
+                got = ab.scores(layer, q)[0]
+                want = _best_dot(q, body, n_kv)
+                assert (got.double() >= want - TOL * _scale(q, body)).all(), (layer, (got - want).min())
+    finally:
+        store.close()

@@ -1,0 +1,125 @@
+"""Sparse decode selection: config, layer budgets (uniform / SqueezeAttention), per-layer budgets
+respected by the store, h2o eviction, and the dense fallback when the budget covers the context."""
+
+import math
+
+import pytest
+import torch
+
+from offload import ConfigError, OffloadConfig
+from offload.tiers import TieredKVStore
+from offload.tiers.squeeze import kmeans_1d, layer_budgets
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"budget": 0}, {"budget": -3}, {"budget": 1.0}, {"budget": 0.0}, {"budget": 1.5}, {"budget": True},
+    {"budget": "1/8"}, {"rank": 0}, {"policy": "magic"}, {"layer_budget": "random"},
+])  # fmt: skip
+def test_bad_sparse_fields(kwargs):
+    with pytest.raises(ConfigError):
+        OffloadConfig(**kwargs)
+
+
+def test_budget_switches_to_tiered_store():
+    assert OffloadConfig().store_kind == "dense" and not OffloadConfig().sparse
+    c = OffloadConfig(budget=0.125, policy="quest", layer_budget="squeeze", rank=8)
+    assert c.sparse and c.store_kind == "tiered" and c.kv_store == "dense"
+
+
+def test_kmeans_1d_and_squeeze_budgets():
+    vals = [0.1, 0.12, 0.5, 0.52, 0.9, 0.91, 0.95]
+    assert kmeans_1d(vals) == [0, 0, 1, 1, 2, 2, 2]
+    assert kmeans_1d([0.3] * 4) == [0] * 4
+    assert layer_budgets(100, 7, "uniform", vals) == [100] * 7
+    b = layer_budgets(100, 7, "squeeze", vals)
+    assert sum(b) == 700 and b[4:] == [50, 50, 50] and min(b[:4]) > 100
+    assert layer_budgets(100, 7, "squeeze", None) == [100] * 7  # no statistics: uniform
+
+
+def _filled_store(cfg, n_layers=4, n_kv=2, d=16, n=600, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    st = TieredKVStore(n_layers, n_kv, d, torch.float32, "cpu", config=cfg)
+    for layer in range(n_layers):
+        k, v = torch.randn(1, n_kv, n, d, generator=g), torch.randn(1, n_kv, n, d, generator=g)
+        st.append(layer, k, v)
+        cos = [0.99, 0.5, 0.98, 0.6][layer]  # layers 0 and 2 change h least: squeezed
+        q_tail = torch.randn(1, 2 * n_kv, 8, d, generator=g)
+        if st.prefill_observer is not None:
+            st.prefill_observer(layer, q_tail, k, d**-0.5, cos)
+    return st, g
+
+
+@pytest.mark.parametrize("policy", ["bound", "quest", "landmark", "snapkv", "h2o"])
+@pytest.mark.parametrize("layer_budget", ["uniform", "squeeze"])
+def test_budgets_respected_per_layer(policy, layer_budget):
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy,
+                        layer_budget=layer_budget, rank=4)  # fmt: skip
+    st, g = _filled_store(cfg)
+    sel, lay = st.selector, st.layout
+    n = st.layer_len(0)
+    tokens = math.ceil(0.25 * n)
+    per_layer = [sel.chunk_budget(layer, n) * lay.chunk for layer in range(4)]
+    assert all(b <= tokens * (2 if layer_budget == "squeeze" else 1) for b in per_layer)
+    want = layer_budgets(tokens, 4, layer_budget, [0.99, 0.5, 0.98, 0.6])
+    assert all(p <= w for p, w in zip(per_layer, want))
+    if layer_budget == "squeeze":
+        assert per_layer[0] < per_layer[1] and per_layer[2] < per_layer[3]
+    for layer in range(4):
+        m = st._mgr.n_chunks(layer)
+        q = torch.randn(1, 4, 16, generator=g)
+        ids = sel.select(layer, q, m, n)
+        assert ids.shape == (2, per_layer[layer] // lay.chunk)
+        for row in ids:
+            assert len(set(row.tolist())) == len(row) and ((row >= 0) & (row < m)).all()
+        out = st.attend(layer, q[:, :, None], 16**-0.5)
+        assert out.shape == (1, 1, 4, 16) and torch.isfinite(out).all()
+    st.close()
+
+
+def test_h2o_evicts_for_good():
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=64, policy="h2o")
+    st, g = _filled_store(cfg, n_layers=1)
+    dropped = None
+    for step in range(6):
+        kv = torch.randn(2, 1, 2, 1, 16, generator=g)
+        st.append(0, kv[0], kv[1])
+        m = st._mgr.n_chunks(0)
+        ids = st.selector.select(0, torch.randn(1, 4, 16, generator=g), m, st.layer_len(0))
+        kept = [set(r.tolist()) for r in ids]
+        if dropped is not None:
+            assert all(not (kept[h] & dropped[h]) for h in range(2))
+        dropped = [set(range(m)) - kept[h] for h in range(2)]
+    st.close()
+
+
+def test_budget_over_context_is_exact():
+    """A budget covering every chunk attends densely: bitwise the store without a budget."""
+    dense_cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16)
+    outs = []
+    for cfg in (dense_cfg, dense_cfg.replace(budget=10**6, policy="bound")):
+        st, g = _filled_store(cfg, n_layers=2)
+        q = torch.randn(1, 4, 1, 16, generator=g)
+        outs.append(st.attend(1, q, 0.25))
+        st.close()
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("policy", ["bound", "quest", "landmark"])
+def test_truncate_then_refill_rebuilds_the_same_abstracts(policy):
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=64, policy=policy, rank=4)
+    g = torch.Generator().manual_seed(3)
+    k, v = torch.randn(1, 2, 300, 16, generator=g), torch.randn(1, 2, 300, 16, generator=g)
+    a = TieredKVStore(1, 2, 16, torch.float32, "cpu", config=cfg)
+    b = TieredKVStore(1, 2, 16, torch.float32, "cpu", config=cfg)
+    a.append(0, k, v)
+    a.truncate(150)
+    for t in range(150, 300):  # decode-sized appends refill the body chunk by chunk
+        a.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1])
+    b.append(0, k, v)
+    ab_a, ab_b = a.selector.abstracts, b.selector.abstracts
+    assert ab_a.n == ab_b.n == [a._mgr.n_chunks(0)]
+    m = ab_a.n[0]
+    assert torch.allclose(ab_a.lo[0, :, :, :m], ab_b.lo[0, :, :, :m], atol=1e-5)
+    q = torch.randn(1, 4, 16, generator=g)
+    assert torch.allclose(ab_a.scores(0, q), ab_b.scores(0, q), atol=1e-4)
+    a.close(), b.close()

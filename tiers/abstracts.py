@@ -1,0 +1,124 @@
+"""`ChunkAbstracts`: a few numbers per body chunk and KV head, resident on the compute device, that
+bound the chunk's attention scores (invariant 5) so decode finds the chunks that matter.
+
+Kinds (one per store, chosen by the selection policy):
+- "lowrank" (policy `bound`, ours): per (layer, KV head) an orthonormal basis P [D, r] — the top-r
+  eigenvectors of the post-RoPE keys' second moment K^T K (uncentred: the mean direction dominates,
+  DESIGN §5) from the first keys the layer stores (the prompt). Per chunk: min and max of P^T k per
+  basis direction and the max norm of the residual k - P P^T k. Score (kernels.chunk_scores)
+      sum_i max(q~_i lo_i, q~_i hi_i) + ||q - P q~|| max||k_res||  >=  max_k q.k
+  for *any* orthonormal P: a good P only makes it tight. Unlike a mean landmark (ShadowKV), an
+  outlier key that holds a needle widens its chunk's box and raises the bound instead of vanishing.
+- "quest": per-channel min/max of the keys (Quest): also an upper bound, 2D numbers per chunk.
+- "mean": the chunk's mean key (ShadowKV landmark): an estimate, not a bound; baseline only.
+
+Buffers are preallocated per store: [L, B, Hkv, capacity, width] fp32, capacity from `ctx` when
+known, else doubled when full (amortised: the decode loop does not allocate per step).
+
+Size (fp32 abstracts, C = 64 tokens per chunk, per KV head): (2r + 1) * 4 / C bytes per token.
+SmolLM2 (D 64, r 16): 2.06 B/token vs 256 B of bf16 K+V (512 fp32) = 1/124 (1/248); plus the basis
+D*r*4 = 4 KiB per head and layer. Llama-3.1-8B (D 128, r 32): 4.06 B vs 512 B = 1/126; at 200k
+tokens 32 layers x 8 heads x 3125 chunks x 260 B = 208 MB next to 24.4 GiB of KV.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from offload.kernels import chunk_scores
+
+__all__ = ["ChunkAbstracts", "KINDS"]
+
+KINDS = ("lowrank", "quest", "mean")
+_RES_SLACK = 1e-5  # relative slack on the residual norm: fp32 rounding must not break the bound
+
+
+class ChunkAbstracts:
+    """Abstracts of every body chunk of every layer (see module doc).
+
+    rows are B*Hkv (the store's layout); `add` takes a chunk's keys [R, C, D] on the device."""
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, kind: str,
+                 rank: int, device, capacity: int = 64):  # fmt: skip
+        if kind not in KINDS:
+            raise ValueError(f"abstract kind must be one of {KINDS}, got {kind!r}")
+        self.kind, self.n_layers, self.batch, self.n_kv = kind, n_layers, batch, n_kv_heads
+        self.head_dim, self.device = head_dim, torch.device(device)
+        self.rank = min(rank, head_dim)
+        self.width = self.rank if kind == "lowrank" else head_dim
+        self.n = [0] * n_layers
+        self._alloc(max(1, capacity))
+        if kind == "lowrank":  # basis [L, Hkv, D, r]; `has_basis` says which layers have one
+            self.basis = torch.zeros(n_layers, n_kv_heads, head_dim, self.rank, device=self.device)
+            self.has_basis = [False] * n_layers
+
+    def _alloc(self, capacity: int) -> None:
+        """(Re)allocate the buffers for `capacity` chunks per layer, keeping what they hold."""
+        shape = (self.n_layers, self.batch, self.n_kv, capacity, self.width)
+        old = (getattr(self, "lo", None), getattr(self, "hi", None), getattr(self, "res", None))
+        self.lo = torch.zeros(shape, device=self.device)  # lowrank/quest: min; mean: the mean key
+        self.hi = torch.zeros(shape, device=self.device) if self.kind != "mean" else None
+        self.res = torch.zeros(shape[:-1], device=self.device) if self.kind == "lowrank" else None
+        for new, prev in zip((self.lo, self.hi, self.res), old):
+            if new is not None and prev is not None:
+                new[:, :, :, : prev.shape[3]] = prev
+        self.capacity = capacity
+
+    def _grow(self, need: int) -> None:
+        self._alloc(max(need, 2 * self.capacity))
+
+    @property
+    def nbytes(self) -> int:
+        total = sum(t.numel() * 4 for t in (self.lo, self.hi, self.res) if t is not None)
+        return total + (self.basis.numel() * 4 if self.kind == "lowrank" else 0)
+
+    def ensure_basis(self, layer: int, keys: torch.Tensor) -> None:
+        """Fix layer's basis from keys [R, N, D] (its first stored keys) unless it has one."""
+        if self.kind != "lowrank" or self.has_basis[layer]:
+            return
+        kf = keys.float().reshape(self.batch, self.n_kv, -1, self.head_dim)
+        second = torch.einsum("bhnd,bhne->hde", kf, kf)  # [Hkv, D, D], summed over the batch
+        _, vecs = torch.linalg.eigh(second)  # ascending eigenvalues; orthonormal columns
+        self.basis[layer] = vecs[..., -self.rank :]
+        self.has_basis[layer] = True
+
+    def add(self, layer: int, j: int, keys: torch.Tensor) -> None:
+        """Abstract of chunk j (the layer's next one) from its keys [R, C, D]."""
+        if j != self.n[layer]:
+            raise ValueError(f"layer {layer}: abstract for chunk {j}, expected chunk {self.n[layer]}")
+        if j >= self.capacity:
+            self._grow(j + 1)
+        kf = keys.float().reshape(self.batch, self.n_kv, -1, self.head_dim)  # [B, Hkv, C, D]
+        if self.kind == "lowrank":
+            if not self.has_basis[layer]:
+                self.ensure_basis(layer, keys)
+            p = self.basis[layer]  # [Hkv, D, r]
+            proj = torch.einsum("bhcd,hdr->bhcr", kf, p)
+            resid = (kf - torch.einsum("bhcr,hdr->bhcd", proj, p)).norm(dim=-1).amax(-1)  # [B, Hkv]
+            self.lo[layer, :, :, j] = proj.amin(2)
+            self.hi[layer, :, :, j] = proj.amax(2)
+            self.res[layer, :, :, j] = resid * (1 + _RES_SLACK) + _RES_SLACK * kf.norm(dim=-1).amax(-1)
+        elif self.kind == "quest":
+            self.lo[layer, :, :, j] = kf.amin(2)
+            self.hi[layer, :, :, j] = kf.amax(2)
+        else:
+            self.lo[layer, :, :, j] = kf.mean(2)
+        self.n[layer] = j + 1
+
+    def scores(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """Score of each of the layer's chunks for q [B, H, D]: [B, Hkv, m] fp32 (max over the
+        KV head's query group). lowrank/quest: an upper bound of the chunk's best q.k."""
+        m = self.n[layer]
+        lo = self.lo[layer, :, :, :m]
+        if self.kind == "lowrank":
+            return chunk_scores(q, lo, self.hi[layer, :, :, :m], basis=self.basis[layer],
+                                res_max=self.res[layer, :, :, :m])  # fmt: skip
+        if self.kind == "quest":
+            return chunk_scores(q, lo, self.hi[layer, :, :, :m])
+        b, h, d = q.shape
+        qg = q.float().reshape(b, self.n_kv, h // self.n_kv, d)
+        return torch.matmul(qg, lo.transpose(-1, -2)).amax(2)
+
+    def truncate(self, layer: int, m: int) -> None:
+        """Forget abstracts of chunks >= m (the basis stays)."""
+        self.n[layer] = min(self.n[layer], m)

@@ -1,0 +1,182 @@
+"""`Selector`: which body chunks each KV head attends to at a decode step (sparse decode's policy).
+
+Per layer and KV head: sinks + the recent window always (the store's edges); then the top-k body
+chunks by the policy's score, k = the layer's budget in tokens // C (floored: a budget is never
+exceeded). A budget that covers every body chunk selects nothing away: the store attends densely,
+so output equals dense (invariant 1). Policies:
+
+- `bound` (ours): low-rank upper bound of the chunk's best q.k (`ChunkAbstracts` "lowrank").
+- `quest`: per-channel min/max bound (Quest). `landmark`: mean key (ShadowKV), not a bound.
+- `snapkv`: static — attention mass of the prompt's last `OBS_WINDOW` queries per chunk, summed over
+  the query group, measured at prefill; chunks decoded later are always kept (SnapKV keeps every
+  generated token).
+- `h2o`: accumulated attention mass, evicting (H2O): the prompt's mass as for snapkv, then each
+  step adds the mass the chunk received; a chunk not selected is evicted for good. A chunk that
+  leaves the window starts at the mean score of the head's live chunks (its window-time mass is not
+  tracked: an approximation).
+
+GQA: scores are the max (bounds) or sum (masses) over the KV head's query group. Layer budgets:
+`squeeze.layer_budgets` (uniform, or SqueezeAttention from prefill's cos(h, h + attn(h))).
+snapkv/h2o/squeeze need prefill statistics: a store reopened from a session (no prefill) falls back
+to uniform budgets, and snapkv/h2o to recency (the latest chunks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from offload.kernels import top_chunks
+
+from .abstracts import ChunkAbstracts
+from .squeeze import layer_budgets
+
+__all__ = ["Selector", "OBS_WINDOW", "ABSTRACT_KIND"]
+
+OBS_WINDOW = 32  # prompt queries whose attention snapkv/h2o observe at prefill
+ABSTRACT_KIND = {"bound": "lowrank", "quest": "quest", "landmark": "mean"}
+_KEEP = 1e30  # snapkv score of a decoded chunk: always kept before any prompt chunk
+
+
+class Selector:
+    """Selection state of one `TieredKVStore` (layout: its ChunkLayout; config: OffloadConfig)."""
+
+    def __init__(self, layout, n_kv_heads: int, batch: int, config, device):
+        self.layout, self.n_kv, self.batch = layout, n_kv_heads, batch
+        self.policy, self.budget = config.policy, config.budget
+        self.layer_policy = config.layer_budget
+        self.device = torch.device(device)
+        n_layers = layout.n_layers
+        cap = layout.body_chunks(config.ctx) + 1 if config.ctx else 64
+        kind = ABSTRACT_KIND.get(self.policy)
+        self.abstracts = None
+        if kind is not None:
+            self.abstracts = ChunkAbstracts(n_layers, batch, n_kv_heads, layout.head_dim, kind,
+                                            config.rank, device, capacity=cap)  # fmt: skip
+        # snapkv / h2o: a score per chunk [B, Hkv, cap] per layer; h2o also marks evicted chunks
+        self._score: list[torch.Tensor | None] = [None] * n_layers
+        self._alive: list[torch.Tensor | None] = [None] * n_layers
+        self._m = [0] * n_layers
+        self._observed = [False] * n_layers  # snapkv/h2o: prefill statistics arrived for the layer
+        self.attn_cos: list[float | None] = [None] * n_layers
+        self._budgets_cache: tuple | None = None
+
+    # -- building ----------------------------------------------------------------------------------
+    def before_chunks(self, layer: int, keys: torch.Tensor) -> None:
+        """The layer is about to emit its first chunks; keys [R, N, D]: what it holds so far."""
+        if self.abstracts is not None:
+            self.abstracts.ensure_basis(layer, keys)
+
+    def add_chunk(self, layer: int, j: int, keys: torch.Tensor) -> None:
+        """Chunk j of `layer` joined the body; keys [R, C, D] on the device."""
+        if self.abstracts is not None:
+            self.abstracts.add(layer, j, keys)
+        if self.policy in ("snapkv", "h2o"):
+            score, alive = self._state(layer, j + 1)
+            if self.policy == "snapkv":
+                score[:, :, j] = _KEEP
+            else:
+                live = alive[:, :, :j]
+                n_live = live.sum(-1).clamp(min=1)
+                score[:, :, j] = (score[:, :, :j] * live).sum(-1) / n_live
+                alive[:, :, j] = True
+        self._m[layer] = j + 1
+
+    def _state(self, layer: int, need: int):
+        s = self._score[layer]
+        if s is None or s.shape[-1] < need:
+            cap = max(need, 64, 2 * (0 if s is None else s.shape[-1]))
+            new_s = torch.zeros(self.batch, self.n_kv, cap, device=self.device)
+            new_a = torch.zeros(self.batch, self.n_kv, cap, dtype=torch.bool, device=self.device)
+            if s is not None:
+                new_s[:, :, : s.shape[-1]] = s
+                new_a[:, :, : s.shape[-1]] = self._alive[layer]
+            self._score[layer], self._alive[layer] = new_s, new_a
+        return self._score[layer], self._alive[layer]
+
+    def observe_prefill(self, layer: int, q_tail: torch.Tensor | None, keys: torch.Tensor | None,
+                        scaling: float, attn_cos: float | None) -> None:  # fmt: skip
+        """Prefill statistics of `layer`: q_tail [B, H, t, D] the prompt's last queries, keys
+        [B, Hkv, n, D] every key of the layer (post-RoPE), attn_cos the mean cos(h, h + attn(h))."""
+        if attn_cos is not None:
+            self.attn_cos[layer] = float(attn_cos)
+            self._budgets_cache = None
+        if self.policy not in ("snapkv", "h2o") or q_tail is None:
+            return
+        lay, m = self.layout, self._m[layer]
+        b, h, t, d = q_tail.shape
+        n = keys.shape[2]
+        qg = q_tail.float().reshape(b, self.n_kv, h // self.n_kv, t, d)
+        s = torch.einsum("bkgtd,bknd->bkgtn", qg, keys.float()) * scaling
+        qpos = torch.arange(n - t, n, device=s.device)[:, None]
+        s = s.masked_fill(torch.arange(n, device=s.device)[None, :] > qpos, float("-inf"))
+        mass = torch.softmax(s, dim=-1).sum(dim=(2, 3))  # [B, Hkv, n]
+        body = mass[:, :, lay.sinks : lay.sinks + m * lay.chunk].reshape(b, self.n_kv, m, lay.chunk)
+        score, alive = self._state(layer, m)
+        score[:, :, :m] = body.sum(-1)
+        alive[:, :, :m] = True
+        self._observed[layer] = True
+
+    # -- selecting ---------------------------------------------------------------------------------
+    def chunk_budget(self, layer: int, n_tokens: int) -> int:
+        """Body chunks `layer` may attend to at a step over n_tokens tokens."""
+        b = self.budget
+        tokens = b if isinstance(b, int) else max(1, math.ceil(b * n_tokens))
+        stats = self.attn_cos if all(c is not None for c in self.attn_cos) else None
+        key = (tokens, stats is not None)
+        if self._budgets_cache is None or self._budgets_cache[0] != key:
+            per_layer = layer_budgets(tokens, self.layout.n_layers, self.layer_policy, stats)
+            self._budgets_cache = (key, per_layer)
+        return self._budgets_cache[1][layer] // self.layout.chunk
+
+    def select(self, layer: int, q: torch.Tensor, n_chunks: int, n_tokens: int) -> torch.Tensor | None:
+        """Chunk ids per row [B*Hkv, k] for q [B, H, D] (one decode query), or None = every chunk."""
+        k = self.chunk_budget(layer, n_tokens)
+        if k >= n_chunks:
+            return None
+        if k == 0:
+            return torch.full((self.batch * self.n_kv, 0), -1, dtype=torch.long)
+        scores = self.scores(layer, q, n_chunks)  # [B, Hkv, m]
+        idx = top_chunks(scores, k).long()  # [B, Hkv, k]
+        if self.policy == "h2o" and self._observed[layer]:
+            alive = self._alive[layer][:, :, :n_chunks]
+            alive.zero_()  # evicting: what is not kept now never comes back
+            alive.scatter_(2, idx, True)
+        return idx.reshape(self.batch * self.n_kv, k)
+
+    def scores(self, layer: int, q: torch.Tensor, n_chunks: int) -> torch.Tensor:
+        """The policy's score of each body chunk: [B, Hkv, n_chunks] fp32."""
+        if self.abstracts is not None:
+            return self.abstracts.scores(layer, q)
+        if not self._observed[layer]:  # no prefill statistics (session reopened): recency
+            pos = torch.arange(n_chunks, dtype=torch.float32, device=self.device)
+            return pos.expand(self.batch, self.n_kv, n_chunks)
+        s = self._score[layer][:, :, :n_chunks]
+        if self.policy == "h2o":
+            s = s.masked_fill(~self._alive[layer][:, :, :n_chunks], float("-inf"))
+        return s
+
+    @property
+    def wants_mass(self) -> bool:
+        """h2o: the store reports each step's attention mass per selected chunk (`add_mass`)."""
+        return self.policy == "h2o"
+
+    def add_mass(self, layer: int, ids: list[int], mass: torch.Tensor) -> None:
+        """h2o: chunks `ids` of `layer` received `mass` [R, len(ids)] at this step."""
+        if not self._observed[layer] or not ids:
+            return
+        idx = torch.tensor(ids, dtype=torch.long, device=self.device)
+        s = self._score[layer].view(self.batch * self.n_kv, -1)
+        s[:, idx] += mass.to(s.device, s.dtype)
+
+    def truncate(self, layer: int, m: int) -> None:
+        if self.abstracts is not None:
+            self.abstracts.truncate(layer, m)
+        self._m[layer] = min(self._m[layer], m)
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes of abstracts and scores."""
+        total = self.abstracts.nbytes if self.abstracts is not None else 0
+        return total + sum(s.numel() * 5 for s in self._score if s is not None)
