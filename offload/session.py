@@ -26,6 +26,8 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,7 +269,7 @@ def load_session(path, fingerprint: str, config=None, device=None, dtype=None):
     from offload.config import OffloadConfig
     from offload.kvstore import DenseKVStore
     from offload.tiers import TieredKVStore
-    from offload.tiers.codec import ChunkCodec, CorruptChunkError
+    from offload.tiers.codec import CorruptChunkError
 
     info = read_session_info(path)
     if info.fingerprint != fingerprint:
@@ -286,9 +288,22 @@ def load_session(path, fingerprint: str, config=None, device=None, dtype=None):
             store = TieredKVStore(*geometry, config=config, batch=info.batch)
         else:
             store = DenseKVStore(*geometry, batch=info.batch)
-        codec = ChunkCodec(itemsize=kv_dtype.itemsize, compress=False)  # decodes both record kinds
-        for layer, entry in enumerate(info.layers):
-            for k, v in _read_layer(Path(path), entry, info, layer, kv_dtype, codec):
+        # Read + verify the next layer in a worker while this one is appended: two layers in flight.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            todo = iter(enumerate(info.layers))
+            pending: deque = deque()
+
+            def submit():
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((nxt[0], pool.submit(_read_layer, Path(path), nxt[1], info, nxt[0], kv_dtype)))
+
+            submit()
+            submit()
+            while pending:
+                layer, future = pending.popleft()
+                k, v = future.result()
+                submit()
                 store.append(layer, k.to(device), v.to(device))
     except CorruptChunkError as e:
         store.close()
@@ -300,31 +315,48 @@ def load_session(path, fingerprint: str, config=None, device=None, dtype=None):
     return store, list(info.tokens)
 
 
-def _read_layer(path: Path, entry: dict, info: SessionInfo, layer: int, dtype, codec, block: int = 4096):
-    """Yield `layer`'s KV as k, v [B, Hkv, t, D] blocks of about `block` tokens, decoded into one
-    reused buffer (the caller copies each block before the next: no per-layer intermediate)."""
+def _read_layer(path: Path, entry: dict, info: SessionInfo, layer: int, dtype):
+    """`layer`'s KV as k, v [B, Hkv, n, D] CPU tensors, every record checked against its CRC.
+
+    Uncompressed full records stored back to back (fp32/fp16 sessions) are viewed in place and
+    moved with one strided copy; compressed or partial records are decoded one by one. Runs in a
+    worker thread (zlib and zstd release the GIL), so it owns its codec."""
+    from offload.tiers.codec import ChunkCodec
+
+    codec = ChunkCodec(itemsize=dtype.itemsize, compress=False)  # decodes both record kinds
     file = path / str(entry["file"])
     if file.parent != path or not file.is_file():
         raise FileNotFoundError(f"missing layer file {entry['file']!r}")
-    data = file.read_bytes()
-    if len(data) != int(entry["size"]):
-        raise ValueError(f"{file.name} has {len(data)} bytes, expected {entry['size']} (truncated?)")
-    n, r, c = info.layer_lens[layer], info.batch * info.n_kv_heads, info.chunk
+    size = int(entry["size"])
+    data = bytearray(size)
+    with open(file, "rb", buffering=0) as f:
+        got = f.readinto(data)
+        if got != size or f.read(1):
+            raise ValueError(f"{file.name} does not hold the {size} bytes its header lists (truncated?)")
+    n, r, c, d = info.layer_lens[layer], info.batch * info.n_kv_heads, info.chunk, info.head_dim
     records = entry["records"]
     if len(records) != -(-n // c):
         raise ValueError(f"{file.name} lists {len(records)} records for {n} tokens")
-    per = max(1, block // c)  # records per block
-    buf = torch.empty(2, r, per * c, info.head_dim, dtype=dtype)
-    tmp = torch.empty(2, r, c, info.head_dim, dtype=dtype)  # decode target of a full record
-    view, shape = memoryview(data), (info.batch, info.n_kv_heads, -1, info.head_dim)
-    for j0 in range(0, len(records), per):
-        t = 0
-        for j, (offset, nbytes, crc, compressed) in enumerate(records[j0 : j0 + per], start=j0):
-            if offset < 0 or offset + nbytes > len(data):
-                raise ValueError(f"record {j} of {file.name} lies outside the file")
-            size = min(c, n - j * c)
-            out = tmp if size == c else torch.empty(2, r, size, info.head_dim, dtype=dtype)
-            codec.decode_into(view[offset : offset + nbytes], bool(compressed), int(crc), out)
-            buf[:, :, t : t + size] = out
-            t += size
-        yield buf[0, :, :t].reshape(shape), buf[1, :, :t].reshape(shape)
+    out = torch.empty(2, r, n, d, dtype=dtype)  # [k|v, R, n, D]
+    view, full = memoryview(data), 2 * r * c * d * dtype.itemsize
+    bulk = 0  # leading records that are raw, full and back to back
+    for j, (offset, nbytes, crc, compressed) in enumerate(records):
+        if offset < 0 or offset + nbytes > size:
+            raise ValueError(f"record {j} of {file.name} lies outside the file")
+        if compressed or nbytes != full or offset != j * full or (j + 1) * c > n or bulk != j:
+            break
+        codec.verify(view[offset : offset + nbytes], int(crc))
+        bulk = j + 1
+    if bulk:
+        raw = torch.frombuffer(data, dtype=dtype, count=bulk * full // dtype.itemsize)
+        out[:, :, : bulk * c] = raw.view(bulk, 2, r, c, d).permute(1, 2, 0, 3, 4).reshape(2, r, bulk * c, d)
+    for j in range(bulk, len(records)):
+        offset, nbytes, crc, compressed = records[j]
+        if offset < 0 or offset + nbytes > size:
+            raise ValueError(f"record {j} of {file.name} lies outside the file")
+        t = min(c, n - j * c)
+        tmp = torch.empty(2, r, t, d, dtype=dtype)
+        codec.decode_into(view[offset : offset + nbytes], bool(compressed), int(crc), tmp)
+        out[:, :, j * c : j * c + t] = tmp
+    shape = (info.batch, info.n_kv_heads, n, d)
+    return out[0].reshape(shape), out[1].reshape(shape)

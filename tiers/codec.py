@@ -95,11 +95,16 @@ class ChunkCodec:
                 payload, compressed = packed, True
         return payload, compressed, zlib.crc32(payload)
 
+    @staticmethod
+    def verify(payload, crc: int) -> None:
+        """Raise CorruptChunkError unless `payload`'s CRC-32 is `crc`."""
+        if zlib.crc32(payload) != crc:
+            raise CorruptChunkError("chunk checksum mismatch (the stored bytes were altered)")
+
     def decode_into(self, payload, compressed: bool, crc: int, out: torch.Tensor) -> None:
         """Verify `payload` against `crc` and write the chunk it holds into `out` (contiguous CPU
         tensor of the chunk's shape and dtype). Raises CorruptChunkError on any mismatch."""
-        if zlib.crc32(payload) != crc:
-            raise CorruptChunkError("chunk checksum mismatch (the stored bytes were altered)")
+        self.verify(payload, crc)
         if not out.is_contiguous() or out.device.type != "cpu":
             raise ValueError("decode_into needs a contiguous CPU output tensor")
         dst = _as_bytes(out)  # a view: writing it writes `out`
