@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +16,10 @@ def _offload_chat() -> str:
 
 def test_ask_interrupt_ask_again_exit(model):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OFFLOAD_MAX_NEW_TOKENS="300", TERM="dumb")
-    child = pexpect.spawn(_offload_chat(), [], env=env, encoding="utf-8", timeout=240)
+    # A runner started in the background inherits SIGINT ignored, and so would the child: reset it,
+    # as a terminal user's shell does.
+    child = pexpect.spawn(_offload_chat(), [], env=env, encoding="utf-8", timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         child.expect_exact("> ")
         child.sendline("Write a very long story about a fox who travels around the world.")
