@@ -67,8 +67,12 @@ def _budgets(text: str):
 @click.option("--samples", default=10, show_default=True, type=click.IntRange(min=1),
               help="Samples per (task, length).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--max-new-tokens", default=None, type=click.IntRange(min=1),
+              help="Cap on every task's answer budget, for quick runs (scores drop where answers are cut).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Write every answer and the summary here (rewritten after each answer).")
+@click.option("--resume", is_flag=True,
+              help="Keep the answers already in --json (same settings) and run only the missing ones.")
 @click.option("--recall", "recall_policies", default=None, metavar="POLICIES",
               help="Instead of tasks: attention recall of these selection policies (e.g. full,window).")
 @click.option("--budgets", default="1/16", show_default=True, callback=_checked(_budgets),
@@ -76,8 +80,8 @@ def _budgets(text: str):
 @click.option("--recall-length", default="4k", show_default=True, callback=_checked(parse_length),
               help="Natural-text context length for --recall.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-def main(model_path, tasks, lengths, modes, policy, samples, seed, json_path, recall_policies, budgets,
-         recall_length, progress):
+def main(model_path, tasks, lengths, modes, policy, samples, seed, max_new_tokens, json_path, resume,
+         recall_policies, budgets, recall_length, progress):
     """Score RULER-synthetic tasks (needle retrieval, multi-hop tracing, aggregation, multi-needle
     extraction) with full attention and with offload, on 2 CPU cores or a GPU."""
     t0 = time.perf_counter()
@@ -85,7 +89,8 @@ def main(model_path, tasks, lengths, modes, policy, samples, seed, json_path, re
         if recall_policies is not None:
             _run_recall(model_path, recall_policies, budgets, recall_length, seed)
         else:
-            _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, json_path, progress)
+            _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, max_new_tokens, json_path,
+                       resume, progress)
     except EvalError as e:
         raise click.UsageError(str(e)) from None
     except OffloadError as e:
@@ -97,7 +102,26 @@ def main(model_path, tasks, lengths, modes, policy, samples, seed, json_path, re
     click.echo(f"elapsed {time.perf_counter() - t0:.1f} s")
 
 
-def _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, json_path, progress):
+def _previous(json_path, settings: dict):
+    """Records of an earlier run in `json_path` made with the same settings (for --resume)."""
+    import json
+    import os
+
+    from .runner import Record
+
+    if not json_path or not os.path.exists(json_path):
+        return [], {}
+    with open(json_path) as f:
+        doc = json.load(f)
+    meta = doc.get("meta", {})
+    for name, value in settings.items():
+        if meta.get(name) != value:
+            raise EvalError(f"--resume: {json_path} was written with {name}={meta.get(name)!r}, not {value!r}")
+    return [Record.from_json(r) for r in doc.get("records", [])], meta
+
+
+def _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, max_new_tokens, json_path, resume,
+               progress):
     import offload
 
     from .corpus import natural_text_source
@@ -108,6 +132,12 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, json_pa
     for m in modes:  # a bad policy fails before the model loads
         if m.kind == "sparse":
             sparse_config(offload.OffloadConfig(), m, policy, 1024)
+    if resume and not json_path:
+        raise EvalError("--resume needs --json PATH (the file to resume)")
+    done, old_meta = [], {}
+    if resume:
+        same = {"seed": seed, "samples": samples, "max_new_tokens_cap": max_new_tokens}
+        done, old_meta = _previous(json_path, same)
     model = offload.load_model(model_path)
     writer = None
     if json_path:
@@ -115,15 +145,20 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, json_pa
             "command": " ".join(["offload-eval", *sys.argv[1:]]),
             "model": str(model.model_dir),
             "tasks": tasks, "lengths": lengths, "modes": [m.label for m in modes], "policy": policy,
-            "samples": samples, "seed": seed, "natural_text": natural_text_source(),
+            "samples": samples, "seed": seed, "max_new_tokens_cap": max_new_tokens,
+            "natural_text": natural_text_source(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "torch_threads": __import__("torch").get_num_threads(),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "finished": None,
+            "resumed_from": {k: old_meta.get(k) for k in ("started", "command", "torch_threads", "seconds")}
+            if done else None,
         })
+        writer.records = list(done)
     t0 = time.perf_counter()
     records = run_eval(model, tasks=tasks, lengths=lengths, modes=modes, samples=samples, seed=seed,
-                       policy=policy, progress=progress, on_record=writer)
+                       policy=policy, max_new_tokens=max_new_tokens, progress=progress, on_record=writer,
+                       done=done)
     if writer:
         writer.write(finished=datetime.datetime.now().isoformat(timespec="seconds"),
                      seconds=round(time.perf_counter() - t0, 1))

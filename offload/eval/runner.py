@@ -46,6 +46,15 @@ class Record:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_json(cls, d: dict) -> "Record":
+        return cls(**{**d, "references": tuple(d["references"]), "tokens": tuple(d["tokens"])})
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the answer: the same key means the same prompt and mode."""
+        return (self.task, self.length, self.mode, self.policy, self.index, self.seed)
+
 
 def sample_seed(seed: int, index: int) -> str:
     return f"{seed}:{index}"
@@ -117,8 +126,10 @@ def run_eval(
     seed: int = 0,
     policy: str | None = None,
     reference=None,
+    max_new_tokens: int | None = None,
     progress: bool = True,
     on_record: Callable[[Record], None] | None = None,
+    done: Sequence[Record] = (),
 ) -> list[Record]:
     """Score every (task, length, sample, mode); returns the records in run order.
 
@@ -126,6 +137,9 @@ def run_eval(
     with offload.loading.load_reference when needed and not given). Order: lengths ascending, then
     tasks, samples and modes, so short cells finish first and `on_record` (e.g. a JSON writer) keeps
     partial results. Sparse modes fail before any compute when the policy is not available.
+    max_new_tokens caps every task's answer budget (quick runs, tests); prompts keep their lengths.
+    done: records of an interrupted run with the same settings: their answers are not recomputed
+    (samples are deterministic), they are returned in place.
     """
     from tqdm.auto import tqdm
 
@@ -139,6 +153,7 @@ def run_eval(
 
         reference = load_reference(model)
     tok = model.tokenizer
+    finished = {r.key: r for r in done}
     records: list[Record] = []
     total = len(tasks) * len(lengths) * samples * len(modes)
     bar = tqdm(total=total, file=sys.stderr, disable=not progress, unit="answer", dynamic_ncols=True)
@@ -147,14 +162,21 @@ def run_eval(
             for task in tasks:
                 for i, sample in enumerate(plan_samples(task, tok, length, samples, seed)):
                     ids = model.encode(sample.prompt)
+                    n_new = min(sample.max_new_tokens, max_new_tokens or sample.max_new_tokens)
                     for mode in modes:
+                        key = (task, length, mode.label, policy if mode.kind == "sparse" else None, i,
+                               sample.seed)
+                        if key in finished:
+                            records.append(finished[key])
+                            bar.update(1)
+                            continue
                         bar.set_postfix_str(f"{task} {length} {mode.label} #{i}", refresh=False)
                         t0 = time.perf_counter()
                         if mode.kind == "full":
-                            new = answer_full(reference, model, ids, sample.max_new_tokens)
+                            new = answer_full(reference, model, ids, n_new)
                         else:
                             m = _mode_model(model, mode, policy, len(ids), length)
-                            new = answer_offload(m, sample.prompt, sample.max_new_tokens)
+                            new = answer_offload(m, sample.prompt, n_new)
                         pred = tok.decode(new, skip_special_tokens=True)
                         rec = Record(
                             task=task, length=length, mode=mode.label,

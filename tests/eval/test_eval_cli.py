@@ -1,0 +1,115 @@
+"""Modes, lengths, budgets and the CLI's handling of bad input (no model load, no traceback)."""
+
+from fractions import Fraction
+
+import pytest
+from click.testing import CliRunner
+
+from offload import OffloadConfig
+from offload.eval.cli import main
+from offload.eval.errors import EvalError
+from offload.eval.modes import Mode, parse_length, parse_lengths, parse_mode, parse_modes, sparse_config
+
+
+def test_lengths():
+    assert parse_lengths("1k,2K,4096,8k") == [1024, 2048, 4096, 8192]
+    assert parse_length("1500") == 1500
+    for bad in ["1.5k", "0", "-1", "k", "1m", ""]:
+        with pytest.raises(EvalError):
+            parse_length(bad)
+    with pytest.raises(EvalError):
+        parse_lengths("1k,,2k")
+
+
+def test_modes_and_budgets():
+    assert parse_modes("full,dense,sparse@1/16,sparse@512,sparse@2k") == [
+        Mode("full"), Mode("dense"), Mode("sparse", Fraction(1, 16)), Mode("sparse", 512), Mode("sparse", 2048)
+    ]
+    assert parse_mode("sparse@0.0625") == Mode("sparse", Fraction(1, 16))
+    assert parse_mode("sparse@1/16").label == "sparse@1/16" and parse_mode("sparse@2k").label == "sparse@2k"
+    assert parse_mode("sparse@1/16").budget_tokens(4000) == 250
+    assert parse_mode("sparse@512").budget_tokens(4000) == 512
+    for bad in ["sparse", "sparse@", "sparse@0", "sparse@3/2", "sparse@1/0", "sparse@x", "dense2", "Full"]:
+        with pytest.raises(EvalError):
+            parse_mode(bad)
+
+
+def test_sparse_config_errors_clearly():
+    with pytest.raises(EvalError, match="needs a selection policy"):
+        sparse_config(OffloadConfig(), Mode("sparse", 512), None, 4000)
+    with pytest.raises(EvalError, match="policy"):
+        sparse_config(OffloadConfig(), Mode("sparse", 512), "no-such-policy", 4000)
+    with pytest.raises(EvalError, match="not a sparse mode"):
+        sparse_config(OffloadConfig(), Mode("dense"), "x", 4000)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "niah,passkey"], "unknown task 'niah'"),
+    (["--lengths", "1k,huge"], "'huge' is not a length"),
+    (["--modes", "full,turbo"], "unknown mode 'turbo'"),
+    (["--modes", "sparse@1/16"], "needs a selection policy"),
+    (["--modes", "sparse@1/16", "--policy", "no-such-policy"], "no-such-policy"),
+    (["--samples", "0"], "--samples"),
+    (["--recall", "no-such-policy"], "unknown selection policy"),
+    (["--recall", "full", "--budgets", "1/0"], "not a budget"),
+])
+def test_cli_bad_input_is_a_usage_error(args, message):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_cli_help():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for opt in ["--model", "--tasks", "--lengths", "--modes", "--policy", "--samples", "--seed", "--json"]:
+        assert opt in result.output
+
+
+def test_cli_missing_model_exits_cleanly(tmp_path):
+    result = CliRunner().invoke(main, ["--model", str(tmp_path / "nope"), "--tasks", "passkey"])
+    assert result.exit_code == 6
+    assert "offload never downloads" in result.output and "Traceback" not in result.output
+
+
+def test_cli_end_to_end_tiny(tmp_path):
+    """One 512-token passkey sample in full and dense mode: the table, the elapsed time, the JSON."""
+    import json
+
+    path = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["--tasks", "passkey", "--lengths", "512", "--modes", "full,dense",
+                                       "--samples", "1", "--max-new-tokens", "8", "--json", str(path),
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(line.split()[:5] == ["task", "length", "n", "full", "dense"] for line in lines)
+    row = next(line for line in lines if line.startswith("passkey")).split()
+    assert row[:3] == ["passkey", "512", "1"] and row[3] == row[4]
+    assert "elapsed" in result.stdout and "standard-library" in result.stdout
+    doc = json.loads(path.read_text())
+    assert doc["meta"]["finished"] and doc["meta"]["max_new_tokens_cap"] == 8
+    assert [r["mode"] for r in doc["records"]] == ["full", "dense"]
+
+
+def test_cli_resume_keeps_answers(tmp_path):
+    """--resume reuses the answers in --json and runs only the missing ones."""
+    import json
+
+    path = tmp_path / "r.json"
+    base = ["--tasks", "passkey", "--lengths", "512", "--modes", "full", "--max-new-tokens", "8",
+            "--json", str(path), "--no-progress"]
+    assert CliRunner().invoke(main, base + ["--samples", "1"]).exit_code == 0
+    first = json.loads(path.read_text())["records"][0]
+    doc = json.loads(path.read_text())
+    doc["meta"]["samples"] = 2  # pretend the 1-sample run was a 2-sample run cut short
+    doc["records"][0]["prediction"] = "kept"
+    path.write_text(json.dumps(doc))
+    result = CliRunner().invoke(main, base + ["--samples", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    recs = json.loads(path.read_text())["records"]
+    assert [r["index"] for r in recs] == [0, 1] and recs[0]["prediction"] == "kept"
+    assert recs[0]["tokens"] == first["tokens"]
+    bad = CliRunner().invoke(main, base + ["--samples", "2", "--seed", "1", "--resume"])
+    assert bad.exit_code == 2 and "--resume" in bad.output

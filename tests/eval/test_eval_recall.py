@@ -1,0 +1,104 @@
+"""Selection policies and the attention-recall measurement on real text."""
+
+from fractions import Fraction
+
+import pytest
+import torch
+
+from offload.eval.policies import (
+    FullPolicy,
+    WindowPolicy,
+    fixed_mask,
+    get_policy,
+    policy_names,
+    register_policy,
+    selection_mask,
+)
+from offload.eval.recall import attention_recall, capture_qk, format_recall_table, natural_ids
+
+
+class OraclePolicy:
+    """Test-only: the `budget` tokens (outside sinks + window) with the most exact attention mass of
+    the KV head's query group. No policy can keep more mass at the same budget."""
+
+    name = "test_oracle"
+    respects_budget = True
+
+    def __init__(self, sinks=4, window=64):
+        self.sinks, self.window = sinks, window
+
+    def select(self, layer, query, keys, budget):
+        n_kv, t, _ = keys.shape
+        g = query.shape[0] // n_kv
+        logits = torch.einsum("hd,htd->ht", query, keys.repeat_interleave(g, 0)) * query.shape[-1] ** -0.5
+        mass = torch.softmax(logits, -1).view(n_kv, g, t).sum(1)
+        mass[fixed_mask(n_kv, t, self.sinks, self.window)] = -1
+        return mass.topk(min(budget, t), dim=-1).indices
+
+
+register_policy("test_oracle")(OraclePolicy)
+
+
+def test_registry():
+    assert {"full", "window"} <= set(policy_names())
+    assert isinstance(get_policy("window", sinks=2, window=8), WindowPolicy)
+    with pytest.raises(ValueError, match="unknown selection policy 'nope'"):
+        get_policy("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_policy("window")(OraclePolicy)
+
+
+def test_selection_mask_forms():
+    m = selection_mask(torch.tensor([0, 2]), 3, 5)
+    assert m.shape == (3, 5) and m[:, [0, 2]].all() and m.sum() == 6
+    m = selection_mask(torch.tensor([[0], [1], [4]]), 3, 5)
+    assert m.sum() == 3 and m[2, 4]
+    assert selection_mask(torch.ones(5, dtype=torch.bool), 3, 5).all()
+    with pytest.raises(ValueError):
+        selection_mask(torch.tensor([5]), 3, 5)
+    with pytest.raises(ValueError):
+        selection_mask(torch.ones(4, dtype=torch.bool), 3, 5)
+
+
+def test_window_policy_reads_sinks_plus_a_longer_window():
+    keys = torch.zeros(3, 100, 8)
+    sel = selection_mask(WindowPolicy(sinks=4, window=16).select(0, None, keys, 10), 3, 100)
+    assert sel[0].nonzero().flatten().tolist() == list(range(74, 84))
+    everything = WindowPolicy(sinks=4, window=16).select(0, None, keys, 1000)
+    assert everything.tolist() == list(range(4, 84))
+    assert FullPolicy().select(0, None, keys, 1).all()
+
+
+def test_capture_is_exact_and_leaves_the_model_as_it_was(model, hf_model):
+    ids = natural_ids(model.tokenizer, 96, seed=1)
+    before = hf_model.config._attn_implementation
+    with torch.inference_mode():
+        want = hf_model(torch.tensor([ids])).logits[0, -1]
+    captured, logits = capture_qk(hf_model, ids, 4)
+    assert hf_model.config._attn_implementation == before
+    torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)  # the capturing twin is exact
+    with torch.inference_mode():
+        assert torch.equal(hf_model(torch.tensor([ids])).logits[0, -1], want)
+    n_layers = hf_model.config.num_hidden_layers
+    assert sorted(captured) == list(range(n_layers))
+    q, k, scaling = captured[0]
+    cfg = hf_model.config
+    assert q.shape == (cfg.num_attention_heads, 4, cfg.head_dim if hasattr(cfg, "head_dim") else 64)
+    assert k.shape[:2] == (cfg.num_key_value_heads, 96) and scaling == pytest.approx(q.shape[-1] ** -0.5)
+
+
+def test_recall_full_is_one_and_oracle_bounds_window(model, hf_model):
+    res = attention_recall(hf_model, model.tokenizer, ["full", "window", "test_oracle"],
+                           [Fraction(1, 16), 10_000], n_context=384, n_steps=3, sinks=4, window=16)
+    by = {(r.policy, r.budget): r for r in res}
+    full = by[("full", "1/16")]
+    assert len(full.per_layer) == hf_model.config.num_hidden_layers
+    assert all(abs(x - 1.0) < 1e-5 for x in full.per_layer)
+    win, ora = by[("window", "1/16")], by[("test_oracle", "1/16")]
+    assert win.budget_tokens == ora.budget_tokens == 24
+    assert all(0.0 < w <= o + 1e-6 <= 1.0 + 1e-5 for w, o in zip(win.per_layer, ora.per_layer))
+    assert win.read == pytest.approx(4 + 16 + 24, abs=1e-6)
+    # a budget covering the whole context keeps everything
+    assert all(abs(x - 1.0) < 1e-5 for x in by[("window", "10000")].per_layer)
+    table = format_recall_table(res)
+    assert "window@1/16" in table and " mean " in table
