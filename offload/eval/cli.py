@@ -62,7 +62,8 @@ def _budgets(text: str):
 @click.option("--lengths", default="1k,2k,4k,8k", show_default=True, callback=_checked(parse_lengths),
               help="Comma list of sequence lengths (prompt + answer budget).")
 @click.option("--modes", default="full,dense", show_default=True, callback=_checked(parse_modes),
-              help="Comma list: full (HF reference), dense (offload, all KV), sparse@B (B = 1/16, 0.0625, 512).")
+              help="Comma list: full (HF reference), dense (offload, all KV), sparse@B "
+                   "(B = 1/16, 0.0625, 512).")
 @click.option("--policy", default=None, help="Selection policy for sparse@B modes.")
 @click.option("--samples", default=10, show_default=True, type=click.IntRange(min=1),
               help="Samples per (task, length).")
@@ -116,7 +117,9 @@ def _previous(json_path, settings: dict):
     meta = doc.get("meta", {})
     for name, value in settings.items():
         if meta.get(name) != value:
-            raise EvalError(f"--resume: {json_path} was written with {name}={meta.get(name)!r}, not {value!r}")
+            raise EvalError(
+                f"--resume: {json_path} was written with {name}={meta.get(name)!r}, not {value!r}"
+            )
     return [Record.from_json(r) for r in doc.get("records", [])], meta
 
 
@@ -163,7 +166,8 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, max_new
         writer.write(finished=datetime.datetime.now().isoformat(timespec="seconds"),
                      seconds=round(time.perf_counter() - t0, 1))
     click.echo(format_table(records))
-    click.echo(f"\nscores: mean x 100 per cell (RULER string match); lengths {', '.join(map(format_length, lengths))}; "
+    shown = ", ".join(map(format_length, lengths))
+    click.echo(f"\nscores: mean x 100 per cell (RULER string match); lengths {shown}; "
                f"natural text: {natural_text_source()}")
 
 

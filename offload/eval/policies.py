@@ -88,7 +88,9 @@ def selection_mask(selection: torch.Tensor, n_kv: int, n_tokens: int) -> torch.T
             return sel.unsqueeze(0).expand(n_kv, n_tokens).clone()
         if sel.shape == (n_kv, n_tokens):
             return sel.clone()
-        raise ValueError(f"a selection mask must be [T] or [Hkv, T] = {(n_kv, n_tokens)}, got {tuple(sel.shape)}")
+        raise ValueError(
+            f"a selection mask must be [T] or [Hkv, T] = {(n_kv, n_tokens)}, got {tuple(sel.shape)}"
+        )
     idx = sel.long()
     if idx.numel() and (idx.min() < 0 or idx.max() >= n_tokens):
         raise ValueError(f"selected token index out of range [0, {n_tokens})")
