@@ -41,14 +41,19 @@ def parse_length(text: str) -> int:
     return int(m.group(1)) * (1024 if m.group(2) else 1)
 
 
+def _unique(parse, text: str, what: str) -> list:
+    """A comma list parsed item by item, in the order given, duplicates dropped."""
+    out: list = []
+    for part in _parts(text, what):
+        item = parse(part)
+        if item not in out:
+            out.append(item)
+    return out
+
+
 def parse_lengths(text: str) -> list[int]:
     """A comma list of lengths, in the order given, duplicates dropped."""
-    out: list[int] = []
-    for part in _parts(text, "lengths"):
-        n = parse_length(part)
-        if n not in out:
-            out.append(n)
-    return out
+    return _unique(parse_length, text, "lengths")
 
 
 def format_length(n: int) -> str:
@@ -104,12 +109,8 @@ def parse_mode(text: str) -> Mode:
 
 
 def parse_modes(text: str) -> list[Mode]:
-    out: list[Mode] = []
-    for part in _parts(text, "modes"):
-        mode = parse_mode(part)
-        if mode not in out:
-            out.append(mode)
-    return out
+    """A comma list of modes, in the order given, duplicates dropped."""
+    return _unique(parse_mode, text, "modes")
 
 
 def _parts(text: str, what: str) -> list[str]:
