@@ -21,7 +21,7 @@ import torch
 from .kernels import causal_prefill_attention
 from .kvstore import KVStore
 
-__all__ = ["ATTN_NAME", "register_attention", "PrefillPass", "DecodePass"]
+__all__ = ["ATTN_NAME", "register_attention", "PrefillPass", "DecodePass", "RowsPass"]
 
 ATTN_NAME = "offload"
 
@@ -102,3 +102,22 @@ class DecodePass:
 
     def attend(self, layer, q, k, v, scaling, sliding_window):
         return self.store.attend(layer, q, scaling, sliding_window)
+
+
+class RowsPass:
+    """One decode step of several independent sequences, row j of the batch over `stores[j]`.
+
+    The decoder layers' matmuls then read the weights once for all rows (the eval decodes one
+    prompt under many selection policies at once); attention stays per row and per store."""
+
+    def __init__(self, stores: list[KVStore]):
+        self.stores = stores
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int):
+        for j, store in enumerate(self.stores):
+            store.append(layer_idx, k[j : j + 1], v[j : j + 1])
+        return k, v
+
+    def attend(self, layer, q, k, v, scaling, sliding_window):
+        outs = [s.attend(layer, q[j : j + 1], scaling, sliding_window) for j, s in enumerate(self.stores)]
+        return torch.cat(outs, dim=0)

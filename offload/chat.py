@@ -97,7 +97,7 @@ class Chat:
         from .session import save_session
 
         save_session(path, self.store, self.tokens, self.model.fingerprint(),
-                     meta={"messages": self.messages}, chunk=self.model.config.kv_chunk)
+                     meta={"messages": self.messages}, chunk=self.model.config.chunk)
 
     def load_session(self, path) -> None:
         """Replace this conversation with the one saved at `path` (no prefill). Raises SessionError

@@ -12,7 +12,7 @@ import inspect
 
 import torch
 
-from .attention import DecodePass, PrefillPass
+from .attention import DecodePass, PrefillPass, RowsPass
 from .kvstore import KVStore
 from .model import OffloadModel
 from .prefill_stats import OBS_TAIL, AttentionCosine
@@ -113,6 +113,26 @@ class Engine:
             )
             h = out[0] if isinstance(out, tuple) else out
         return self._logits(h[0, -1:])[0]
+
+    @torch.inference_mode()
+    def decode_rows(self, tokens: list[int], stores: list[KVStore]) -> torch.Tensor:
+        """One decode step of len(tokens) sequences of equal length, token j appended to stores[j]
+        (e.g. one prompt under several store configs). Returns logits [J, V]. Rows share the
+        matmuls, so a row may differ from `decode` on its own store by fp rounding."""
+        n = stores[0].layer_len(0)
+        if any(s.layer_len(0) != n for s in stores) or len(stores) != len(tokens):
+            raise ValueError("decode_rows needs one store per token, all of the same length")
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.model.device).view(-1, 1)
+        pos = torch.full_like(ids, n)
+        h = self._embed(ids)  # [J, 1, hidden]
+        p, ropes = RowsPass(stores), {}
+        for li, layer in enumerate(self._layers):
+            out = layer(
+                h, attention_mask=None, position_ids=pos, past_key_values=p, use_cache=True,
+                position_embeddings=self._rope(h, pos, li, ropes), offload_pass=p,
+            )
+            h = out[0] if isinstance(out, tuple) else out
+        return self._logits(h[:, -1])
 
     def truncate(self, n: int) -> None:
         """Rewind the sequence to its first n tokens."""

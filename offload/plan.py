@@ -162,7 +162,7 @@ def plan(config_or_model, ctx: int, gpu_mem: int | None = None, host_mem: int | 
 
 def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload) -> MemoryPlan:
     it = torch.empty((), dtype=dtype).element_size()
-    L, hkv, d, c = m["n_layers"], m["kv_heads"], m["head_dim"], offload.kv_chunk
+    L, hkv, d, c = m["n_layers"], m["kv_heads"], m["head_dim"], offload.chunk
     tok_layer = 2 * hkv * d * it
     kv_token, kv = L * tok_layer, ctx * L * tok_layer
     n_params = _n_params(m)

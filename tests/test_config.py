@@ -42,3 +42,14 @@ def test_cuda_device_refused_without_cuda():
         pytest.skip("this machine has CUDA")  # only meaningful where CUDA is absent
     with pytest.raises(ConfigError, match="no CUDA"):
         OffloadConfig(device="cuda")
+
+
+def test_chunk_defaults_to_selection_granularity_with_a_budget():
+    from offload.config import DENSE_CHUNK, SPARSE_CHUNK
+
+    assert OffloadConfig().chunk == DENSE_CHUNK == 64
+    assert OffloadConfig(budget=256).chunk == SPARSE_CHUNK == 16
+    assert OffloadConfig(budget=256, kv_chunk=32).chunk == 32
+    assert OffloadConfig(kv_chunk=8).chunk == 8
+    with pytest.raises(ConfigError, match="kv_chunk"):
+        OffloadConfig(kv_chunk=0)

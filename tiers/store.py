@@ -57,7 +57,7 @@ class TieredKVStore:
         config = config if config is not None else OffloadConfig()
         self.n_layers, self.batch, self.n_kv_heads = n_layers, batch, n_kv_heads
         self.device = torch.device(device)
-        self.layout = lay = ChunkLayout(n_layers, batch * n_kv_heads, config.kv_chunk, head_dim,
+        self.layout = lay = ChunkLayout(n_layers, batch * n_kv_heads, config.chunk, head_dim,
                                         dtype, config.sinks, config.window)  # fmt: skip
         self.limits = TierLimits.resolve(lay, config, self.device)
         self._gpu = GpuPool(lay, list(self.limits.budgets), self.device)

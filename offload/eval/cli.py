@@ -19,7 +19,7 @@ import click
 
 from ..errors import OffloadError
 from .errors import EvalError
-from .modes import format_length, parse_budget, parse_length, parse_lengths, parse_modes
+from .modes import unique_list, format_length, parse_budget, parse_length, parse_lengths, parse_modes
 
 __all__ = ["main"]
 
@@ -64,9 +64,15 @@ def _budgets(text: str):
 @click.option("--modes", default="full,dense", show_default=True, callback=_checked(parse_modes),
               help="Comma list: full (HF reference), dense (offload, all KV), sparse@B "
                    "(B = 1/16, 0.0625, 512).")
-@click.option("--policy", default=None, help="Selection policy for sparse@B modes.")
+@click.option("--policy", default=None,
+              help="Selection policies for sparse@B modes, a comma list (bound, quest, landmark, snapkv, "
+                   "h2o; NAME+squeeze for SqueezeAttention layer budgets), or 'all'. Every sparse mode "
+                   "runs once per policy, all from one prefill per sample.")
 @click.option("--samples", default=10, show_default=True, type=click.IntRange(min=1),
               help="Samples per (task, length).")
+@click.option("--limit", default=None, type=click.IntRange(min=1),
+              help="Run only the first N of each cell's --samples samples: the same prompts a full run "
+                   "has (single-needle depths are spread over --samples), for runs that cannot afford all.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--max-new-tokens", default=None, type=click.IntRange(min=1),
               help="Cap on every task's answer budget, for quick runs (scores drop where answers are cut).")
@@ -81,7 +87,7 @@ def _budgets(text: str):
 @click.option("--recall-length", default="4k", show_default=True, callback=_checked(parse_length),
               help="Natural-text context length for --recall.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-def main(model_path, tasks, lengths, modes, policy, samples, seed, max_new_tokens, json_path, resume,
+def main(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens, json_path, resume,
          recall_policies, budgets, recall_length, progress):
     """Score RULER-synthetic tasks (needle retrieval, multi-hop tracing, aggregation, multi-needle
     extraction) with full attention and with offload, on 2 CPU cores or a GPU."""
@@ -90,7 +96,7 @@ def main(model_path, tasks, lengths, modes, policy, samples, seed, max_new_token
         if recall_policies is not None:
             _run_recall(model_path, recall_policies, budgets, recall_length, seed)
         else:
-            _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, max_new_tokens, json_path,
+            _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens, json_path,
                        resume, progress)
     except EvalError as e:
         raise click.UsageError(str(e)) from None
@@ -123,18 +129,21 @@ def _previous(json_path, settings: dict):
     return [Record.from_json(r) for r in doc.get("records", [])], meta
 
 
-def _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, max_new_tokens, json_path, resume,
+def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens, json_path, resume,
                progress):
     import offload
 
     from .corpus import natural_text_source
     from .modes import sparse_config
-    from .report import JsonWriter, format_table
-    from .runner import run_eval
+    from .report import JsonWriter, format_table, format_vs_full
+    from .runner import run_eval, split_policy
 
+    policy = _policies(policy)
     for m in modes:  # a bad policy fails before the model loads
         if m.kind == "sparse":
-            sparse_config(offload.OffloadConfig(), m, policy, 1024)
+            for p in policy or [None]:
+                name, layers = split_policy(p) if p else (None, "uniform")
+                sparse_config(offload.OffloadConfig(layer_budget=_layer_budget(layers)), m, name, 1024)
     if resume and not json_path:
         raise EvalError("--resume needs --json PATH (the file to resume)")
     done, old_meta = [], {}
@@ -148,7 +157,7 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, max_new
             "command": " ".join(["offload-eval", *sys.argv[1:]]),
             "model": str(model.model_dir),
             "tasks": tasks, "lengths": lengths, "modes": [m.label for m in modes], "policy": policy,
-            "samples": samples, "seed": seed, "max_new_tokens_cap": max_new_tokens,
+            "samples": samples, "limit": limit, "seed": seed, "max_new_tokens_cap": max_new_tokens,
             "natural_text": natural_text_source(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "torch_threads": __import__("torch").get_num_threads(),
@@ -159,16 +168,39 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, seed, max_new
         })
         writer.records = list(done)
     t0 = time.perf_counter()
-    records = run_eval(model, tasks=tasks, lengths=lengths, modes=modes, samples=samples, seed=seed,
+    records = run_eval(model, tasks=tasks, lengths=lengths, modes=modes, samples=samples, limit=limit, seed=seed,
                        policy=policy, max_new_tokens=max_new_tokens, progress=progress, on_record=writer,
                        done=done)
     if writer:
         writer.write(finished=datetime.datetime.now().isoformat(timespec="seconds"),
                      seconds=round(time.perf_counter() - t0, 1))
     click.echo(format_table(records))
+    if any(r.mode == "full" for r in records) and any(r.mode != "full" for r in records):
+        click.echo("\nanswers vs full (identical = same answer tokens):")
+        click.echo(format_vs_full(records))
     shown = ", ".join(map(format_length, lengths))
     click.echo(f"\nscores: mean x 100 per cell (RULER string match); lengths {shown}; "
                f"natural text: {natural_text_source()}")
+
+
+def _policies(text: str | None) -> list[str] | None:
+    """`--policy`: None, 'all' or a comma list, duplicates dropped."""
+    from ..config import SELECTION_POLICIES
+
+    if text is None:
+        return None
+    if text.strip() == "all":
+        return list(SELECTION_POLICIES)
+    return unique_list(str, text, "policies")
+
+
+def _layer_budget(name: str) -> str:
+    from ..config import LAYER_BUDGETS
+
+    if name not in LAYER_BUDGETS:
+        raise EvalError(f"unknown layer budget {name!r} (policy NAME+LAYERS, LAYERS one of "
+                        f"{', '.join(LAYER_BUDGETS)})")
+    return name
 
 
 def _run_recall(model_path, policies, budgets, length, seed):

@@ -22,6 +22,7 @@ __all__ = [
     "Mode",
     "parse_length",
     "parse_lengths",
+    "unique_list",
     "format_length",
     "parse_budget",
     "parse_mode",
@@ -41,7 +42,7 @@ def parse_length(text: str) -> int:
     return int(m.group(1)) * (1024 if m.group(2) else 1)
 
 
-def _unique(parse, text: str, what: str) -> list:
+def unique_list(parse, text: str, what: str) -> list:
     """A comma list parsed item by item, in the order given, duplicates dropped."""
     out: list = []
     for part in _parts(text, what):
@@ -53,7 +54,7 @@ def _unique(parse, text: str, what: str) -> list:
 
 def parse_lengths(text: str) -> list[int]:
     """A comma list of lengths, in the order given, duplicates dropped."""
-    return _unique(parse_length, text, "lengths")
+    return unique_list(parse_length, text, "lengths")
 
 
 def format_length(n: int) -> str:
@@ -110,7 +111,7 @@ def parse_mode(text: str) -> Mode:
 
 def parse_modes(text: str) -> list[Mode]:
     """A comma list of modes, in the order given, duplicates dropped."""
-    return _unique(parse_mode, text, "modes")
+    return unique_list(parse_mode, text, "modes")
 
 
 def _parts(text: str, what: str) -> list[str]:

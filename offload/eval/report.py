@@ -11,14 +11,14 @@ from typing import Sequence
 from .modes import format_length
 from .runner import Record
 
-__all__ = ["summarize", "format_table", "JsonWriter"]
+__all__ = ["summarize", "format_table", "format_vs_full", "JsonWriter"]
 
 
 def summarize(records: Sequence[Record]) -> dict[tuple[str, int, str], tuple[float, int]]:
-    """(task, length, mode) -> (mean score x 100, number of samples)."""
+    """(task, length, column) -> (mean score x 100, number of samples); column: `Record.column`."""
     acc: dict[tuple[str, int, str], list[float]] = {}
     for r in records:
-        acc.setdefault((r.task, r.length, r.mode), []).append(r.score)
+        acc.setdefault((r.task, r.length, r.column), []).append(r.score)
     return {k: (100.0 * sum(v) / len(v), len(v)) for k, v in acc.items()}
 
 
@@ -36,7 +36,7 @@ def format_table(records: Sequence[Record]) -> str:
     cells = summarize(records)
     tasks = list(dict.fromkeys(r.task for r in records))
     lengths = sorted({r.length for r in records})
-    modes = list(dict.fromkeys(r.mode for r in records))
+    modes = list(dict.fromkeys(r.column for r in records))
     has_full = "full" in modes
     head = ["task", "length", "n"]
     for m in modes:
@@ -77,6 +77,28 @@ def format_table(records: Sequence[Record]) -> str:
         if r[0] == "mean":
             out.append("")
     return "\n".join(out).rstrip()
+
+
+def format_vs_full(records: Sequence[Record]) -> str:
+    """Per length and column other than full: answers compared with full's answer to the same prompt,
+    the share that is token-for-token identical, and the mean score over those answers vs full's
+    (a score ratio hides answers that differ but score alike; identity does not)."""
+    full = {(r.task, r.length, r.index, r.seed): r for r in records if r.mode == "full"}
+    acc: dict[tuple[int, str], list[tuple[bool, float, float]]] = {}
+    for r in records:
+        ref = full.get((r.task, r.length, r.index, r.seed))
+        if r.mode != "full" and ref is not None:
+            acc.setdefault((r.length, r.column), []).append((r.tokens == ref.tokens, r.score, ref.score))
+    if not acc:
+        return "(no answers to compare with full)"
+    lines = [f"{'length':>6}  {'mode':<24} {'n':>4}  {'identical':>9}  {'score':>6}  {'full':>6}  {'x full':>6}"]
+    for (length, col), rows in sorted(acc.items()):
+        n = len(rows)
+        same = sum(a for a, _, _ in rows) / n
+        s, f = 100 * sum(b for _, b, _ in rows) / n, 100 * sum(c for _, _, c in rows) / n
+        lines.append(f"{format_length(length):>6}  {col:<24} {n:>4}  {same:>9.2f}  {s:>6.1f}  {f:>6.1f}  "
+                     f"{_ratio(s, f):>6}")
+    return "\n".join(lines)
 
 
 class JsonWriter:

@@ -17,12 +17,17 @@ from typing import Callable, Sequence
 import torch
 
 from .haystack import spread_depths
+from ..errors import ConfigError
+from .errors import EvalError
 from .modes import Mode, sparse_config
+from .replay import Prefilled, greedy_many
 from .sample import Sample
 from .scoring import score
 from .tasks import get_task
 
-__all__ = ["Record", "run_eval", "plan_samples", "answer_full", "answer_offload", "sample_seed"]
+__all__ = [
+    "Record", "run_eval", "plan_samples", "answer_full", "answer_offload", "sample_seed", "split_policy",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,13 @@ class Record:
     @classmethod
     def from_json(cls, d: dict) -> "Record":
         return cls(**{**d, "references": tuple(d["references"]), "tokens": tuple(d["tokens"])})
+
+    @property
+    def column(self) -> str:
+        """The table column: `full`, `dense`, or `policy@budget` (e.g. `quest@1/16`)."""
+        if self.policy is None or not self.mode.startswith("sparse@"):
+            return self.mode
+        return f"{self.policy}@{self.mode[len('sparse@'):]}"
 
     @property
     def key(self) -> tuple:
@@ -104,6 +116,12 @@ def answer_offload(model, prompt: str, max_new_tokens: int) -> list[int]:
     return _until_eos(tokens, model.eos_ids)
 
 
+def split_policy(spec: str) -> tuple[str, str]:
+    """`quest` -> ("quest", "uniform"); `quest+squeeze` -> ("quest", "squeeze") (layer budgets)."""
+    name, _, layers = str(spec).partition("+")
+    return name, layers or "uniform"
+
+
 def _mode_model(model, mode: Mode, policy: str | None, n_prompt: int, length: int):
     """`model` under the config a mode runs with (weights and tokenizer shared, nothing reloaded).
     The context is raised to the eval length when that exceeds the model's, so both modes see the
@@ -112,8 +130,21 @@ def _mode_model(model, mode: Mode, policy: str | None, n_prompt: int, length: in
     if length > model.n_ctx:
         base = base.replace(ctx=length)
     if mode.kind == "sparse":
-        base = sparse_config(base, mode, policy, n_prompt)
+        name, layers = split_policy(policy)
+        base = sparse_config(base, mode, name, n_prompt)
+        try:
+            base = base.replace(layer_budget=layers)
+        except ConfigError as e:
+            raise EvalError(f"policy {policy!r}: {e}") from None
     return model if base is model.config else dataclasses.replace(model, config=base)
+
+
+def _jobs(modes: Sequence[Mode], policies: Sequence[str]) -> list[tuple[Mode, str | None]]:
+    """(mode, policy) pairs to run: every sparse mode once per policy, other modes once."""
+    out = []
+    for m in modes:
+        out += [(m, p) for p in policies] if m.kind == "sparse" else [(m, None)]
+    return out
 
 
 def run_eval(
@@ -123,8 +154,9 @@ def run_eval(
     lengths: Sequence[int],
     modes: Sequence[Mode],
     samples: int = 10,
+    limit: int | None = None,
     seed: int = 0,
-    policy: str | None = None,
+    policy: str | Sequence[str] | None = None,
     reference=None,
     max_new_tokens: int | None = None,
     progress: bool = True,
@@ -137,17 +169,24 @@ def run_eval(
     with offload.loading.load_reference when needed and not given). Order: lengths ascending, then
     tasks, samples and modes, so short cells finish first and `on_record` (e.g. a JSON writer) keeps
     partial results. Sparse modes fail before any compute when the policy is not available.
+    limit: run only the first `limit` samples of each cell (same prompts as all `samples`).
     max_new_tokens caps every task's answer budget (quick runs, tests); prompts keep their lengths.
     done: records of an interrupted run with the same settings: their answers are not recomputed
     (samples are deterministic), they are returned in place.
+    policy: one policy or several (`NAME` or `NAME+squeeze`); every sparse mode runs once per policy.
+    A sample's sparse (mode, policy) pairs share one exact prefill (`replay.Prefilled`) and decode
+    together as rows of one batch (`replay.greedy_many`); each record's `seconds` is the batch's
+    time divided by its rows.
     """
     from tqdm.auto import tqdm
 
     for t in tasks:
         get_task(t)
-    for m in modes:
+    policies = [policy] if isinstance(policy, str) or policy is None else list(policy)
+    jobs = _jobs(modes, policies)
+    for m, p in jobs:
         if m.kind == "sparse":
-            sparse_config(model.config, m, policy, 1024)  # fail fast on a bad policy
+            _mode_model(model, m, p, 1024, 1024)  # fail fast on a bad policy
     if reference is None and any(m.kind == "full" for m in modes):
         from ..loading import load_reference
 
@@ -155,41 +194,60 @@ def run_eval(
     tok = model.tokenizer
     finished = {r.key: r for r in done}
     records: list[Record] = []
-    total = len(tasks) * len(lengths) * samples * len(modes)
+    total = len(tasks) * len(lengths) * min(samples, limit or samples) * len(jobs)
     bar = tqdm(total=total, file=sys.stderr, disable=not progress, unit="answer", dynamic_ncols=True)
+
+    def emit(sample, i, task, length, mode, pol, ids, new, seconds):
+        pred = tok.decode(new, skip_special_tokens=True)
+        rec = Record(
+            task=task, length=length, mode=mode.label, policy=pol, index=i, seed=sample.seed,
+            depth=sample.depths[0] if len(sample.depths) == 1 else None, n_prompt_tokens=len(ids),
+            score=score(pred, sample.references, sample.metric), prediction=pred,
+            references=sample.references, tokens=tuple(new), seconds=seconds,
+        )
+        records.append(rec)
+        if on_record is not None:
+            on_record(rec)
+        bar.update(1)
+
     try:
         for length in sorted(lengths):
             for task in tasks:
-                for i, sample in enumerate(plan_samples(task, tok, length, samples, seed)):
+                for i, sample in enumerate(plan_samples(task, tok, length, samples, seed)[:limit]):
                     ids = model.encode(sample.prompt)
                     n_new = min(sample.max_new_tokens, max_new_tokens or sample.max_new_tokens)
-                    for mode in modes:
-                        key = (task, length, mode.label, policy if mode.kind == "sparse" else None, i,
-                               sample.seed)
+                    sparse = []  # (mode, policy) still to run: decoded together below
+                    for mode, pol in jobs:
+                        key = (task, length, mode.label, pol, i, sample.seed)
                         if key in finished:
                             records.append(finished[key])
                             bar.update(1)
-                            continue
-                        bar.set_postfix_str(f"{task} {length} {mode.label} #{i}", refresh=False)
-                        t0 = time.perf_counter()
-                        if mode.kind == "full":
-                            new = answer_full(reference, model, ids, n_new)
+                        elif mode.kind == "sparse":
+                            sparse.append((mode, pol))
                         else:
-                            m = _mode_model(model, mode, policy, len(ids), length)
-                            new = answer_offload(m, sample.prompt, n_new)
-                        pred = tok.decode(new, skip_special_tokens=True)
-                        rec = Record(
-                            task=task, length=length, mode=mode.label,
-                            policy=policy if mode.kind == "sparse" else None, index=i,
-                            seed=sample.seed, depth=sample.depths[0] if len(sample.depths) == 1 else None,
-                            n_prompt_tokens=len(ids), score=score(pred, sample.references, sample.metric),
-                            prediction=pred, references=sample.references, tokens=tuple(new),
-                            seconds=time.perf_counter() - t0,
-                        )
-                        records.append(rec)
-                        if on_record is not None:
-                            on_record(rec)
-                        bar.update(1)
+                            bar.set_postfix_str(f"{task} {length} {mode.label} #{i}", refresh=False)
+                            t0 = time.perf_counter()
+                            if mode.kind == "full":
+                                new = answer_full(reference, model, ids, n_new)
+                            else:
+                                m = _mode_model(model, mode, pol, len(ids), length)
+                                new = answer_offload(m, sample.prompt, n_new)
+                            emit(sample, i, task, length, mode, pol, ids, new, time.perf_counter() - t0)
+                    if sparse:
+                        # one exact prefill, then every sparse config decodes from it in one batch
+                        bar.set_postfix_str(f"{task} {length} {len(sparse)} sparse #{i}", refresh=False)
+                        t0 = time.perf_counter()
+                        shared = Prefilled.capture(_mode_model(model, Mode("dense"), None, len(ids), length),
+                                                   ids)
+                        try:
+                            ms = [_mode_model(model, mode, pol, len(ids), length) for mode, pol in sparse]
+                            outs = greedy_many(ms, shared, n_new, model.eos_ids)
+                        finally:
+                            shared.close()
+                        each = (time.perf_counter() - t0) / len(sparse)
+                        for (mode, pol), out in zip(sparse, outs):
+                            new = _until_eos(out, model.eos_ids)
+                            emit(sample, i, task, length, mode, pol, ids, new, each)
     finally:
         bar.close()
     return records

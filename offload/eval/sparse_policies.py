@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import torch
 
+from ..config import SPARSE_CHUNK
 from ..tiers.abstracts import ChunkAbstracts
 from .policies import register_policy
 
 __all__ = ["ChunkPolicy", "CHUNK"]
 
-CHUNK = 64  # OffloadConfig().kv_chunk
+CHUNK = SPARSE_CHUNK  # OffloadConfig().chunk with a budget
 RANK = 16  # OffloadConfig().rank
 
 
