@@ -41,23 +41,27 @@ def partial_attention(q, k, v, kpos, qpos, scaling, sliding_window=None, row_mas
     """
     r, g, lq, d = q.shape
     n = k.shape[1]
-    kf = k.float().unsqueeze(1).transpose(-1, -2)  # [R, 1, D, N]
-    vf = v.float().unsqueeze(1)  # [R, 1, N, D]
+    # batched over rows, the g query heads and the queries of a row side by side: [R, g*lq, N]
+    # (a broadcast matmul over [R, 1, D, N] would copy k once per query head)
+    kt = k.float().transpose(1, 2)  # [R, D, N]
+    vf = v.float()  # [R, N, D]
     step = max(1, _MAX_SCORES // max(1, r * g * n))
     outs, lses = [], []
     for s0 in range(0, lq, step):
         qp = qpos[s0 : s0 + step]
+        lb = qp.shape[0]
         keep = kpos[None, :] <= qp[:, None]  # [lq_blk, N]
         if sliding_window is not None:
             keep = keep & (kpos[None, :] > qp[:, None] - sliding_window)
         keep = keep[None, None]  # [1, 1, lq_blk, N]
         if row_mask is not None:
             keep = keep & row_mask[:, None, None, :]
-        scores = torch.matmul(q[:, :, s0 : s0 + step].float(), kf) * scaling  # [R, g, lq_blk, N]
+        qb = q[:, :, s0 : s0 + step].float().reshape(r, g * lb, d)
+        scores = torch.bmm(qb, kt).view(r, g, lb, n) * scaling  # [R, g, lq_blk, N]
         scores = scores.masked_fill(~keep, float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)  # -inf where nothing is visible
         p = torch.exp(scores - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
-        outs.append(torch.matmul(p, vf))
+        outs.append(torch.bmm(p.view(r, g * lb, n), vf).view(r, g, lb, d))
         lses.append(lse)
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 

@@ -31,13 +31,13 @@ def test_bound_finds_an_outlier_key_that_the_landmark_hides():
     keys = torch.randn(1, t, d, generator=g) * 0.3
     needle = torch.zeros(d)
     needle[7] = 12.0
-    keys[0, 4 + 3 * CHUNK + 17] = needle  # one key in chunk 3 that matches the query
+    keys[0, 4 + 3 * CHUNK + CHUNK // 2 + 1] = needle  # one key in chunk 3 that matches the query
     keys[0, 4 + 3 * CHUNK : 4 + 4 * CHUNK, 7] -= 12.0 / CHUNK  # chunk 3's mean along e7 stays ~0
     q = (needle / 12.0 * 4.0).expand(1, d).clone()
     budget = 2 * CHUNK
     bound = selection_mask(get_policy("bound").select(0, q, keys, budget), 1, t)
     landmark = selection_mask(get_policy("landmark").select(0, q, keys, budget), 1, t)
-    assert bound[0, 4 + 3 * CHUNK + 17] and not landmark[0, 4 + 3 * CHUNK + 17]
+    assert bound[0, 4 + 3 * CHUNK + CHUNK // 2 + 1] and not landmark[0, 4 + 3 * CHUNK + CHUNK // 2 + 1]
 
 
 def test_attention_recall_runs_every_policy(model, hf_model):
