@@ -87,8 +87,8 @@ def _budgets(text: str):
 @click.option("--recall-length", default="4k", show_default=True, callback=_checked(parse_length),
               help="Natural-text context length for --recall.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-def main(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens, json_path, resume,
-         recall_policies, budgets, recall_length, progress):
+def main(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens, json_path,
+         resume, recall_policies, budgets, recall_length, progress):
     """Score RULER-synthetic tasks (needle retrieval, multi-hop tracing, aggregation, multi-needle
     extraction) with full attention and with offload, on 2 CPU cores or a GPU."""
     t0 = time.perf_counter()
@@ -96,8 +96,8 @@ def main(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_ne
         if recall_policies is not None:
             _run_recall(model_path, recall_policies, budgets, recall_length, seed)
         else:
-            _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens, json_path,
-                       resume, progress)
+            _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens,
+                       json_path, resume, progress)
     except EvalError as e:
         raise click.UsageError(str(e)) from None
     except OffloadError as e:
@@ -129,8 +129,8 @@ def _previous(json_path, settings: dict):
     return [Record.from_json(r) for r in doc.get("records", [])], meta
 
 
-def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens, json_path, resume,
-               progress):
+def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens, json_path,
+               resume, progress):
     import offload
 
     from .corpus import natural_text_source
@@ -168,8 +168,8 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, seed, 
         })
         writer.records = list(done)
     t0 = time.perf_counter()
-    records = run_eval(model, tasks=tasks, lengths=lengths, modes=modes, samples=samples, limit=limit, seed=seed,
-                       policy=policy, max_new_tokens=max_new_tokens, progress=progress, on_record=writer,
+    records = run_eval(model, tasks=tasks, lengths=lengths, modes=modes, samples=samples, limit=limit,
+                       seed=seed, policy=policy, max_new_tokens=max_new_tokens, progress=progress, on_record=writer,
                        done=done)
     if writer:
         writer.write(finished=datetime.datetime.now().isoformat(timespec="seconds"),

@@ -91,7 +91,8 @@ def format_vs_full(records: Sequence[Record]) -> str:
             acc.setdefault((r.length, r.column), []).append((r.tokens == ref.tokens, r.score, ref.score))
     if not acc:
         return "(no answers to compare with full)"
-    lines = [f"{'length':>6}  {'mode':<24} {'n':>4}  {'identical':>9}  {'score':>6}  {'full':>6}  {'x full':>6}"]
+    head = ("length", "mode", "n", "identical", "score", "full", "x full")
+    lines = ["{:>6}  {:<24} {:>4}  {:>9}  {:>6}  {:>6}  {:>6}".format(*head)]
     for (length, col), rows in sorted(acc.items()):
         n = len(rows)
         same = sum(a for a, _, _ in rows) / n

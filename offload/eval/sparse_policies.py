@@ -8,6 +8,9 @@ the budget first; the rest buys top-scoring chunks (k = rest // C). Abstracts co
 `ChunkAbstracts` the store uses; the low-rank basis of a layer is fixed at its first step (the
 prompt's keys), as at prefill.
 
+`oracle` (recall only, not a store policy): the top chunks by their exact attention mass at this
+step — the ceiling of any chunk selection at the budget, against which the others are read.
+
 Differences to the store, forced by the interface (one query, all keys): `snapkv` observes the
 first decode step's query instead of the prompt's last 32 queries; `h2o` starts from that query's
 full attention and then accumulates the mass each step's selection receives, evicting what it drops.
@@ -71,6 +74,8 @@ class ChunkPolicy:
 
     def _scores(self, layer, query, keys, body):
         n_kv, m, c, d = body.shape
+        if self.kind == "oracle":  # the chunks' true attention mass: the best any chunk choice can do
+            return self._mass(query, keys)[:, self.sinks : self.sinks + m * c].reshape(n_kv, m, c).sum(-1)
         if self.kind in ("lowrank", "quest", "mean"):
             ab = ChunkAbstracts(1, 1, n_kv, d, self.kind, self.rank, keys.device, capacity=m)
             if self.kind == "lowrank":
@@ -132,5 +137,5 @@ def _factory(name: str, kind: str):
 
 
 for _name, _kind in (("bound", "lowrank"), ("quest", "quest"), ("landmark", "mean"),
-                     ("snapkv", "snapkv"), ("h2o", "h2o")):  # fmt: skip
+                     ("snapkv", "snapkv"), ("h2o", "h2o"), ("oracle", "oracle")):  # fmt: skip
     register_policy(_name)(_factory(_name, _kind))

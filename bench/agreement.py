@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Greedy agreement of sparse decode with full attention, per selection policy and budget.
+
+Question: how often does sparse decode pick the token full attention picks? The prompt is natural
+prose (`natural_ids`, no chat template); the reference is HF `generate` (greedy, stock model, sdpa)
+run for exactly --new tokens with no EOS stop. For each (policy, budget), from one shared prefill:
+  forced   — teacher-forced top-1 agreement ("greedy agreement", the metric): feed the reference
+             tokens and count the steps where this config's argmax equals the reference token;
+  prefix   — free-running greedy decode: length of the common prefix with the reference;
+  match    — free-running: fraction of the --new positions equal to the reference.
+Row "dense" is offload without a budget; it must equal the reference exactly (forced 1.0, prefix N).
+Budgets are fractions of the context, turned into a fixed token count ceil(f * context) per layer
+(beyond sinks + window), as the eval does. `bound+squeeze` = policy bound, layer_budget "squeeze".
+--context uses the eval's lengths: 4k = 4096 tokens.
+
+    python bench/agreement.py --context 4k --new 256 --policies bound,quest,landmark,snapkv,h2o,bound+squeeze \
+        --budgets 1/16,1/32 --json bench/results/agreement-cpu.jsonl
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+
+import torch
+
+
+def _policies(text: str) -> list[tuple[str, str]]:
+    """`bound,quest,bound+squeeze` -> [(policy, layer_budget), ...]; OffloadConfig validates names."""
+    out = []
+    for part in text.split(","):
+        policy, _, layer_budget = part.strip().partition("+")
+        out.append((policy, layer_budget or "uniform"))
+    return out
+
+
+def _hf_reference(hf, ids: list[int], new: int) -> list[int]:
+    """HF greedy continuation of exactly `new` tokens.
+
+    eos_token_id=None would NOT disable the stop: generate fills None fields from the model's own
+    generation_config (eos 2). An empty list survives that merge and leaves no stop token; min_new_tokens
+    is avoided on purpose since it masks EOS logits, which would change the argmax we compare to."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=new, do_sample=False, eos_token_id=[], pad_token_id=0)
+    x = torch.tensor([ids], device=hf.device)
+    with torch.inference_mode():
+        out = hf.generate(x, attention_mask=torch.ones_like(x), generation_config=config)
+    tokens = out[0, len(ids):].tolist()
+    if len(tokens) != new:  # the check the docstring promises: the reference really ran N tokens
+        raise RuntimeError(f"HF generate returned {len(tokens)} tokens, expected {new}")
+    return tokens
+
+
+def _score(model, pf, ref: list[int]) -> dict:
+    """Teacher-forced agreement and free-running prefix / match of `model.config` against `ref`."""
+    from offload.eval.replay import greedy_continue
+
+    n = len(ref)
+    _, picks = greedy_continue(model, pf, n, forced=ref)
+    free, _ = greedy_continue(model, pf, n)
+    prefix = next((i for i, (a, b) in enumerate(zip(free, ref)) if a != b), n)
+    return {
+        "forced_agreement": round(sum(a == b for a, b in zip(picks, ref)) / n, 4),
+        "free_prefix": prefix,
+        "free_match": round(sum(a == b for a, b in zip(free, ref)) / n, 4),
+        # first step where the teacher-forced argmax differs: where sparse attention first bites
+        "first_forced_miss": next((i for i, (a, b) in enumerate(zip(picks, ref)) if a != b), None),
+    }
+
+
+def _machine() -> str:
+    """CPU model and core count (platform.processor() is empty on Linux)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cpus"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--context", default="4k", help="prompt tokens (4k = 4096)")
+    ap.add_argument("--new", type=int, default=256, help="tokens compared after the prompt")
+    ap.add_argument("--policies", default="bound,quest,landmark,snapkv,h2o",
+                    help="comma list; POLICY+squeeze sets layer_budget='squeeze'")
+    ap.add_argument("--budgets", default="1/16,1/32", help="fractions of the context (or token counts)")
+    ap.add_argument("--seed", type=int, default=0, help="start of the natural-text prompt")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="append one JSON row per (policy, budget) to this file")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    import offload
+    from offload.eval.modes import Mode, parse_budget, parse_length
+    from offload.eval.recall import natural_ids
+    from offload.eval.replay import Prefilled
+    from offload.loading import load_reference
+
+    n = parse_length(a.context)
+    budgets = [parse_budget(b) for b in a.budgets.split(",")]
+    policies = _policies(a.policies)
+    model = offload.load_model(config=offload.OffloadConfig(ctx=n + a.new + 8))
+    configs = [  # built up front so a bad policy name fails before minutes of prefill
+        (p, lb, b, Mode("sparse", b).budget_tokens(n)) for p, lb in policies for b in budgets
+    ]
+    for p, lb, _, tokens in configs:
+        model.config.replace(budget=tokens, policy=p, layer_budget=lb)
+    hf = load_reference(model)
+    ids = natural_ids(model.tokenizer, n, a.seed)
+    base = {
+        "bench": "agreement", "context": n, "new_tokens": a.new, "seed": a.seed,
+        "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
+        "machine": _machine(),
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+    }
+
+    t0 = time.perf_counter()
+    ref = _hf_reference(hf, ids, a.new)
+    hf_s = time.perf_counter() - t0
+    del hf  # its weights are a second copy; nothing below needs them
+    t0 = time.perf_counter()
+    pf = Prefilled.capture(model, ids)  # one exact prefill shared by every row
+    pf_s = time.perf_counter() - t0
+    print(f"context {n} tokens, {a.new} compared; HF reference {hf_s:.1f} s, offload prefill {pf_s:.1f} s, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    print(f"{'policy':>14} | {'budget':>6} | {'tokens':>6} | {'forced':>6} | {'prefix':>6} | {'match':>6} | "
+          f"{'1st miss':>8} | {'s':>6}")
+
+    # dense first: if it is not exact, the sparse rows measure our bugs, not sparsity
+    todo = [("dense", "uniform", None, None)] + configs
+    try:
+        for p, lb, b, tokens in todo:
+            m = model if b is None else dataclasses.replace(
+                model, config=model.config.replace(budget=tokens, policy=p, layer_budget=lb))
+            t0 = time.perf_counter()
+            s = _score(m, pf, ref)
+            row = {**base, "policy": p, "layer_budget": lb if b is not None else None,
+                   "budget": None if b is None else str(b), "budget_tokens": tokens, **s,
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            name = p if lb == "uniform" else f"{p}+{lb}"
+            print(f"{name:>14} | {row['budget'] or '-':>6} | {tokens or '-':>6} | {s['forced_agreement']:>6.3f} | "
+                  f"{s['free_prefix']:>6} | {s['free_match']:>6.3f} | "
+                  f"{'-' if s['first_forced_miss'] is None else s['first_forced_miss']:>8} | "
+                  f"{row['seconds']:>6.1f}", flush=True)
+            if b is None and (s["forced_agreement"] != 1.0 or s["free_prefix"] != a.new):
+                print("WARNING: dense offload differs from HF greedy", flush=True)
+            if a.json:
+                with open(a.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    finally:
+        pf.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""Decode tok/s at a long context: HF full attention vs offload dense vs offload sparse (per policy/budget).
+
+Question: what does sparse decode buy in speed, against the stock model and our own dense store, on
+the same machine, prompt and run? Every variant decodes --new greedy tokens after one natural-text
+prompt (`natural_ids`); prefill is never timed.
+  full    — stock transformers model (sdpa) with a DynamicCache, stepped by hand (see `_hf_decode`);
+  dense   — offload without a budget: `Engine.decode` over the dense store;
+  P@B     — offload with policy P and budget B (a fraction of the context, fixed as ceil(B * ctx)
+            tokens per layer beyond sinks + window): `Engine.decode` over the tiered store.
+Offload variants share one prefill (`Prefilled.capture`); each round copies it into a fresh store
+(`pf.store_for`, untimed). Variants are interleaved in rounds (--repeats, best of N) so that load from
+other jobs hits them alike. tok/s = new / (seconds of the --new decode steps), the same for all.
+"agree" = tokens equal to full's before the first difference (dense must reach --new).
+--lengths uses bench/prefill_decode.py's units: 8k = 8000 tokens.
+
+    python bench/sparse_decode.py --lengths 8k --new 32 --policies bound,quest --budgets 1/16 --repeats 2 \
+        --json bench/results/sparse_decode-cpu.jsonl
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+
+import torch
+
+
+def _machine() -> str:
+    """CPU model and core count (platform.processor() is empty on Linux)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cpus"
+
+
+@torch.inference_mode()
+def _hf_prefill(hf, ids: list[int]):
+    """One HF forward over the prompt: (DynamicCache, last-position logits [V])."""
+    out = hf(torch.tensor([ids], device=hf.device), use_cache=True)
+    return out.past_key_values, out.logits[0, -1]
+
+
+@torch.inference_mode()
+def _hf_decode(hf, cache, n_prompt: int, first: int, new: int) -> tuple[float, list[int]]:
+    """Time `new` greedy single-token forwards of the stock model on its DynamicCache.
+
+    Why by hand and not `generate`: `generate` re-runs the prompt's prefill every call (about 36 s at
+    8k on 2 cores, bench/results/cpu-2core.md), and subtracting a 1-token run from an N-token run
+    would leave prefill noise larger than the decode itself. Stepping `hf(token, past_key_values=...)`
+    is what `generate`'s greedy loop does per token, minus its logits processors and stopping checks
+    (small next to a 30-layer forward), and lets every round reuse one prefill: the cache is cropped
+    back to the prompt before each round."""
+    extra = cache.get_seq_length() - n_prompt
+    if extra:
+        cache.crop(-extra)  # transformers 5: a negative count removes that many trailing tokens
+    tok, tokens = first, []
+    t0 = time.perf_counter()
+    for _ in range(new):
+        logits = hf(torch.tensor([[tok]], device=hf.device), past_key_values=cache, use_cache=True).logits
+        tok = int(logits[0, -1].argmax())
+        tokens.append(tok)
+    return time.perf_counter() - t0, tokens
+
+
+def _offload_decode(model, pf, new: int) -> tuple[float, list[int], dict]:
+    """Time `new` greedy `Engine.decode` steps from a fresh copy of the shared prefill.
+
+    Returns (seconds, tokens, store counters accumulated during the timed steps: hits/misses/...)."""
+    from offload.engine import Engine
+
+    store = pf.store_for(model)  # untimed: stands in for this config's own prefill
+    try:
+        engine = Engine(model, store)
+        before = store.stats()
+        tok, tokens = int(pf.logits.argmax()), []
+        t0 = time.perf_counter()
+        for _ in range(new):
+            tok = int(engine.decode(tok).argmax())
+            tokens.append(tok)
+        seconds = time.perf_counter() - t0
+        after = store.stats()
+        # only the manager's event counters, as deltas over the timed steps (byte sizes are not events)
+        counters = {k: after[k] - before.get(k, 0) for k in
+                    ("hits", "misses", "misses_host", "misses_disk", "evictions", "prefetched",
+                     "prefetch_hits") if k in after}
+        return seconds, tokens, counters
+    finally:
+        store.close()
+
+
+def _agree(tokens: list[int], ref: list[int]) -> int:
+    return next((i for i, (a, b) in enumerate(zip(tokens, ref)) if a != b), min(len(tokens), len(ref)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", default="8k", help="prompt tokens, comma list (8k = 8000)")
+    ap.add_argument("--new", type=int, default=32, help="tokens to decode per run")
+    ap.add_argument("--policies", default="bound,quest",
+                    help="comma list; POLICY+squeeze sets layer_budget='squeeze'")
+    ap.add_argument("--budgets", default="1/16", help="fractions of the context (or token counts)")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds over all variants, best of N")
+    ap.add_argument("--seed", type=int, default=0, help="start of the natural-text prompt")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="append one JSON row per (length, variant) to this file")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    import offload
+    from offload.cli.units import parse_count
+    from offload.eval.modes import Mode, parse_budget
+    from offload.eval.recall import natural_ids
+    from offload.eval.replay import Prefilled
+    from offload.loading import load_reference
+
+    lengths = [parse_count(x) for x in a.lengths.split(",")]
+    budgets = [parse_budget(b) for b in a.budgets.split(",")]
+    policies = [(p, lb or "uniform") for p, _, lb in (x.strip().partition("+") for x in a.policies.split(","))]
+    model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
+    for p, lb in policies:  # fail on a bad name before minutes of prefill
+        model.config.replace(budget=1, policy=p, layer_budget=lb)
+    hf = load_reference(model)
+    base = {
+        "bench": "sparse_decode", "new_tokens": a.new, "repeats": a.repeats, "seed": a.seed,
+        "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
+        "machine": _machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+    }
+    print(f"{'ctx':>6} | {'variant':>18} | {'tokens':>6} | {'tok/s':>6} | {'vs full':>7} | {'agree':>5} | "
+          f"{'hits':>6} | {'misses':>6}")
+    for n in lengths:
+        ids = natural_ids(model.tokenizer, n, a.seed)
+        cache, hf_logits = _hf_prefill(hf, ids)
+        pf = Prefilled.capture(model, ids)
+        variants = [("full", None, None, None, None), ("dense", model, None, None, None)]
+        for p, lb in policies:
+            for b in budgets:
+                tokens = Mode("sparse", b).budget_tokens(n)
+                m = dataclasses.replace(model, config=model.config.replace(budget=tokens, policy=p, layer_budget=lb))
+                name = (p if lb == "uniform" else f"{p}+{lb}") + f"@{b}"
+                variants.append((name, m, p, lb, (b, tokens)))
+        best = {v[0]: None for v in variants}  # name -> (seconds, tokens, counters) of the fastest round
+        try:
+            for _ in range(a.repeats):
+                for name, m, *_ in variants:
+                    if m is None:
+                        s, toks = _hf_decode(hf, cache, n, int(hf_logits.argmax()), a.new)
+                        res = (s, toks, {})
+                    else:
+                        res = _offload_decode(m, pf, a.new)
+                    if best[name] is None or res[0] < best[name][0]:
+                        best[name] = res
+        finally:
+            pf.close()
+            del cache
+        full_s, full_toks, _ = best["full"]
+        for name, m, p, lb, budget in variants:
+            s, toks, counters = best[name]
+            row = {
+                **base, "ctx": n, "variant": name, "policy": p, "layer_budget": lb,
+                "budget": None if budget is None else str(budget[0]),
+                "budget_tokens": None if budget is None else budget[1],
+                "decode_tps": round(a.new / s, 2), "ratio_to_full": round(full_s / s, 3),
+                "agree_with_full": _agree(toks, full_toks), **counters,
+            }
+            print(f"{n:>6} | {name:>18} | {row['budget_tokens'] or '-':>6} | {row['decode_tps']:>6.2f} | "
+                  f"{row['ratio_to_full']:>7.2f} | {row['agree_with_full']:>5} | "
+                  f"{counters.get('hits', '-'):>6} | {counters.get('misses', '-'):>6}", flush=True)
+            if name == "dense" and row["agree_with_full"] != a.new:
+                print("WARNING: dense offload decoded other tokens than HF full", flush=True)
+            if a.json:
+                with open(a.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
