@@ -15,10 +15,12 @@ Kinds (one per store, chosen by the selection policy):
 Buffers are preallocated per store: [L, B, Hkv, capacity, width] fp32, capacity from `ctx` when
 known, else doubled when full (amortised: the decode loop does not allocate per step).
 
-Size (fp32 abstracts, C = 64 tokens per chunk, per KV head): (2r + 1) * 4 / C bytes per token.
-SmolLM2 (D 64, r 16): 2.06 B/token vs 256 B of bf16 K+V (512 fp32) = 1/124 (1/248); plus the basis
-D*r*4 = 4 KiB per head and layer. Llama-3.1-8B (D 128, r 32): 4.06 B vs 512 B = 1/126; at 200k
-tokens 32 layers x 8 heads x 3125 chunks x 260 B = 208 MB next to 24.4 GiB of KV.
+Size (fp32 abstracts, per KV head, C = 16 tokens per chunk: the default with a budget):
+- lowrank: (2r + 1) * 4 / C bytes per token. SmolLM2 (D 64, r 16): 8.25 B/token vs 256 B of bf16
+  K+V = 1/31 (1/62 of fp32 K+V), plus the basis D*r*4 = 4 KiB per head and layer. Llama-3.1-8B
+  (D 128, r 32): 16.25 B vs 512 B = 1/31; at 200k tokens 32 layers x 8 heads x 12.5k chunks x 260 B
+  = 832 MB next to 24.4 GiB of KV.
+- quest: 2D * 4 / C = 32 B/token for D 64: 1/8 of bf16 K+V, the issue's ceiling (1/16 of fp32).
 """
 
 from __future__ import annotations

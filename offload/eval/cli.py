@@ -73,6 +73,9 @@ def _budgets(text: str):
 @click.option("--limit", default=None, type=click.IntRange(min=1),
               help="Run only the first N of each cell's --samples samples: the same prompts a full run "
                    "has (single-needle depths are spread over --samples), for runs that cannot afford all.")
+@click.option("--rows", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Sparse configs decoded together from one prefill (each holds a copy of the prompt's "
+                   "KV: fewer rows, less memory).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--max-new-tokens", default=None, type=click.IntRange(min=1),
               help="Cap on every task's answer budget, for quick runs (scores drop where answers are cut).")
@@ -87,7 +90,7 @@ def _budgets(text: str):
 @click.option("--recall-length", default="4k", show_default=True, callback=_checked(parse_length),
               help="Natural-text context length for --recall.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-def main(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens, json_path,
+def main(model_path, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens, json_path,
          resume, recall_policies, budgets, recall_length, progress):
     """Score RULER-synthetic tasks (needle retrieval, multi-hop tracing, aggregation, multi-needle
     extraction) with full attention and with offload, on 2 CPU cores or a GPU."""
@@ -96,7 +99,7 @@ def main(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_ne
         if recall_policies is not None:
             _run_recall(model_path, recall_policies, budgets, recall_length, seed)
         else:
-            _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens,
+            _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens,
                        json_path, resume, progress)
     except EvalError as e:
         raise click.UsageError(str(e)) from None
@@ -129,7 +132,7 @@ def _previous(json_path, settings: dict):
     return [Record.from_json(r) for r in doc.get("records", [])], meta
 
 
-def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, seed, max_new_tokens, json_path,
+def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens, json_path,
                resume, progress):
     import offload
 
@@ -168,7 +171,7 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, seed, 
         })
         writer.records = list(done)
     t0 = time.perf_counter()
-    records = run_eval(model, tasks=tasks, lengths=lengths, modes=modes, samples=samples, limit=limit,
+    records = run_eval(model, tasks=tasks, lengths=lengths, modes=modes, samples=samples, limit=limit, rows=rows,
                        seed=seed, policy=policy, max_new_tokens=max_new_tokens, progress=progress, on_record=writer,
                        done=done)
     if writer:

@@ -155,6 +155,7 @@ def run_eval(
     modes: Sequence[Mode],
     samples: int = 10,
     limit: int | None = None,
+    rows: int = 8,
     seed: int = 0,
     policy: str | Sequence[str] | None = None,
     reference=None,
@@ -175,8 +176,9 @@ def run_eval(
     (samples are deterministic), they are returned in place.
     policy: one policy or several (`NAME` or `NAME+squeeze`); every sparse mode runs once per policy.
     A sample's sparse (mode, policy) pairs share one exact prefill (`replay.Prefilled`) and decode
-    together as rows of one batch (`replay.greedy_many`); each record's `seconds` is the batch's
-    time divided by its rows.
+    together as rows of batches of at most `rows` (`replay.greedy_many`; each row holds its own copy
+    of the prompt's KV, so `rows` bounds memory); each record's `seconds` is the sample's sparse time
+    divided by its rows.
     """
     from tqdm.auto import tqdm
 
@@ -241,7 +243,9 @@ def run_eval(
                                                    ids)
                         try:
                             ms = [_mode_model(model, mode, pol, len(ids), length) for mode, pol in sparse]
-                            outs = greedy_many(ms, shared, n_new, model.eos_ids)
+                            outs = []
+                            for r0 in range(0, len(ms), rows):
+                                outs += greedy_many(ms[r0 : r0 + rows], shared, n_new, model.eos_ids)
                         finally:
                             shared.close()
                         each = (time.perf_counter() - t0) / len(sparse)

@@ -3,6 +3,7 @@ keys (hypothesis) and on SmolLM2's real post-RoPE keys captured through the stor
 
 import dataclasses
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -96,3 +97,17 @@ def test_bound_on_real_keys(model):
                 assert (got.double() >= want - TOL * _scale(q, body)).all(), (layer, (got - want).min())
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("head_dim, rank, kind", [(64, 16, "lowrank"), (128, 32, "lowrank"), (64, 64, "quest")])
+def test_abstracts_are_at_most_an_eighth_of_the_kv(head_dim, rank, kind):
+    """Issue budget: abstract bytes per token <= 1/8 of K+V bytes per token at bf16, with the chunk
+    a budget gets by default; the per-layer basis is counted apart (it does not grow with context)."""
+    from offload.config import OffloadConfig
+
+    c, n_kv, chunks = OffloadConfig(budget=256).chunk, 2, 40
+    ab = ChunkAbstracts(1, 1, n_kv, head_dim, kind, rank, "cpu", capacity=chunks)
+    basis = ab.basis.numel() * 4 if kind == "lowrank" else 0
+    per_token = (ab.nbytes - basis) / (chunks * c * n_kv)
+    kv_bf16 = 2 * head_dim * 2
+    assert per_token <= kv_bf16 / 8
