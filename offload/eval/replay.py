@@ -103,10 +103,11 @@ def greedy_continue(model, prefilled: Prefilled, max_new_tokens: int, eos: froze
 
 @torch.inference_mode()
 def greedy_many(models: list, prefilled: Prefilled, max_new_tokens: int,
-                eos: frozenset[int] = frozenset()) -> list[list[int]]:
+                eos: frozenset[int] = frozenset(), forced: list[int] | None = None) -> list[list[int]]:
     """`greedy_continue` for several configs of one model at once (same weights): rows decode in
     lockstep through `Engine.decode_rows`, a row leaves the batch at its end-of-sequence token.
-    Returns each config's tokens (its eos token included, as greedy_continue)."""
+    Returns each config's tokens (its eos token included, as greedy_continue); with `forced`, every
+    row is fed those tokens (teacher forcing, no eos stop) and the return is each row's argmaxes."""
     stores = []
     try:
         for m in models:
@@ -115,14 +116,17 @@ def greedy_many(models: list, prefilled: Prefilled, max_new_tokens: int,
         out: list[list[int]] = [[] for _ in models]
         active = list(range(len(models)))
         logits = prefilled.logits[None].expand(len(models), -1)
-        for step in range(max_new_tokens):
+        n = max_new_tokens if forced is None else min(max_new_tokens, len(forced))
+        for step in range(n):
             picks = logits.argmax(-1).tolist()
             still = []
             for row, j in enumerate(active):
                 out[j].append(picks[row])
-                if picks[row] not in eos:
+                if forced is not None:
+                    still.append((j, forced[step]))
+                elif picks[row] not in eos:
                     still.append((j, picks[row]))
-            if not still or step == max_new_tokens - 1:
+            if not still or step == n - 1:
                 break
             active = [j for j, _ in still]
             logits = engine.decode_rows([t for _, t in still], [stores[j] for j in active])

@@ -75,6 +75,9 @@ def test_teacher_forcing_feeds_the_given_tokens(model, prompt_ids):
         tokens, picks = greedy_continue(model, pf, N_NEW, forced=forced)
         assert tokens == forced
         assert picks[0] == int(pf.logits.argmax())  # the first pick comes from the prompt alone
+        ms = _configs(model)[:2]
+        assert greedy_many(ms, pf, N_NEW, forced=forced) == [greedy_continue(m, pf, N_NEW, forced=forced)[1]
+                                                            for m in ms]
     finally:
         pf.close()
 
