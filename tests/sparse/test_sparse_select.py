@@ -123,3 +123,30 @@ def test_truncate_then_refill_rebuilds_the_same_abstracts(policy):
     q = torch.randn(1, 4, 16, generator=g)
     assert torch.allclose(ab_a.scores(0, q), ab_b.scores(0, q), atol=1e-4)
     a.close(), b.close()
+
+
+@pytest.mark.parametrize("policy", ["bound", "quest", "landmark", "snapkv"])
+def test_sparse_attend_is_exact_attention_over_its_selection(policy):
+    """What decode computes: per KV head, softmax attention over sinks + that head's selected chunks
+    + window, and nothing else (the store's rounds, gathers and masks against a plain reference)."""
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy, rank=4)
+    st, g = _filled_store(cfg)
+    lay, n = st.layout, st.layer_len(0)
+    for layer in range(4):
+        k, v = st.read_layer(layer)  # [1, Hkv, n, D]
+        q = torch.randn(1, 4, 16, generator=g)
+        m = st._mgr.n_chunks(layer)
+        ids = st.selector.select(layer, q, m, n)  # what attend will pick (a pure function of q here)
+        out = st.attend(layer, q[:, :, None], 16**-0.5)  # [1, 1, H, D]
+        keep = torch.zeros(2, n, dtype=torch.bool)
+        keep[:, : lay.sinks] = True
+        keep[:, lay.chunk_start(m) :] = True  # the window: tokens after the last body chunk
+        for h in range(2):
+            for j in ids[h].tolist():
+                keep[h, lay.chunk_start(j) : lay.chunk_start(j + 1)] = True
+        for head in range(4):
+            kv = head // 2
+            s = (k[0, kv] @ q[0, head]) * 16**-0.5
+            p = torch.softmax(s.masked_fill(~keep[kv], float("-inf")), dim=-1)
+            torch.testing.assert_close(out[0, 0, head], p @ v[0, kv], atol=1e-5, rtol=1e-5)
+    st.close()
