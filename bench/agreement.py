@@ -26,19 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import argparse
 import dataclasses
 import json
-import platform
 import time
 
 import torch
-
-
-def _policies(text: str) -> list[tuple[str, str]]:
-    """`bound,quest,bound+squeeze` -> [(policy, layer_budget), ...]; OffloadConfig validates names."""
-    out = []
-    for part in text.split(","):
-        policy, _, layer_budget = part.strip().partition("+")
-        out.append((policy, layer_budget or "uniform"))
-    return out
+from _common import machine
 
 
 def _hf_reference(hf, ids: list[int], new: int) -> list[int]:
@@ -79,17 +70,6 @@ def _scores(models, pf, ref: list[int]) -> list[dict]:
     return out
 
 
-def _machine() -> str:
-    """CPU model and core count (platform.processor() is empty on Linux)."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cpus"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--context", default="4k", help="prompt tokens (4k = 4096)")
@@ -107,11 +87,12 @@ def main():
     from offload.eval.modes import Mode, parse_budget, parse_length
     from offload.eval.recall import natural_ids
     from offload.eval.replay import Prefilled
+    from offload.eval.runner import split_policy
     from offload.loading import load_reference
 
     n = parse_length(a.context)
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
-    policies = _policies(a.policies)
+    policies = [split_policy(p.strip()) for p in a.policies.split(",")]
     model = offload.load_model(config=offload.OffloadConfig(ctx=n + a.new + 8))
     configs = [  # built up front so a bad policy name fails before minutes of prefill
         (p, lb, b, Mode("sparse", b).budget_tokens(n)) for p, lb in policies for b in budgets
@@ -123,7 +104,7 @@ def main():
     base = {
         "bench": "agreement", "context": n, "new_tokens": a.new, "seed": a.seed,
         "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
-        "machine": _machine(),
+        "machine": machine(),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
 

@@ -27,21 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import argparse
 import dataclasses
 import json
-import platform
 import time
 
 import torch
-
-
-def _machine() -> str:
-    """CPU model and core count (platform.processor() is empty on Linux)."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cpus"
+from _common import machine
 
 
 @torch.inference_mode()
@@ -118,6 +107,7 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     import offload
+    from offload.eval.runner import split_policy
     from offload.cli.units import parse_count
     from offload.eval.modes import Mode, parse_budget
     from offload.eval.recall import natural_ids
@@ -126,7 +116,7 @@ def main():
 
     lengths = [parse_count(x) for x in a.lengths.split(",")]
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
-    policies = [(p, lb or "uniform") for p, _, lb in (x.strip().partition("+") for x in a.policies.split(","))]
+    policies = [split_policy(x.strip()) for x in a.policies.split(",")]
     model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
     for p, lb in policies:  # fail on a bad name before minutes of prefill
         model.config.replace(budget=1, policy=p, layer_budget=lb)
@@ -134,7 +124,7 @@ def main():
     base = {
         "bench": "sparse_decode", "new_tokens": a.new, "repeats": a.repeats, "seed": a.seed,
         "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
-        "machine": _machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
     print(f"{'ctx':>6} | {'variant':>18} | {'tokens':>6} | {'tok/s':>6} | {'vs full':>7} | {'agree':>5} | "
           f"{'hits':>6} | {'misses':>6}")
