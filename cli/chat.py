@@ -15,6 +15,8 @@ from .documents import read_document, with_documents
 from .interactive import repl
 from .session_file import maybe_save, open_session
 from .stream import answer
+from offload.config import LAYER_BUDGETS, SELECTION_POLICIES
+
 from .units import BudgetType, BytesType, CountType
 
 __all__ = ["main"]
@@ -42,6 +44,8 @@ def _opt(*names, env, **kw):
 @_opt("--top-k", env="TOP_K", type=click.IntRange(min=0), default=0, show_default=True)
 @_opt("--seed", env="SEED", type=click.IntRange(min=0), default=None)
 @_opt("--budget", env="BUDGET", type=BudgetType(), default=None, help="KV tokens per layer (2048) or a fraction of the context (1/16, 0.05).")
+@_opt("--policy", env="POLICY", type=click.Choice(SELECTION_POLICIES), default="bound", show_default=True, help="With --budget: how chunks are chosen (bound = ours; the rest are baselines).")
+@_opt("--layer-budget", env="LAYER_BUDGET", type=click.Choice(LAYER_BUDGETS), default="uniform", show_default=True, help="With --budget: per-layer split (squeeze = SqueezeAttention).")
 @_opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection).")
 @_opt("--prefill-chunk", env="PREFILL_CHUNK", type=click.IntRange(min=1), default=512, show_default=True)
 @_opt("--gpu-mem", env="GPU_MEM", type=BytesType(), default=None, help="GPU memory to plan for (e.g. 24G).")
@@ -72,7 +76,7 @@ def _config(o, offload):
     fields = dict(ctx=o["ctx"], prefill_chunk=o["prefill_chunk"], gpu_mem=None, host_mem=o["host_mem"],
                   disk_dir=o["disk_dir"], kv_store="tiered" if tiered else "dense")
     if o["budget"] is not None and not o["dense"]:
-        fields["budget"] = o["budget"]
+        fields.update(budget=o["budget"], policy=o["policy"], layer_budget=o["layer_budget"])
     return offload.OffloadConfig(**fields)
 
 
