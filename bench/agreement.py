@@ -87,7 +87,7 @@ def main():
     from offload.eval.modes import Mode, parse_budget, parse_length
     from offload.eval.recall import natural_ids
     from offload.eval.replay import Prefilled
-    from offload.eval.runner import split_policy
+    from offload.eval.modes import split_policy
     from offload.loading import load_reference
 
     n = parse_length(a.context)

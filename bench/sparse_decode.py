@@ -107,7 +107,7 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     import offload
-    from offload.eval.runner import split_policy
+    from offload.eval.modes import split_policy
     from offload.cli.units import parse_count
     from offload.eval.modes import Mode, parse_budget
     from offload.eval.recall import natural_ids

@@ -101,18 +101,8 @@ class Engine:
     @torch.inference_mode()
     def decode(self, token: int) -> torch.Tensor:
         """Append one token and return the next-token logits [V]."""
-        n = self.n_tokens
         ids = torch.tensor([[token]], dtype=torch.long, device=self.model.device)
-        pos = torch.tensor([[n]], dtype=torch.long, device=ids.device)
-        h = self._embed(ids)  # [1, 1, hidden]
-        p, ropes = DecodePass(self.store), {}
-        for li, layer in enumerate(self._layers):
-            out = layer(
-                h, attention_mask=None, position_ids=pos, past_key_values=p, use_cache=True,
-                position_embeddings=self._rope(h, pos, li, ropes), offload_pass=p,
-            )
-            h = out[0] if isinstance(out, tuple) else out
-        return self._logits(h[0, -1:])[0]
+        return self._step(ids, self.n_tokens, DecodePass(self.store))[0]
 
     @torch.inference_mode()
     def decode_rows(self, tokens: list[int], stores: list[KVStore]) -> torch.Tensor:
@@ -123,9 +113,12 @@ class Engine:
         if any(s.layer_len(0) != n for s in stores) or len(stores) != len(tokens):
             raise ValueError("decode_rows needs one store per token, all of the same length")
         ids = torch.tensor(tokens, dtype=torch.long, device=self.model.device).view(-1, 1)
+        return self._step(ids, n, RowsPass(stores))
+
+    def _step(self, ids: torch.Tensor, n: int, p) -> torch.Tensor:
+        """ids [J, 1] at position n through every layer with pass `p`; logits [J, V]."""
         pos = torch.full_like(ids, n)
-        h = self._embed(ids)  # [J, 1, hidden]
-        p, ropes = RowsPass(stores), {}
+        h, ropes = self._embed(ids), {}  # [J, 1, hidden]
         for li, layer in enumerate(self._layers):
             out = layer(
                 h, attention_mask=None, position_ids=pos, past_key_values=p, use_cache=True,

@@ -139,14 +139,13 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
     from .corpus import natural_text_source
     from .modes import sparse_config
     from .report import JsonWriter, format_table, format_vs_full
-    from .runner import run_eval, split_policy
+    from .runner import run_eval
 
     policy = _policies(policy)
     for m in modes:  # a bad policy fails before the model loads
         if m.kind == "sparse":
             for p in policy or [None]:
-                name, layers = split_policy(p) if p else (None, "uniform")
-                sparse_config(offload.OffloadConfig(layer_budget=_layer_budget(layers)), m, name, 1024)
+                sparse_config(offload.OffloadConfig(), m, p, 1024)
     if resume and not json_path:
         raise EvalError("--resume needs --json PATH (the file to resume)")
     done, old_meta = [], {}
@@ -195,15 +194,6 @@ def _policies(text: str | None) -> list[str] | None:
     if text.strip() == "all":
         return list(SELECTION_POLICIES)
     return unique_list(str, text, "policies")
-
-
-def _layer_budget(name: str) -> str:
-    from ..config import LAYER_BUDGETS
-
-    if name not in LAYER_BUDGETS:
-        raise EvalError(f"unknown layer budget {name!r} (policy NAME+LAYERS, LAYERS one of "
-                        f"{', '.join(LAYER_BUDGETS)})")
-    return name
 
 
 def _run_recall(model_path, policies, budgets, length, seed):

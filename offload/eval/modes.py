@@ -8,13 +8,12 @@ selection policy). `sparse_config` maps a sparse mode onto an `OffloadConfig`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ..config import OffloadConfig
+from ..config import LAYER_BUDGETS, OffloadConfig
 from ..errors import ConfigError
 from .errors import EvalError
 
@@ -28,6 +27,7 @@ __all__ = [
     "parse_mode",
     "parse_modes",
     "sparse_config",
+    "split_policy",
 ]
 
 _LENGTH = re.compile(r"^(\d+)([kK]?)$")
@@ -121,22 +121,24 @@ def _parts(text: str, what: str) -> list[str]:
     return parts
 
 
-def sparse_config(base: OffloadConfig, mode: Mode, policy: str | None, n_context: int) -> OffloadConfig:
-    """The config offload runs a sparse mode with: `base` plus budget (tokens) and selection policy.
+def split_policy(spec: str) -> tuple[str, str]:
+    """`quest` -> ("quest", "uniform"); `quest+squeeze` -> ("quest", "squeeze") (layer budgets)."""
+    name, _, layers = str(spec).partition("+")
+    return name, layers or "uniform"
 
-    OffloadConfig validates the policy name; a build without sparse selection has no such fields and
-    every policy is unknown there."""
+
+def sparse_config(base: OffloadConfig, mode: Mode, policy: str | None, n_context: int) -> OffloadConfig:
+    """The config offload runs a sparse mode with: `base` plus budget (tokens), selection policy and
+    layer budgets; policy is `NAME` or `NAME+LAYERS` (`split_policy`). OffloadConfig validates."""
     if mode.kind != "sparse":
         raise EvalError(f"mode {mode.label!r} is not a sparse mode")
     if not policy:
         raise EvalError(f"mode {mode.label} needs a selection policy (--policy NAME)")
-    names = {f.name for f in dataclasses.fields(OffloadConfig)}
-    if not {"budget", "policy"} <= names:
-        raise EvalError(
-            f"unknown policy {policy!r}: this build of offload has no sparse selection yet "
-            "(OffloadConfig has no budget/policy fields); run the full and dense modes"
-        )
+    name, layers = split_policy(policy)
+    if layers not in LAYER_BUDGETS:
+        raise EvalError(f"unknown layer budget {layers!r} (policy NAME+LAYERS, LAYERS one of "
+                        f"{', '.join(LAYER_BUDGETS)})")
     try:
-        return base.replace(budget=mode.budget_tokens(n_context), policy=policy)
+        return base.replace(budget=mode.budget_tokens(n_context), policy=name, layer_budget=layers)
     except (ConfigError, TypeError) as e:
         raise EvalError(f"{mode.label} with policy {policy!r}: {e}") from None

@@ -17,8 +17,6 @@ from typing import Callable, Sequence
 import torch
 
 from .haystack import spread_depths
-from ..errors import ConfigError
-from .errors import EvalError
 from .modes import Mode, sparse_config
 from .replay import Prefilled, greedy_many
 from .sample import Sample
@@ -26,7 +24,7 @@ from .scoring import score
 from .tasks import get_task
 
 __all__ = [
-    "Record", "run_eval", "plan_samples", "answer_full", "answer_offload", "sample_seed", "split_policy",
+    "Record", "run_eval", "plan_samples", "answer_full", "answer_offload", "sample_seed",
 ]
 
 
@@ -116,12 +114,6 @@ def answer_offload(model, prompt: str, max_new_tokens: int) -> list[int]:
     return _until_eos(tokens, model.eos_ids)
 
 
-def split_policy(spec: str) -> tuple[str, str]:
-    """`quest` -> ("quest", "uniform"); `quest+squeeze` -> ("quest", "squeeze") (layer budgets)."""
-    name, _, layers = str(spec).partition("+")
-    return name, layers or "uniform"
-
-
 def _mode_model(model, mode: Mode, policy: str | None, n_prompt: int, length: int):
     """`model` under the config a mode runs with (weights and tokenizer shared, nothing reloaded).
     The context is raised to the eval length when that exceeds the model's, so both modes see the
@@ -130,12 +122,7 @@ def _mode_model(model, mode: Mode, policy: str | None, n_prompt: int, length: in
     if length > model.n_ctx:
         base = base.replace(ctx=length)
     if mode.kind == "sparse":
-        name, layers = split_policy(policy)
-        base = sparse_config(base, mode, name, n_prompt)
-        try:
-            base = base.replace(layer_budget=layers)
-        except ConfigError as e:
-            raise EvalError(f"policy {policy!r}: {e}") from None
+        base = sparse_config(base, mode, policy, n_prompt)
     return model if base is model.config else dataclasses.replace(model, config=base)
 
 
