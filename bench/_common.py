@@ -15,3 +15,22 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{name}, {os.cpu_count()} cpus"
+
+
+def add_sparse_args(ap, policies: str, budgets: str, json_rows: str) -> None:
+    """The options every sparse-decode bench takes (policies, budgets, prompt seed, threads, JSON)."""
+    ap.add_argument("--policies", default=policies, help="comma list; POLICY+squeeze sets layer_budget='squeeze'")
+    ap.add_argument("--budgets", default=budgets, help="fractions of the context (or token counts)")
+    ap.add_argument("--seed", type=int, default=0, help="start of the natural-text prompt")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help=f"append one JSON row per {json_rows} to this file")
+
+
+def parse_with_threads(ap):
+    """ap.parse_args(), then torch's thread count from --threads (left alone when unset)."""
+    import torch
+
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return a

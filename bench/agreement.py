@@ -29,7 +29,7 @@ import json
 import time
 
 import torch
-from _common import machine
+from _common import add_sparse_args, machine, parse_with_threads
 
 
 def _hf_reference(hf, ids: list[int], new: int) -> list[int]:
@@ -74,20 +74,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--context", default="4k", help="prompt tokens (4k = 4096)")
     ap.add_argument("--new", type=int, default=256, help="tokens compared after the prompt")
-    ap.add_argument("--policies", default="bound,quest,landmark,snapkv,h2o",
-                    help="comma list; POLICY+squeeze sets layer_budget='squeeze'")
-    ap.add_argument("--budgets", default="1/16,1/32", help="fractions of the context (or token counts)")
-    ap.add_argument("--seed", type=int, default=0, help="start of the natural-text prompt")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None, help="append one JSON row per (policy, budget) to this file")
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    add_sparse_args(ap, "bound,quest,landmark,snapkv,h2o", "1/16,1/32", "(policy, budget)")
+    a = parse_with_threads(ap)
     import offload
-    from offload.eval.modes import Mode, parse_budget, parse_length
+    from offload.eval.modes import Mode, parse_budget, parse_length, split_policy
     from offload.eval.recall import natural_ids
     from offload.eval.replay import Prefilled
-    from offload.eval.modes import split_policy
     from offload.loading import load_reference
 
     n = parse_length(a.context)

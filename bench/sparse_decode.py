@@ -30,7 +30,7 @@ import json
 import time
 
 import torch
-from _common import machine
+from _common import add_sparse_args, machine, parse_with_threads
 
 
 @torch.inference_mode()
@@ -96,20 +96,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="8k", help="prompt tokens, comma list (8k = 8000)")
     ap.add_argument("--new", type=int, default=32, help="tokens to decode per run")
-    ap.add_argument("--policies", default="bound,quest",
-                    help="comma list; POLICY+squeeze sets layer_budget='squeeze'")
-    ap.add_argument("--budgets", default="1/16", help="fractions of the context (or token counts)")
     ap.add_argument("--repeats", type=int, default=2, help="rounds over all variants, best of N")
-    ap.add_argument("--seed", type=int, default=0, help="start of the natural-text prompt")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None, help="append one JSON row per (length, variant) to this file")
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    add_sparse_args(ap, "bound,quest", "1/16", "(length, variant)")
+    a = parse_with_threads(ap)
     import offload
-    from offload.eval.modes import split_policy
     from offload.cli.units import parse_count
-    from offload.eval.modes import Mode, parse_budget
+    from offload.eval.modes import Mode, parse_budget, split_policy
     from offload.eval.recall import natural_ids
     from offload.eval.replay import Prefilled
     from offload.loading import load_reference
