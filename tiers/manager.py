@@ -82,6 +82,9 @@ class TierManager:
         self._host_next = 0  # host slots never used yet: [_host_next, host_capacity)
         self._policy = [make_policy(policy) for _ in range(n)]
         self._pinned: list[set[int]] = [set() for _ in range(n)]
+        # bumped whenever a layer's chunk -> GPU slot map changes: device mirrors of the map (the
+        # store's block table) rebuild a layer's row only when its version moved
+        self._version = [0] * n
         self.counters = dict.fromkeys(
             ("hits", "misses", "misses_host", "misses_disk", "evictions", "prefetched",
              "prefetch_hits", "added_host", "added_disk"), 0)  # fmt: skip
@@ -101,6 +104,18 @@ class TierManager:
     def resident(self, layer: int) -> dict[int, int]:
         """chunk -> slot of `layer`'s GPU-resident chunks (a copy)."""
         return dict(self._gpu[layer])
+
+    def all_resident(self, layer: int) -> bool:
+        """Every chunk of `layer` has a GPU copy (reading any of them needs no fetch)."""
+        return len(self._gpu[layer]) == len(self._home[layer])
+
+    def version(self, layer: int) -> int:
+        """Changes whenever `layer`'s chunk -> GPU slot map changes."""
+        return self._version[layer]
+
+    def note_hits(self, n: int) -> None:
+        """Count n chunk reads served from the GPU without `acquire` (the store's all-resident path)."""
+        self.counters["hits"] += n
 
     @property
     def host_used(self) -> int:
@@ -133,6 +148,7 @@ class TierManager:
             else:
                 self._gpu[layer][chunk] = gpu_slot
                 self._policy[layer].insert(chunk)
+                self._version[layer] += 1
         return Placement(layer, chunk, home, host_slot, gpu_slot)
 
     def acquire(self, layer: int, chunks, prefetch: bool = False) -> FetchPlan:
@@ -160,6 +176,7 @@ class TierManager:
                     evicted.append(victim)
                 gpu[c] = slot
                 policy.insert(c)
+                self._version[layer] += 1
                 home = self._home[layer][c]
                 misses.append(Miss(c, slot, home, self._host_slot[layer][c]))
                 if prefetch:
@@ -185,6 +202,7 @@ class TierManager:
             if p.gpu_slot is not None:
                 del self._gpu[layer][c]
                 self._policy[layer].remove(c)
+                self._version[layer] += 1
                 self._free_gpu[layer].append(p.gpu_slot)
             if p.host_slot is not None:
                 self._free_host.append(p.host_slot)

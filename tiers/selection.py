@@ -162,13 +162,12 @@ class Selector:
         """h2o: the store reports each step's attention mass per selected chunk (`add_mass`)."""
         return self.policy == "h2o"
 
-    def add_mass(self, layer: int, ids: list[int], mass: torch.Tensor) -> None:
-        """h2o: chunks `ids` of `layer` received `mass` [R, len(ids)] at this step."""
-        if not self._observed[layer] or not ids:
+    def add_mass(self, layer: int, ids: torch.Tensor, mass: torch.Tensor) -> None:
+        """h2o: row r of `layer` gave mass[r, i] to chunk ids[r, i] at this step (both [R, n])."""
+        if not self._observed[layer] or ids.numel() == 0:
             return
-        idx = torch.tensor(ids, dtype=torch.long, device=self.device)
         s = self._score[layer].view(self.batch * self.n_kv, -1)
-        s[:, idx] += mass.to(s.device, s.dtype)
+        s.scatter_add_(1, ids.to(s.device), mass.to(s.device, s.dtype))
 
     def truncate(self, layer: int, m: int) -> None:
         if self.abstracts is not None:

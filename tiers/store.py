@@ -6,15 +6,15 @@ the `TierManager` (policy) and moved by `Transfer` (mechanism).
 
 Sparse decode (config.budget set): every body chunk gets an abstract when it joins the body
 (prefill and decode alike) and a one-query `attend` asks the `Selector` for each KV head's chunks
-(score -> top-k within the layer's budget, see selection.py); `attend(select=...)` then fetches the
-misses through the TierManager and attends over sinks + window + the selection. A budget covering
-every chunk selects None: the exact path below, identical to dense.
+(score -> top-k within the layer's budget, see selection.py), then attends over sinks + window + the
+selection through the block-table kernel (`store_attention.attend_selected`; `BlockTable` mirrors
+the manager's chunk -> slot map on the device). A budget covering every chunk selects None: the
+exact path, identical to dense.
 
-`attend` without a selection is exact over sinks + every body chunk + window.
-Chunks go through the layer's GPU slots in rounds of at most `budget` chunks (resident ones first,
-then misses fetched from host/disk), each round a partial softmax merged by log-sum-exp, so a budget
-smaller than the context still gives the exact result. `attend(select=...)` already takes chunk ids
-per KV head ([Hkv, k], -1 = none): the union is fetched once, each head masked to its own chunks.
+`attend` without a selection is exact over sinks + every body chunk + window, in rounds of at most
+`budget` chunks merged by log-sum-exp (`store_attention.attend_rounds`), so a GPU budget smaller than
+the context still gives the exact result. `attend(select=...)` takes chunk ids per KV head ([Hkv, k],
+-1 = none) the same way: the union is fetched once, each head masked to its own chunks.
 
 `truncate(n)` restores the canonical layout for n tokens: chunks from m(n) on are freed (slots, host
 slots, disk tail), and the tokens after the last kept chunk — a partially kept chunk included — are
@@ -26,17 +26,16 @@ from __future__ import annotations
 import torch
 
 from offload.config import OffloadConfig
-from offload.kernels import causal_prefill_attention
-
-from .attention import from_rows, merge_partials, partial_attention, to_rows
 from .disk import DiskStore
 from .eviction import DEFAULT_POLICY
 from .gpu import GpuPool
 from .host import HostPool
 from .layout import ChunkLayout
 from .limits import TierLimits
+from .block_table import BlockTable
 from .manager import HOST, TierManager
 from .selection import Selector
+from .store_attention import attend_rounds, attend_selected
 from .spill import SpillDir
 from .transfer import Transfer
 
@@ -65,6 +64,8 @@ class TieredKVStore:
         self._disk: DiskStore | None = None  # created at the first spill: no files otherwise
         self._mgr = TierManager(list(self.limits.budgets), self.limits.host_chunks, policy)
         self._xfer = Transfer(self.device, lay)
+        cap = lay.body_chunks(config.ctx) + 1 if config.ctx else 64
+        self._table = BlockTable(self._gpu.base, self.device, cap)  # chunk -> slot, for the kernel
         shape = (n_layers, 2, lay.rows, lay.edge_capacity, head_dim)
         self._edge = torch.zeros(shape, dtype=dtype, device=self.device)
         self._n = [0] * n_layers
@@ -111,8 +112,9 @@ class TieredKVStore:
             chunk = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0].clone()  # [2, R, C, D]
             self._add_chunk(layer, chunk, hot=t <= c)
         start, new_w = emit * c, w + r - emit * c
-        if start < w:
+        if 0 < start < w:
             win[:, :, : w - start] = win[:, :, start:w].clone()
+        if start < w:
             win[0, :, w - start : new_w], win[1, :, w - start : new_w] = nk, nv
         else:
             win[0, :, :new_w], win[1, :, :new_w] = nk[:, start - w :], nv[:, start - w :]
@@ -147,12 +149,15 @@ class TieredKVStore:
         # sliding-window layers (Gemma 3) read at most their window: nothing to select there
         if select is None and sel is not None and q.shape[2] == 1 and sliding_window is None:
             m = self._mgr.n_chunks(layer)
-            select = sel.select(layer, q[:, :, 0].contiguous(), m, self._n[layer])
-            if select is not None and sel.wants_mass:
-                out, mass = self._attend(layer, q, scaling, sliding_window, select, want_mass=True)
-                sel.add_mass(layer, *mass)
+            chosen = sel.select(layer, q[:, :, 0].contiguous(), m, self._n[layer])  # [R, k] or None
+            if chosen is not None:
+                if not sel.wants_mass:
+                    return attend_selected(self, layer, q, scaling, chosen)
+                out, (ids, mass) = attend_selected(self, layer, q, scaling, chosen, want_mass=True)
+                if mass is not None:
+                    sel.add_mass(layer, ids, mass)
                 return out
-        return self._attend(layer, q, scaling, sliding_window, select)
+        return attend_rounds(self, layer, q, scaling, sliding_window, select)
 
     @property
     def prefill_observer(self):
@@ -165,78 +170,6 @@ class TieredKVStore:
     def selector(self) -> Selector | None:
         """Sparse selection state (abstracts, per-layer budgets), or None when dense."""
         return self._sel
-
-    def _attend(self, layer, q, scaling, sliding_window, select, want_mass: bool = False):
-        """`attend` with an explicit selection. want_mass (one query, a selection given): also
-        return (chunk ids, attention mass per row on each of them [R, len(ids)]) for h2o."""
-        lay, n, lq = self.layout, self._n[layer], q.shape[2]
-        qr = to_rows(q, self.n_kv_heads)  # [R, g, Lq, D]
-        qpos = torch.arange(n - lq, n, device=self.device)
-        ids, row_has = self._selection(layer, select)
-        if sliding_window is not None:  # skip chunks no query can see
-            first = n - lq - sliding_window + 1
-            keep = [i for i, j in enumerate(ids) if lay.chunk_start(j + 1) - 1 >= first]
-            ids = [ids[i] for i in keep]
-            row_has = None if row_has is None else row_has[:, keep]
-        # edges (sinks + window, always resident) join the first round: one softmax when the
-        # budget covers the selection; later rounds (resident chunks first) merge by log-sum-exp
-        ns, w, m = lay.sink_len(n), lay.window_len(n), self._mgr.n_chunks(layer)
-        e = self._edge[layer]
-        edge_k = [e[0, :, :ns], e[0, :, lay.sinks : lay.sinks + w]]  # [R, *, D] each
-        edge_v = [e[1, :, :ns], e[1, :, lay.sinks : lay.sinks + w]]
-        edge_pos = torch.cat([torch.arange(ns), torch.arange(w) + lay.chunk_start(m)]).to(self.device)
-        budget = self._mgr.budgets[layer]
-        if row_has is None and len(ids) == m and m <= budget:  # whole layer in one round:
-            k, v = self._gpu.gather(self._fetch(layer, ids))  # chunks in position order
-            k = torch.cat([edge_k[0], k, edge_k[1]], dim=1).reshape(self.batch, self.n_kv_heads, n, -1)
-            v = torch.cat([edge_v[0], v, edge_v[1]], dim=1).reshape(self.batch, self.n_kv_heads, n, -1)
-            out = causal_prefill_attention(q, k, v, scaling, sliding_window)  # positions 0..n-1: plain SDPA
-            self._xfer.mark_used(layer)
-            self._mgr.release(layer)
-            return out
-        order = sorted(range(len(ids)), key=lambda i: self._mgr.gpu_slot(layer, ids[i]) is None)
-        out = lse = None
-        g = q.shape[1] // self.n_kv_heads
-        chunk_lse = None  # want_mass: per-chunk log-sum-exp [R, g, len(ids)]
-        if want_mass:
-            chunk_lse = torch.full((lay.rows, g, len(ids)), float("-inf"), device=self.device)
-        for r0 in range(0, max(1, len(order)), budget):
-            idx = order[r0 : r0 + budget]
-            chunks = [ids[i] for i in idx]
-            ks, vs, pos, masks = [], [], [], []
-            if r0 == 0:
-                ks, vs, pos = edge_k, edge_v, [edge_pos]
-                masks = [torch.ones(lay.rows, ns + w, dtype=torch.bool, device=self.device)]
-            if chunks:
-                k, v = self._gpu.gather(self._fetch(layer, chunks))  # [R, len*C, D]
-                starts = torch.tensor([lay.chunk_start(j) for j in chunks], device=self.device)
-                ks, vs = [*ks, k], [*vs, v]
-                pos.append((starts[:, None] + torch.arange(lay.chunk, device=self.device)).reshape(-1))
-                if row_has is not None:
-                    masks.append(row_has[:, idx].repeat_interleave(lay.chunk, dim=1))  # [R, len*C]
-            mask = torch.cat(masks, dim=1) if row_has is not None and chunks else None
-            o, l_ = partial_attention(qr, torch.cat(ks, dim=1), torch.cat(vs, dim=1), torch.cat(pos),
-                                      qpos, scaling, sliding_window, mask)  # fmt: skip
-            out, lse = merge_partials(out, lse, o, l_)
-            if want_mass and chunks:
-                row_mask = masks[-1] if row_has is not None else None
-                chunk_lse[:, :, idx] = self._chunk_lse(qr, k, scaling, row_mask)
-            self._xfer.mark_used(layer)
-            self._mgr.release(layer)
-        res = from_rows(out, self.batch, q.dtype)
-        if want_mass:  # mass of chunk c on row r: sum over the group of exp(lse_c - lse)
-            mass = torch.exp(chunk_lse - lse[:, :, :1]).sum(1)  # [R, len(ids)]
-            return res, (ids, mass)
-        return res
-
-    def _chunk_lse(self, qr, k, scaling, row_mask):
-        """Per-chunk log-sum-exp of one query's scores (h2o's mass): qr [R, g, 1, D], k [R, n*C, D],
-        row_mask bool [R, n*C] or None -> [R, g, n]."""
-        r, g = qr.shape[:2]
-        s = torch.matmul(qr[:, :, 0].float(), k.float().transpose(-1, -2)) * scaling  # [R, g, n*C]
-        if row_mask is not None:
-            s = s.masked_fill(~row_mask[:, None, :], float("-inf"))
-        return torch.logsumexp(s.view(r, g, -1, self.layout.chunk), dim=-1)  # [R, g, n]
 
     def prefetch(self, layer: int, chunks) -> None:
         """Start copying `chunks` of `layer` into its slots (e.g. under the previous layer's
@@ -276,6 +209,7 @@ class TieredKVStore:
         manager's counters (hits, misses, misses_host, misses_disk, evictions, prefetched, ...)."""
         lay = self.layout
         edge_tokens = sum(lay.sink_len(n) + lay.window_len(n) for n in self._n)
+        self._mgr.note_hits(self._table.drain())  # reads the sparse step served without acquire
         return {
             "gpu_bytes": self._mgr.gpu_used * lay.chunk_bytes + edge_tokens * lay.token_bytes,
             "host_bytes": self._mgr.host_used * lay.chunk_bytes,
@@ -359,19 +293,3 @@ class TieredKVStore:
             buf = torch.empty(self.layout.chunk_shape, dtype=self.layout.dtype)
             self._disk.read_into(layer, j, buf)
             dst.copy_(buf)  # pageable source: synchronous, buf can go
-
-    def _selection(self, layer: int, select):
-        """(chunk ids to fetch, per-row membership bool [R, len(ids)] or None)."""
-        m = self._mgr.n_chunks(layer)
-        if select is None:
-            return list(range(m)), None
-        sel = torch.as_tensor(select, dtype=torch.long).to("cpu")
-        if sel.dim() != 2 or sel.shape[0] not in (self.n_kv_heads, self.layout.rows):
-            raise ValueError(f"select must be [Hkv, k] or [B*Hkv, k], got {tuple(sel.shape)}")
-        if sel.shape[0] != self.layout.rows:
-            sel = sel.repeat(self.batch, 1)  # same selection for every sequence of the batch
-        ids = sorted(set(sel[sel >= 0].tolist()))
-        if ids and ids[-1] >= m:
-            raise IndexError(f"select names chunk {ids[-1]}, layer {layer} has {m}")
-        row_has = (sel[:, :, None] == torch.tensor(ids, dtype=torch.long)).any(dim=1)
-        return ids, row_has.to(self.device)

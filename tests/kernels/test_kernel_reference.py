@@ -37,11 +37,29 @@ def _decode_inputs(seed, b=2, n_kv=2, group=3, d=16, chunk=4, width=5, n_extra=6
     return q, k_pool, v_pool, table, body, xk, xv, xlen
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_sparse_decode_reference_is_attention_over_the_selection(seed):
+def _relayout(k_pool, v_pool, layout):
+    """The same pools in another memory layout: 'kv' = views of one [S, 2, Hkv, C, D] tensor (the
+    tiers' GpuPool, k and v rows interleaved), 'strided' = a layout the flat gather cannot view."""
+    if layout == "kv":
+        kv = torch.stack([k_pool, v_pool], dim=1)
+        return kv[:, 0], kv[:, 1]
+    if layout == "strided":
+        return (k_pool.transpose(0, 1).contiguous().transpose(0, 1),
+                v_pool.transpose(0, 1).contiguous().transpose(0, 1))  # fmt: skip
+    return k_pool, v_pool
+
+
+@pytest.mark.parametrize("seed,layout", [(0, "contiguous"), (1, "contiguous"), (2, "contiguous"),
+                                         (0, "kv"), (1, "strided"), (3, "full")])  # fmt: skip
+def test_sparse_decode_reference_is_attention_over_the_selection(seed, layout):
     q, k_pool, v_pool, table, body, xk, xv, xlen = _decode_inputs(seed)
-    table[..., -1] = -7  # past the used chunks of short rows: must be ignored
-    body.clamp_(max=(table.shape[2] - 1) * k_pool.shape[2])
+    k_pool, v_pool = _relayout(k_pool, v_pool, layout)
+    if layout == "full":  # every body full and every extra valid: the unmasked path
+        body.fill_(table.shape[2] * k_pool.shape[2])
+        xlen.fill_(xk.shape[2])
+    else:
+        table[..., -1] = -7  # past the used chunks of short rows: must be ignored
+        body.clamp_(max=(table.shape[2] - 1) * k_pool.shape[2])
     out, lse = ref.sparse_decode_attention_ref(q, k_pool, v_pool, table, body, xk, xv, xlen, scale=0.3)
     b, h, d = q.shape
     n_kv, chunk = k_pool.shape[1], k_pool.shape[2]
