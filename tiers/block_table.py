@@ -5,9 +5,6 @@ The manager (policy) keeps the map as Python dicts; a decode step that selected 
 `slots(layer, ids)` looks them up in a per-layer row `[capacity]` int64 (global slot, -1 = no GPU
 copy), rebuilt from the manager only when its `version(layer)` moved (a chunk joined the hot set,
 was evicted or truncated) — once per C decoded tokens, or per step when a layer fetches misses.
-
-It also counts the reads the store serves without `acquire` (every chunk resident: nothing to fetch
-or pin) on the device, so the hit counter costs no host sync; `drain()` hands the count over.
 """
 
 from __future__ import annotations
@@ -25,25 +22,12 @@ class BlockTable:
         self.device = torch.device(device)
         self._rows = torch.full((len(base), max(1, capacity)), -1, dtype=torch.long, device=self.device)
         self._seen = [-1] * len(base)  # manager version each row mirrors (-1: never built)
-        self._hits = torch.zeros((), dtype=torch.long, device=self.device)
 
     def slots(self, layer: int, mgr, ids: torch.Tensor) -> torch.Tensor:
         """Global slots of chunk ids [R, k] (long, on the device) of `layer`: [R, k], -1 = not resident."""
         if self._seen[layer] != mgr.version(layer):
             self._rebuild(layer, mgr)
         return self._rows[layer].index_select(0, ids.reshape(-1)).view(ids.shape)
-
-    def count_hits(self, ids: torch.Tensor, n_chunks: int) -> None:
-        """Add the number of distinct chunks in ids [R, k] (< n_chunks) to the device-side hit count."""
-        mark = torch.zeros(n_chunks, dtype=torch.bool, device=self.device)
-        mark[ids.reshape(-1)] = True
-        self._hits += mark.sum()
-
-    def drain(self) -> int:
-        """Hits counted since the last drain (a host sync: call it outside the decode loop)."""
-        n = int(self._hits)
-        self._hits.zero_()
-        return n
 
     def _rebuild(self, layer: int, mgr) -> None:
         resident = mgr.resident(layer)  # chunk -> layer-local slot

@@ -114,7 +114,8 @@ class TierManager:
         return self._version[layer]
 
     def note_hits(self, n: int) -> None:
-        """Count n chunk reads served from the GPU without `acquire` (the store's all-resident path)."""
+        """Count n chunk reads served from the GPU without `acquire` (the store's sparse step in a
+        layer whose every chunk is resident)."""
         self.counters["hits"] += n
 
     @property

@@ -206,10 +206,11 @@ class TieredKVStore:
 
     def stats(self) -> dict:
         """Bytes per tier (gpu_bytes includes sinks + window), pool sizes, token count and the
-        manager's counters (hits, misses, misses_host, misses_disk, evictions, prefetched, ...)."""
+        manager's counters (hits, misses, misses_host, misses_disk, evictions, prefetched, ...).
+        hits: chunks `acquire` found resident, plus one per (KV head, chunk) the sparse step read
+        in a layer whose every chunk was resident (nothing acquired there)."""
         lay = self.layout
         edge_tokens = sum(lay.sink_len(n) + lay.window_len(n) for n in self._n)
-        self._mgr.note_hits(self._table.drain())  # reads the sparse step served without acquire
         return {
             "gpu_bytes": self._mgr.gpu_used * lay.chunk_bytes + edge_tokens * lay.token_bytes,
             "host_bytes": self._mgr.host_used * lay.chunk_bytes,

@@ -36,7 +36,7 @@ def attend_selected(store, layer: int, q: torch.Tensor, scaling: float, select: 
     b, h, _, d = q.shape
     k = select.shape[1]
     if mgr.all_resident(layer):
-        store._table.count_hits(select, mgr.n_chunks(layer))
+        mgr.note_hits(select.numel())  # one per (row, chunk) read: counting distinct ids would sync
         pinned = False
     else:
         ids = sorted(set(select.reshape(-1).tolist()))  # host sync: misses are fetched by Python
