@@ -67,6 +67,10 @@ class OffloadConfig:
         queries), "h2o" (accumulated attention, evicting).
     layer_budget: "uniform" (every layer the same budget) or "squeeze" (SqueezeAttention: the third
         of layers whose attention changes the hidden state least gets less, total unchanged).
+    whole_below: a layer whose best possible chunk selection at the budget keeps less than this
+        share of the prompt's last queries' attention (measured at prefill) is attended whole while
+        it fits in its GPU slots — at most max(1, layers // 8) of them (tiers/whole_layers.py);
+        0 = never. SmolLM2: layer 0 alone (0.42 at 4k, 1/16; the others 0.66 and up).
     """
 
     ctx: int | None = None
@@ -85,6 +89,7 @@ class OffloadConfig:
     rank: int = 16
     policy: str = "bound"
     layer_budget: str = "uniform"
+    whole_below: float = 0.5
 
     def __post_init__(self):
         _positive_int("ctx", self.ctx, allow_none=True)
@@ -116,6 +121,9 @@ class OffloadConfig:
             raise ConfigError(f"policy must be one of {SELECTION_POLICIES}, got {self.policy!r}")
         if self.layer_budget not in LAYER_BUDGETS:
             raise ConfigError(f"layer_budget must be one of {LAYER_BUDGETS}, got {self.layer_budget!r}")
+        w = self.whole_below
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise ConfigError(f"whole_below must be a number in [0, 1], got {w!r}")
         dev = self.device
         if dev != "auto" and not (dev == "cpu" or dev == "cuda" or dev.startswith("cuda:")):
             raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")

@@ -15,6 +15,10 @@ so output equals dense (invariant 1). Policies:
   leaves the window starts at the mean score of the head's live chunks (its window-time mass is not
   tracked: an approximation).
 
+Whole layers (`whole_layers.py`, config.whole_below): a layer whose best possible chunk selection
+keeps too little of the prompt's attention (measured at prefill) selects None — attended whole —
+while its chunks fit its GPU slots. SmolLM2 at 4k: layer 0 (ceiling 0.44 at 1/16; others >= 0.70).
+
 GQA: scores are the max (bounds) or sum (masses) over the KV head's query group. Layer budgets:
 `squeeze.layer_budgets` (uniform, or SqueezeAttention from prefill's cos(h, h + attn(h))).
 snapkv/h2o/squeeze need prefill statistics: a store reopened from a session (no prefill) falls back
@@ -31,6 +35,7 @@ from offload.kernels import top_chunks
 
 from .abstracts import ChunkAbstracts
 from .squeeze import layer_budgets
+from .whole_layers import oracle_recall, whole_layers
 
 __all__ = ["Selector", "OBS_WINDOW", "ABSTRACT_KIND"]
 
@@ -42,8 +47,12 @@ _KEEP = 1e30  # snapkv score of a decoded chunk: always kept before any prompt c
 class Selector:
     """Selection state of one `TieredKVStore` (layout: its ChunkLayout; config: OffloadConfig)."""
 
-    def __init__(self, layout, n_kv_heads: int, batch: int, config, device):
+    def __init__(self, layout, n_kv_heads: int, batch: int, config, device, slots: list[int] | None = None):
         self.layout, self.n_kv, self.batch = layout, n_kv_heads, batch
+        # whole layers (whole_layers.py): prefill's ceiling recall per layer, the GPU slots per layer
+        self.whole_below, self.slots = config.whole_below, slots
+        self.ceiling: list[float | None] = [None] * layout.n_layers
+        self._whole: frozenset[int] | None = frozenset()
         self.policy, self.budget = config.policy, config.budget
         self.layer_policy = config.layer_budget
         self.device = torch.device(device)
@@ -102,7 +111,8 @@ class Selector:
         if attn_cos is not None:
             self.attn_cos[layer] = float(attn_cos)
             self._budgets_cache = None
-        if self.policy not in ("snapkv", "h2o") or q_tail is None:
+        stateful = self.policy in ("snapkv", "h2o")
+        if q_tail is None or not (stateful or self.whole_below > 0):
             return
         lay, m = self.layout, self._m[layer]
         b, h, t, d = q_tail.shape
@@ -112,11 +122,25 @@ class Selector:
         qpos = torch.arange(n - t, n, device=s.device)[:, None]
         s = s.masked_fill(torch.arange(n, device=s.device)[None, :] > qpos, float("-inf"))
         mass = torch.softmax(s, dim=-1).sum(dim=(2, 3))  # [B, Hkv, n]
+        if self.whole_below > 0:
+            k = self.chunk_budget(layer, n)
+            self.ceiling[layer] = oracle_recall(mass, lay.sinks, lay.chunk, m, k)
+            self._whole = None  # recomputed at the next select
+        if not stateful:
+            return
         body = mass[:, :, lay.sinks : lay.sinks + m * lay.chunk].reshape(b, self.n_kv, m, lay.chunk)
         score, alive = self._state(layer, m)
         score[:, :, :m] = body.sum(-1)
         alive[:, :, :m] = True
         self._observed[layer] = True
+
+    def is_whole(self, layer: int, n_chunks: int) -> bool:
+        """`layer` is attended whole at this step: chosen at prefill and its chunks fit its slots."""
+        if self._whole is None:
+            self._whole = whole_layers(self.ceiling, self.whole_below)
+        if layer not in self._whole:
+            return False
+        return self.slots is None or n_chunks <= self.slots[layer]
 
     # -- selecting ---------------------------------------------------------------------------------
     def chunk_budget(self, layer: int, n_tokens: int) -> int:
@@ -133,7 +157,7 @@ class Selector:
     def select(self, layer: int, q: torch.Tensor, n_chunks: int, n_tokens: int) -> torch.Tensor | None:
         """Chunk ids per row [B*Hkv, k] for q [B, H, D] (one decode query), or None = every chunk."""
         k = self.chunk_budget(layer, n_tokens)
-        if k >= n_chunks:
+        if k >= n_chunks or self.is_whole(layer, n_chunks):
             return None
         if k == 0:
             return torch.full((self.batch * self.n_kv, 0), -1, dtype=torch.long)

@@ -71,7 +71,9 @@ class TieredKVStore:
         self._n = [0] * n_layers
         self._closed = False
         # sparse decode: abstracts and selection state (None = attend to every chunk)
-        self._sel = Selector(lay, n_kv_heads, batch, config, self.device) if config.sparse else None
+        self._sel = None
+        if config.sparse:
+            self._sel = Selector(lay, n_kv_heads, batch, config, self.device, list(self.limits.budgets))
 
     # -- KVStore protocol ------------------------------------------------------------------------
     def layer_len(self, layer: int) -> int:

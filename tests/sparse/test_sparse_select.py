@@ -37,6 +37,8 @@ def test_kmeans_1d_and_squeeze_budgets():
 
 
 def _filled_store(cfg, n_layers=4, n_kv=2, d=16, n=600, seed=0):
+    """Random keys and queries: every layer's attention is diffuse, so tests of selection itself
+    turn whole layers off (whole_below=0; test_sparse_whole.py covers them)."""
     g = torch.Generator().manual_seed(seed)
     st = TieredKVStore(n_layers, n_kv, d, torch.float32, "cpu", config=cfg)
     for layer in range(n_layers):
@@ -53,7 +55,7 @@ def _filled_store(cfg, n_layers=4, n_kv=2, d=16, n=600, seed=0):
 @pytest.mark.parametrize("layer_budget", ["uniform", "squeeze"])
 def test_budgets_respected_per_layer(policy, layer_budget):
     cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy,
-                        layer_budget=layer_budget, rank=4)  # fmt: skip
+                        layer_budget=layer_budget, rank=4, whole_below=0)  # fmt: skip
     st, g = _filled_store(cfg)
     sel, lay = st.selector, st.layout
     n = st.layer_len(0)
@@ -77,7 +79,7 @@ def test_budgets_respected_per_layer(policy, layer_budget):
 
 
 def test_h2o_evicts_for_good():
-    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=64, policy="h2o")
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=64, policy="h2o", whole_below=0)
     st, g = _filled_store(cfg, n_layers=1)
     dropped = None
     for step in range(6):
@@ -129,7 +131,7 @@ def test_truncate_then_refill_rebuilds_the_same_abstracts(policy):
 def test_sparse_attend_is_exact_attention_over_its_selection(policy):
     """What decode computes: per KV head, softmax attention over sinks + that head's selected chunks
     + window, and nothing else (the store's rounds, gathers and masks against a plain reference)."""
-    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy, rank=4)
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy, rank=4, whole_below=0)
     st, g = _filled_store(cfg)
     lay, n = st.layout, st.layer_len(0)
     for layer in range(4):

@@ -16,8 +16,9 @@ def _cfg(slots=None, host_chunks=None, **kw):
     per_chunk = 2 * HKV * C * D * 4
     gpu = None if slots is None else slots * L * per_chunk
     host = None if host_chunks is None else max(1, host_chunks * per_chunk)
+    # random keys: every layer is diffuse; whole layers off, so that every layer takes the step
     return OffloadConfig(kv_chunk=C, sinks=4, window=8, budget=64, rank=4, gpu_mem=gpu, host_mem=host,
-                         **kw)  # fmt: skip
+                         whole_below=0, **kw)  # fmt: skip
 
 
 def _store(cfg, seed=0):
