@@ -83,7 +83,7 @@ class OffloadModel:
     def fingerprint(self) -> str:
         """What a saved session must match: config, weight names/shapes/dtypes (+ a value sample),
         tokenizer."""
-        from .session import model_fingerprint
+        from .fingerprint import model_fingerprint
 
         return model_fingerprint(self.hf.config, self.hf.state_dict(), self.tokenizer)
 

@@ -19,8 +19,6 @@ Works with any `KVStore` (through `read_layer` / `append`): DenseKVStore and Tie
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +31,9 @@ from pathlib import Path
 
 import torch
 
+from .atomic_dir import fsync_dir, swap_in, write_new_file
 from .errors import SessionError
+from .fingerprint import model_fingerprint
 
 __all__ = ["save_session", "load_session", "read_session_info", "model_fingerprint", "SessionInfo"]
 
@@ -43,8 +43,7 @@ _HEADER = "header.json"
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError,
                 MemoryError)  # fmt: skip
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16)}
-_VOLATILE = {"transformers_version", "torch_dtype", "dtype", "use_cache", "output_attentions",
-             "output_hidden_states", "return_dict", "attn_implementation"}  # fmt: skip
+
 
 
 @dataclass(frozen=True)
@@ -64,50 +63,6 @@ class SessionInfo:
     tokens: tuple[int, ...]
     meta: dict = field(default_factory=dict)
     layers: tuple = field(default=(), repr=False)  # per layer: {"file", "size", "records"}
-
-
-def _clean_config(obj):
-    """A config dict without runtime-only keys (private ones, dtype, output switches)."""
-    if isinstance(obj, dict):
-        return {str(k): _clean_config(v) for k, v in obj.items()
-                if not str(k).startswith("_") and k not in _VOLATILE}  # fmt: skip
-    if isinstance(obj, (list, tuple)):
-        return [_clean_config(v) for v in obj]
-    return obj
-
-
-def _tokenizer_digest(tokenizer) -> str:
-    if tokenizer is None:
-        return ""
-    if isinstance(tokenizer, (str, bytes)):
-        return tokenizer if isinstance(tokenizer, str) else tokenizer.hex()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    text += json.dumps(getattr(tokenizer, "chat_template", None), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def model_fingerprint(hf_config, weights, tokenizer=None) -> str:
-    """sha256 hex of what makes a KV cache reusable: the model config (runtime switches dropped),
-    weight names/shapes/dtypes, a strided sample of weight values when tensors are given (64 values
-    per tensor: tells fine-tunes of one architecture apart, cheaply), and the tokenizer.
-
-    hf_config: a transformers PretrainedConfig or a dict; weights: a mapping name -> tensor (e.g. a
-    state_dict) or -> (shape, dtype), or an iterable of (name, shape, dtype); tokenizer: a HF
-    tokenizer, a precomputed digest string, or None."""
-    cfg = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
-    h = hashlib.sha256(json.dumps(_clean_config(cfg), sort_keys=True, default=str).encode())
-    items = weights.items() if hasattr(weights, "items") else ((n, (s, d)) for n, s, d in weights)
-    for name, w in sorted(items, key=lambda kv: kv[0]):
-        if isinstance(w, torch.Tensor):
-            flat = w.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", torch.float32)
-            h.update(f"{name}|{list(w.shape)}|{w.dtype}|".encode() + sample.numpy().tobytes())
-        else:
-            shape, dtype = w
-            h.update(f"{name}|{list(shape)}|{dtype}|".encode())
-    h.update(_tokenizer_digest(tokenizer).encode())
-    return h.hexdigest()
 
 
 # -- saving ---------------------------------------------------------------------------------------
@@ -150,10 +105,10 @@ def save_session(path, store, tokens, fingerprint: str, meta: dict | None = None
         }  # fmt: skip
         text = json.dumps(body, sort_keys=True)
         header = json.dumps({"body": body, "crc32": zlib.crc32(text.encode())}, sort_keys=True)
-        _write_file(tmp / _HEADER, header.encode())
-        _fsync_dir(tmp)
-        _swap_in(tmp, path)
-        _fsync_dir(parent)
+        write_new_file(tmp / _HEADER, header.encode())
+        fsync_dir(tmp)
+        swap_in(tmp, path)
+        fsync_dir(parent)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (OSError, TypeError, ValueError)):
@@ -179,43 +134,6 @@ def _write_layer(file: Path, k: torch.Tensor, v: torch.Tensor, chunk: int, codec
     finally:
         os.close(fd)
     return {"file": file.name, "size": offset, "records": records}
-
-
-def _write_file(file: Path, data: bytes) -> None:
-    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Make `tmp` be `path` in one atomic step; the old session (if any) is removed afterwards."""
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2 is not None and renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(path),
-                                           rename_exchange) == 0:  # fmt: skip
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old session
-        return
-    old = Path(tempfile.mkdtemp(prefix=path.name + ".old-", dir=path.parent))  # no exchange here
-    os.replace(path, old / "session")
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # -- loading --------------------------------------------------------------------------------------
