@@ -25,14 +25,14 @@ from offload.kernels import causal_prefill_attention, sparse_decode_attention
 
 from .attention import from_rows, merge_partials, partial_attention, to_rows
 
-__all__ = ["attend_rounds", "attend_selected"]
+__all__ = ["attend_rounds", "attend_selected", "kernel_args"]
 
 
 def attend_selected(store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
                     want_mass: bool = False):  # fmt: skip
     """q [B, H, 1, D] over sinks + window + chunks select [R, k] (long, on the device, no padding).
     Returns [B, 1, H, D]; with want_mass also (select, mass [R, k]) for h2o."""
-    mgr, lay, n = store._mgr, store.layout, store._n[layer]
+    mgr = store._mgr
     b, h, _, d = q.shape
     k = select.shape[1]
     if mgr.all_resident(layer):
@@ -46,21 +46,31 @@ def attend_selected(store, layer: int, q: torch.Tensor, scaling: float, select: 
         pinned = True
     store._xfer.ready(layer)  # copies an earlier prefetch issued into this layer's slots
     slots = store._table.slots(layer, mgr, select)  # [R, k] global pool slots
-    body_len = torch.full((b, store.n_kv_heads), k * lay.chunk, dtype=torch.int32, device=store.device)
-    if k == 0:  # a zero-width block table: give the kernel one (masked) entry
-        slots = torch.zeros(lay.rows, 1, dtype=torch.long, device=store.device)
-    ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks: [0, ext)
-    e = store._edge[layer, :, :, :ext].view(2, b, store.n_kv_heads, ext, d)
-    extra_len = torch.full((b,), ext, dtype=torch.int32, device=store.device)
-    out, lse = sparse_decode_attention(q[:, :, 0], store._gpu.k_pool, store._gpu.v_pool,
-                                       slots.view(b, store.n_kv_heads, -1), body_len, e[0], e[1],
-                                       extra_len, scaling)  # fmt: skip
+    out, lse = sparse_decode_attention(*kernel_args(store, layer, q, slots), scaling)
     mass = _chunk_mass(store, q, slots, lse, scaling) if want_mass and k else None
     store._xfer.mark_used(layer)
     if pinned:
         mgr.release(layer)
     res = out.view(b, 1, h, d)
     return (res, (select, mass)) if want_mass else res
+
+
+def kernel_args(store, layer: int, q: torch.Tensor, slots: torch.Tensor) -> tuple:
+    """What `kernels.sparse_decode_attention` reads for q [B, H, 1, D] over the chunks in global pool
+    slots [R, k]: (q [B, H, D], k_pool, v_pool [S, R, C, D] views of the pool, block table
+    [B, Hkv, k], body_len [B, Hkv] int32, sinks + window as extra_k, extra_v [B, Hkv, E, D] views of
+    the edge buffer, extra_len [B] int32). No copies of KV."""
+    lay, n, dev = store.layout, store._n[layer], store.device
+    b, hkv, d = q.shape[0], store.n_kv_heads, q.shape[-1]
+    k = slots.shape[1]
+    body_len = torch.full((b, hkv), k * lay.chunk, dtype=torch.int32, device=dev)
+    if k == 0:  # a zero-width block table: give the kernel one (masked) entry
+        slots = torch.zeros(lay.rows, 1, dtype=torch.long, device=dev)
+    ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks: [0, ext)
+    e = store._edge[layer, :, :, :ext].view(2, b, hkv, ext, d)
+    extra_len = torch.full((b,), ext, dtype=torch.int32, device=dev)
+    pool = store._gpu
+    return q[:, :, 0], pool.k_pool, pool.v_pool, slots.view(b, hkv, -1), body_len, e[0], e[1], extra_len
 
 
 def _chunk_mass(store, q, slots, lse, scaling):
