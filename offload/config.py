@@ -23,7 +23,7 @@ _DTYPES = {
 }
 _STORES = ("dense", "tiered")
 # Chunk-selection policies of sparse decode (offload/tiers/selection.py): ours first, then baselines.
-SELECTION_POLICIES = ("bound", "quest", "landmark", "snapkv", "h2o")
+SELECTION_POLICIES = ("bound", "token", "quest", "landmark", "snapkv", "h2o")
 LAYER_BUDGETS = ("uniform", "squeeze")
 
 
@@ -62,7 +62,8 @@ class OffloadConfig:
         attention). A budget needs the tiered store: with kv_store="dense" the tiered store is used
         anyway (`store_kind`), since selection, abstracts and fetching live there.
     rank: r of the low-rank chunk abstracts (policy "bound"); capped at the head dim.
-    policy: chunk-selection policy: "bound" (low-rank upper bound, ours), "quest" (per-channel
+    policy: chunk-selection policy: "bound" (low-rank upper bound, ours), "token" (the same bound
+        per token, max over the chunk: finds single keys a box hides; rank 14 fits 1/8), "quest" (per-channel
         min/max), "landmark" (ShadowKV-style mean key), "snapkv" (static, from the prompt's last
         queries), "h2o" (accumulated attention, evicting).
     layer_budget: "uniform" (every layer the same budget) or "squeeze" (SqueezeAttention: the third

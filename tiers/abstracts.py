@@ -9,6 +9,13 @@ Kinds (one per store, chosen by the selection policy):
       sum_i max(q~_i lo_i, q~_i hi_i) + ||q - P q~|| max||k_res||  >=  max_k q.k
   for *any* orthonormal P: a good P only makes it tight. Unlike a mean landmark (ShadowKV), an
   outlier key that holds a needle widens its chunk's box and raises the bound instead of vanishing.
+- "token" (policy `token`): the same basis P, but per *token* instead of per chunk: P^T k in fp16
+  and two per-token terms (the residual norm, and the slack that covers fp16 rounding), rounded up;
+      score = max over the chunk's tokens of  q~ . k^ + ||q_res|| res + max|q~| slack  >=  max_k q.k
+  A box mixes the extremes of different keys, so a chunk whose one key matters (an induction/copy
+  head's target) ranks behind chunks whose boxes are merely wide; a per-token bound does not. On the
+  demo document, layer 18's copy head puts 0.85 of its attention on one key: box bounds rank its
+  chunk 55th-350th (rank 8..48 alike), the per-token bound (r 16) 5th. Costs r + 2 halves per token.
 - "quest": per-channel min/max of the keys (Quest): also an upper bound, 2D numbers per chunk.
 - "mean": the chunk's mean key (ShadowKV landmark): an estimate, not a bound; baseline only.
 
@@ -21,6 +28,8 @@ Size (fp32 abstracts, per KV head, C = 16 tokens per chunk: the default with a b
   (D 128, r 32): 16.25 B vs 512 B = 1/31; at 200k tokens 32 layers x 8 heads x 12.5k chunks x 260 B
   = 832 MB next to 24.4 GiB of KV.
 - quest: 2D * 4 / C = 32 B/token for D 64: 1/8 of bf16 K+V, the issue's ceiling (1/16 of fp32).
+- token: (r + 2) * 2 B/token, whatever C: r 14 for D 64 (32 B = 1/8), r 30 for D 128 (64 B = 1/8);
+  scoring reads every token's r + 2 halves, not one box per chunk (tokens/C times more).
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from offload.kernels import chunk_scores
 
 __all__ = ["ChunkAbstracts", "KINDS"]
 
-KINDS = ("lowrank", "quest", "mean")
+KINDS = ("lowrank", "token", "quest", "mean")
+_FP16_UP = 1 + 2**-10  # x * _FP16_UP rounded to fp16 is >= x (round-to-nearest errs by <= 2^-11)
 _RES_SLACK = 1e-5  # relative slack on the residual norm: fp32 rounding must not break the bound
 
 
@@ -41,16 +51,19 @@ class ChunkAbstracts:
     rows are B*Hkv (the store's layout); `add` takes a chunk's keys [R, C, D] on the device."""
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, kind: str,
-                 rank: int, device, capacity: int = 64):  # fmt: skip
+                 rank: int, device, capacity: int = 64, chunk: int = 16):  # fmt: skip
         if kind not in KINDS:
             raise ValueError(f"abstract kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.n_layers, self.batch, self.n_kv = kind, n_layers, batch, n_kv_heads
         self.head_dim, self.device = head_dim, torch.device(device)
         self.rank = min(rank, head_dim)
-        self.width = self.rank if kind == "lowrank" else head_dim
+        if kind == "token":  # (r + 2) halves per token <= 1/8 of bf16 K+V (4D bytes): r <= D/4 - 2
+            self.rank = max(1, min(rank, head_dim // 4 - 2))
+        self.chunk = chunk
+        self.width = self.rank if kind in ("lowrank", "token") else head_dim
         self.n = [0] * n_layers
         self._alloc(max(1, capacity))
-        if kind == "lowrank":  # basis [L, Hkv, D, r]; `has_basis` says which layers have one
+        if kind in ("lowrank", "token"):  # basis [L, Hkv, D, r]; `has_basis` says which layers have one
             self.basis = torch.zeros(n_layers, n_kv_heads, head_dim, self.rank, device=self.device)
             self.has_basis = [False] * n_layers
 
@@ -58,9 +71,14 @@ class ChunkAbstracts:
         """(Re)allocate the buffers for `capacity` chunks per layer, keeping what they hold."""
         shape = (self.n_layers, self.batch, self.n_kv, capacity, self.width)
         old = (getattr(self, "lo", None), getattr(self, "hi", None), getattr(self, "res", None))
-        self.lo = torch.zeros(shape, device=self.device)  # lowrank/quest: min; mean: the mean key
-        self.hi = torch.zeros(shape, device=self.device) if self.kind != "mean" else None
-        self.res = torch.zeros(shape[:-1], device=self.device) if self.kind == "lowrank" else None
+        if self.kind == "token":  # lo: P^T k per token [.., cap, C, r]; res: (residual, slack) [.., cap, C, 2]
+            self.lo = torch.zeros((*shape[:-1], self.chunk, self.width), dtype=torch.float16, device=self.device)
+            self.hi = None
+            self.res = torch.zeros((*shape[:-1], self.chunk, 2), dtype=torch.float16, device=self.device)
+        else:
+            self.lo = torch.zeros(shape, device=self.device)  # lowrank/quest: min; mean: the mean key
+            self.hi = torch.zeros(shape, device=self.device) if self.kind != "mean" else None
+            self.res = torch.zeros(shape[:-1], device=self.device) if self.kind == "lowrank" else None
         for new, prev in zip((self.lo, self.hi, self.res), old):
             if new is not None and prev is not None:
                 new[:, :, :, : prev.shape[3]] = prev
@@ -71,12 +89,12 @@ class ChunkAbstracts:
 
     @property
     def nbytes(self) -> int:
-        total = sum(t.numel() * 4 for t in (self.lo, self.hi, self.res) if t is not None)
-        return total + (self.basis.numel() * 4 if self.kind == "lowrank" else 0)
+        total = sum(t.numel() * t.element_size() for t in (self.lo, self.hi, self.res) if t is not None)
+        return total + (self.basis.numel() * 4 if self.kind in ("lowrank", "token") else 0)
 
     def ensure_basis(self, layer: int, keys: torch.Tensor) -> None:
         """Fix layer's basis from keys [R, N, D] (its first stored keys) unless it has one."""
-        if self.kind != "lowrank" or self.has_basis[layer]:
+        if self.kind not in ("lowrank", "token") or self.has_basis[layer]:
             return
         kf = keys.float().reshape(self.batch, self.n_kv, -1, self.head_dim)
         second = torch.einsum("bhnd,bhne->hde", kf, kf)  # [Hkv, D, D], summed over the batch
@@ -91,6 +109,21 @@ class ChunkAbstracts:
         if j >= self.capacity:
             self._grow(j + 1)
         kf = keys.float().reshape(self.batch, self.n_kv, -1, self.head_dim)  # [B, Hkv, C, D]
+        if self.kind == "token":
+            if kf.shape[2] != self.chunk:
+                raise ValueError(f"token abstracts hold chunks of {self.chunk} tokens, got {kf.shape[2]}")
+            if not self.has_basis[layer]:
+                self.ensure_basis(layer, keys)
+            p = self.basis[layer]  # [Hkv, D, r]
+            proj = torch.matmul(kf, p)  # [B, Hkv, C, r]
+            resid = (kf - torch.matmul(proj, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, C]
+            resid = resid * (1 + _RES_SLACK) + _RES_SLACK * kf.norm(dim=-1)
+            low = proj.half()  # |proj - low| <= 2^-11 |low| (1 + 2^-11) per element, summed into slack
+            slack = 2**-10 * low.float().abs().sum(-1)
+            self.lo[layer, :, :, j] = low
+            self.res[layer, :, :, j] = (torch.stack([resid, slack], -1) * _FP16_UP).half()
+            self.n[layer] = j + 1
+            return
         if self.kind == "lowrank":
             if not self.has_basis[layer]:
                 self.ensure_basis(layer, keys)
@@ -112,6 +145,8 @@ class ChunkAbstracts:
         KV head's query group). lowrank/quest: an upper bound of the chunk's best q.k."""
         m = self.n[layer]
         lo = self.lo[layer, :, :, :m]
+        if self.kind == "token":
+            return self._token_scores(layer, q, m)
         if self.kind == "lowrank":
             return chunk_scores(q, lo, self.hi[layer, :, :, :m], basis=self.basis[layer],
                                 res_max=self.res[layer, :, :, :m])  # fmt: skip
@@ -120,6 +155,21 @@ class ChunkAbstracts:
         b, h, d = q.shape
         qg = q.float().reshape(b, self.n_kv, h // self.n_kv, d)
         return torch.matmul(qg, lo.transpose(-1, -2)).amax(2)
+
+    def _token_scores(self, layer: int, q: torch.Tensor, m: int) -> torch.Tensor:
+        """Per-token bound, max over each chunk's tokens and the group: [B, Hkv, m] fp32. Torch on
+        every device (one matmul over the layer's tokens; no Triton twin yet)."""
+        b, h, d = q.shape
+        qg = q.float().reshape(b, self.n_kv, h // self.n_kv, d)  # [B, Hkv, G, D]
+        p = self.basis[layer]  # [Hkv, D, r]
+        q_low = torch.matmul(qg, p)  # [B, Hkv, G, r]
+        q_res = (qg - torch.matmul(q_low, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, G]
+        c = self.chunk
+        toks = self.lo[layer, :, :, :m].float().reshape(b, self.n_kv, m * c, -1)  # [B, Hkv, m*C, r]
+        terms = self.res[layer, :, :, :m].float().reshape(b, self.n_kv, m * c, 2)
+        s = torch.matmul(q_low, toks.transpose(-1, -2))  # [B, Hkv, G, m*C]
+        s = s + q_res[..., None] * terms[:, :, None, :, 0] + q_low.abs().amax(-1)[..., None] * terms[:, :, None, :, 1]
+        return s.view(b, self.n_kv, -1, m, c).amax(dim=(2, 4))
 
     def truncate(self, layer: int, m: int) -> None:
         """Forget abstracts of chunks >= m (the basis stays)."""

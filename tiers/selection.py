@@ -6,6 +6,7 @@ exceeded). A budget that covers every body chunk selects nothing away: the store
 so output equals dense (invariant 1). Policies:
 
 - `bound` (ours): low-rank upper bound of the chunk's best q.k (`ChunkAbstracts` "lowrank").
+- `token` (ours): the same bound per token, max over the chunk (`ChunkAbstracts` "token").
 - `quest`: per-channel min/max bound (Quest). `landmark`: mean key (ShadowKV), not a bound.
 - `snapkv`: static — attention mass of the prompt's last `OBS_WINDOW` queries per chunk, summed over
   the query group, measured at prefill; chunks decoded later are always kept (SnapKV keeps every
@@ -40,7 +41,7 @@ from .whole_layers import oracle_recall, whole_layers
 __all__ = ["Selector", "OBS_WINDOW", "ABSTRACT_KIND"]
 
 OBS_WINDOW = 32  # prompt queries whose attention snapkv/h2o observe at prefill
-ABSTRACT_KIND = {"bound": "lowrank", "quest": "quest", "landmark": "mean"}
+ABSTRACT_KIND = {"bound": "lowrank", "token": "token", "quest": "quest", "landmark": "mean"}
 _KEEP = 1e30  # snapkv score of a decoded chunk: always kept before any prompt chunk
 
 
@@ -62,7 +63,7 @@ class Selector:
         self.abstracts = None
         if kind is not None:
             self.abstracts = ChunkAbstracts(n_layers, batch, n_kv_heads, layout.head_dim, kind,
-                                            config.rank, device, capacity=cap)  # fmt: skip
+                                            config.rank, device, capacity=cap, chunk=layout.chunk)  # fmt: skip
         # snapkv / h2o: a score per chunk [B, Hkv, cap] per layer; h2o also marks evicted chunks
         self._score: list[torch.Tensor | None] = [None] * n_layers
         self._alive: list[torch.Tensor | None] = [None] * n_layers

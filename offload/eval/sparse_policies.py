@@ -1,6 +1,6 @@
 """Sparse decode's chunk-selection policies behind the attention-recall interface (policies.py).
 
-`bound`, `quest`, `landmark`, `snapkv`, `h2o` select whole chunks as `TieredKVStore` does (see
+`bound`, `token`, `quest`, `landmark`, `snapkv`, `h2o` select whole chunks as `TieredKVStore` does (see
 offload/tiers/selection.py): the keys are laid out as the store lays them out — `sinks` tokens, body
 chunks of C tokens, then the window (the last `window` tokens plus the tail that does not fill a
 chunk). The harness keeps only the last `window` tokens for free, so the partial tail is paid from
@@ -76,9 +76,9 @@ class ChunkPolicy:
         n_kv, m, c, d = body.shape
         if self.kind == "oracle":  # the chunks' true attention mass: the best any chunk choice can do
             return self._mass(query, keys)[:, self.sinks : self.sinks + m * c].reshape(n_kv, m, c).sum(-1)
-        if self.kind in ("lowrank", "quest", "mean"):
-            ab = ChunkAbstracts(1, 1, n_kv, d, self.kind, self.rank, keys.device, capacity=m)
-            if self.kind == "lowrank":
+        if self.kind in ("lowrank", "token", "quest", "mean"):
+            ab = ChunkAbstracts(1, 1, n_kv, d, self.kind, self.rank, keys.device, capacity=m, chunk=c)
+            if self.kind in ("lowrank", "token"):
                 if layer not in self._basis:
                     ab.ensure_basis(0, keys)
                     self._basis[layer] = ab.basis[0].clone()
@@ -136,6 +136,6 @@ def _factory(name: str, kind: str):
     return make
 
 
-for _name, _kind in (("bound", "lowrank"), ("quest", "quest"), ("landmark", "mean"),
+for _name, _kind in (("bound", "lowrank"), ("token", "token"), ("quest", "quest"), ("landmark", "mean"),
                      ("snapkv", "snapkv"), ("h2o", "h2o"), ("oracle", "oracle")):  # fmt: skip
     register_policy(_name)(_factory(_name, _kind))

@@ -28,7 +28,7 @@ def _scale(q, keys):
 
 def _check(kind, keys, q, rank, basis_keys=None):
     n_kv, m, c, d = keys.shape
-    ab = ChunkAbstracts(1, 1, n_kv, d, kind, rank, "cpu", capacity=2)  # grows while adding
+    ab = ChunkAbstracts(1, 1, n_kv, d, kind, rank, "cpu", capacity=2, chunk=c)  # grows while adding
     ab.ensure_basis(0, basis_keys if basis_keys is not None else keys.reshape(n_kv, m * c, d))
     for j in range(m):
         ab.add(0, j, keys[:, j])
@@ -58,20 +58,23 @@ def test_bound_on_random_keys(seed, n_kv, group, d, chunk, m, rank, spread, offs
         keys[:, 0, 0] = torch.randn(n_kv, d, generator=g) * spread * 50
     q = torch.randn(1, n_kv * group, d, generator=g) * spread
     basis_keys = torch.randn(n_kv, 3 * d, d, generator=g)  # any basis must give a bound
-    for kind in ("lowrank", "quest"):
+    for kind in ("lowrank", "token", "quest"):
         _check(kind, keys, q, rank)
     _check("lowrank", keys, q, rank, basis_keys=basis_keys)
+    _check("token", keys, q, rank, basis_keys=basis_keys)
     # a key as the query: its own chunk's score reaches at least |k|^2
     q = keys[:, -1, -1].repeat_interleave(group, 0)[None]
-    got, want = _check("lowrank", keys, q, rank)
-    assert (got[:, -1] >= want[:, -1] - TOL * _scale(q, keys)).all()
+    for kind in ("lowrank", "token"):
+        got, want = _check(kind, keys, q, rank)
+        assert (got[:, -1] >= want[:, -1] - TOL * _scale(q, keys)).all()
 
 
-def test_bound_on_real_keys(model):
+@pytest.mark.parametrize("policy", ["bound", "token"])
+def test_bound_on_real_keys(model, policy):
     """Prefill ~600 tokens through a sparse store; for every layer and KV head, the store's own
     abstracts bound every key of every body chunk against real-scale queries (the layer's keys
     themselves and random directions with their norms)."""
-    cfg = model.config.replace(budget=256, policy="bound", rank=16)
+    cfg = model.config.replace(budget=256, policy=policy, rank=16)
     m = dataclasses.replace(model, config=cfg)
     text = "The lighthouse keeper counted the ships that passed the rocks at night. " * 50
     ids = model.encode(text)[:600]
@@ -99,15 +102,16 @@ def test_bound_on_real_keys(model):
         store.close()
 
 
-@pytest.mark.parametrize("head_dim, rank, kind", [(64, 16, "lowrank"), (128, 32, "lowrank"), (64, 64, "quest")])
+@pytest.mark.parametrize("head_dim, rank, kind", [(64, 16, "lowrank"), (128, 32, "lowrank"), (64, 64, "quest"),
+                                                  (64, 16, "token"), (128, 32, "token")])  # fmt: skip
 def test_abstracts_are_at_most_an_eighth_of_the_kv(head_dim, rank, kind):
     """Issue budget: abstract bytes per token <= 1/8 of K+V bytes per token at bf16, with the chunk
     a budget gets by default; the per-layer basis is counted apart (it does not grow with context)."""
     from offload.config import OffloadConfig
 
     c, n_kv, chunks = OffloadConfig(budget=256).chunk, 2, 40
-    ab = ChunkAbstracts(1, 1, n_kv, head_dim, kind, rank, "cpu", capacity=chunks)
-    basis = ab.basis.numel() * 4 if kind == "lowrank" else 0
+    ab = ChunkAbstracts(1, 1, n_kv, head_dim, kind, rank, "cpu", capacity=chunks, chunk=c)
+    basis = ab.basis.numel() * 4 if kind in ("lowrank", "token") else 0
     per_token = (ab.nbytes - basis) / (chunks * c * n_kv)
     kv_bf16 = 2 * head_dim * 2
     assert per_token <= kv_bf16 / 8

@@ -9,7 +9,7 @@ from offload.eval.policies import get_policy, policy_names, selection_mask
 from offload.eval.recall import attention_recall
 from offload.eval.sparse_policies import CHUNK
 
-NAMES = ["bound", "quest", "landmark", "snapkv", "h2o"]
+NAMES = ["bound", "token", "quest", "landmark", "snapkv", "h2o"]
 
 
 def test_registered_and_within_budget():

@@ -51,7 +51,7 @@ def _filled_store(cfg, n_layers=4, n_kv=2, d=16, n=600, seed=0):
     return st, g
 
 
-@pytest.mark.parametrize("policy", ["bound", "quest", "landmark", "snapkv", "h2o"])
+@pytest.mark.parametrize("policy", ["bound", "token", "quest", "landmark", "snapkv", "h2o"])
 @pytest.mark.parametrize("layer_budget", ["uniform", "squeeze"])
 def test_budgets_respected_per_layer(policy, layer_budget):
     cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy,
@@ -106,7 +106,7 @@ def test_budget_over_context_is_exact():
     assert torch.equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("policy", ["bound", "quest", "landmark"])
+@pytest.mark.parametrize("policy", ["bound", "token", "quest", "landmark"])
 def test_truncate_then_refill_rebuilds_the_same_abstracts(policy):
     cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=64, policy=policy, rank=4)
     g = torch.Generator().manual_seed(3)
@@ -127,7 +127,7 @@ def test_truncate_then_refill_rebuilds_the_same_abstracts(policy):
     a.close(), b.close()
 
 
-@pytest.mark.parametrize("policy", ["bound", "quest", "landmark", "snapkv"])
+@pytest.mark.parametrize("policy", ["bound", "token", "quest", "landmark", "snapkv"])
 def test_sparse_attend_is_exact_attention_over_its_selection(policy):
     """What decode computes: per KV head, softmax attention over sinks + that head's selected chunks
     + window, and nothing else (the store's rounds, gathers and masks against a plain reference)."""

@@ -32,7 +32,7 @@ def _store(cfg, seed=0):
     return st
 
 
-@pytest.mark.parametrize("policy", ["bound", "quest", "snapkv"])
+@pytest.mark.parametrize("policy", ["bound", "token", "quest", "snapkv"])
 @pytest.mark.parametrize("slots,host", [(None, None), (20, 10), (5, None)],
                          ids=["resident", "misses-host-disk", "union-exceeds-slots"])  # fmt: skip
 def test_step_equals_rounds_over_the_same_selection(policy, slots, host):
