@@ -44,7 +44,7 @@ def _opt(*names, env, **kw):
 @_opt("--top-k", env="TOP_K", type=click.IntRange(min=0), default=0, show_default=True)
 @_opt("--seed", env="SEED", type=click.IntRange(min=0), default=None)
 @_opt("--budget", env="BUDGET", type=BudgetType(), default=None, help="KV tokens per layer (2048) or a fraction of the context (1/16, 0.05).")
-@_opt("--policy", env="POLICY", type=click.Choice(SELECTION_POLICIES), default="bound", show_default=True, help="With --budget: how chunks are chosen (bound, token = ours: a low-rank bound per chunk or per token; the rest are baselines).")
+@_opt("--policy", env="POLICY", type=click.Choice(SELECTION_POLICIES), default="token", show_default=True, help="With --budget: how chunks are chosen (token, bound = ours: a low-rank bound per token or per chunk; the rest are baselines).")
 @_opt("--layer-budget", env="LAYER_BUDGET", type=click.Choice(LAYER_BUDGETS), default="uniform", show_default=True, help="With --budget: per-layer split (squeeze = SqueezeAttention).")
 @_opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection).")
 @_opt("--prefill-chunk", env="PREFILL_CHUNK", type=click.IntRange(min=1), default=512, show_default=True)

@@ -65,8 +65,8 @@ def _budgets(text: str):
               help="Comma list: full (HF reference), dense (offload, all KV), sparse@B "
                    "(B = 1/16, 0.0625, 512).")
 @click.option("--policy", default=None,
-              help="Selection policies for sparse@B modes, a comma list (bound, quest, landmark, snapkv, "
-                   "h2o; NAME+squeeze for SqueezeAttention layer budgets), or 'all'. Every sparse mode "
+              help="Selection policies for sparse@B modes, a comma list (token, bound, quest, landmark, "
+                   "snapkv, h2o; NAME+squeeze for SqueezeAttention layer budgets), or 'all'. Every sparse mode "
                    "runs once per policy, all from one prefill per sample.")
 @click.option("--samples", default=10, show_default=True, type=click.IntRange(min=1),
               help="Samples per (task, length).")
