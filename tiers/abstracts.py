@@ -168,7 +168,8 @@ class ChunkAbstracts:
         toks = self.lo[layer, :, :, :m].float().reshape(b, self.n_kv, m * c, -1)  # [B, Hkv, m*C, r]
         terms = self.res[layer, :, :, :m].float().reshape(b, self.n_kv, m * c, 2)
         s = torch.matmul(q_low, toks.transpose(-1, -2))  # [B, Hkv, G, m*C]
-        s = s + q_res[..., None] * terms[:, :, None, :, 0] + q_low.abs().amax(-1)[..., None] * terms[:, :, None, :, 1]
+        s = s + q_res[..., None] * terms[:, :, None, :, 0]  # residual term
+        s = s + q_low.abs().amax(-1)[..., None] * terms[:, :, None, :, 1]  # fp16 rounding slack
         return s.view(b, self.n_kv, -1, m, c).amax(dim=(2, 4))
 
     def truncate(self, layer: int, m: int) -> None:
