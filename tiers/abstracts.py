@@ -41,6 +41,7 @@ from offload.kernels import chunk_scores
 __all__ = ["ChunkAbstracts", "KINDS"]
 
 KINDS = ("lowrank", "token", "quest", "mean")
+_BASIS_KINDS = ("lowrank", "token")  # kinds that project on a per-(layer, KV head) basis
 _FP16_UP = 1 + 2**-10  # x * _FP16_UP rounded to fp16 is >= x (round-to-nearest errs by <= 2^-11)
 _RES_SLACK = 1e-5  # relative slack on the residual norm: fp32 rounding must not break the bound
 
@@ -60,10 +61,10 @@ class ChunkAbstracts:
         if kind == "token":  # (r + 2) halves per token <= 1/8 of bf16 K+V (4D bytes): r <= D/4 - 2
             self.rank = max(1, min(rank, head_dim // 4 - 2))
         self.chunk = chunk
-        self.width = self.rank if kind in ("lowrank", "token") else head_dim
+        self.width = self.rank if kind in _BASIS_KINDS else head_dim
         self.n = [0] * n_layers
         self._alloc(max(1, capacity))
-        if kind in ("lowrank", "token"):  # basis [L, Hkv, D, r]; `has_basis` says which layers have one
+        if kind in _BASIS_KINDS:  # basis [L, Hkv, D, r]; `has_basis` says which layers have one
             self.basis = torch.zeros(n_layers, n_kv_heads, head_dim, self.rank, device=self.device)
             self.has_basis = [False] * n_layers
 
@@ -90,11 +91,11 @@ class ChunkAbstracts:
     @property
     def nbytes(self) -> int:
         total = sum(t.numel() * t.element_size() for t in (self.lo, self.hi, self.res) if t is not None)
-        return total + (self.basis.numel() * 4 if self.kind in ("lowrank", "token") else 0)
+        return total + (self.basis.numel() * 4 if self.kind in _BASIS_KINDS else 0)
 
     def ensure_basis(self, layer: int, keys: torch.Tensor) -> None:
         """Fix layer's basis from keys [R, N, D] (its first stored keys) unless it has one."""
-        if self.kind not in ("lowrank", "token") or self.has_basis[layer]:
+        if self.kind not in _BASIS_KINDS or self.has_basis[layer]:
             return
         kf = keys.float().reshape(self.batch, self.n_kv, -1, self.head_dim)
         second = torch.einsum("bhnd,bhne->hde", kf, kf)  # [Hkv, D, D], summed over the batch
@@ -144,9 +145,9 @@ class ChunkAbstracts:
         """Score of each of the layer's chunks for q [B, H, D]: [B, Hkv, m] fp32 (max over the
         KV head's query group). lowrank/quest: an upper bound of the chunk's best q.k."""
         m = self.n[layer]
-        lo = self.lo[layer, :, :, :m]
         if self.kind == "token":
             return self._token_scores(layer, q, m)
+        lo = self.lo[layer, :, :, :m]
         if self.kind == "lowrank":
             return chunk_scores(q, lo, self.hi[layer, :, :, :m], basis=self.basis[layer],
                                 res_max=self.res[layer, :, :, :m])  # fmt: skip

@@ -26,17 +26,18 @@ from __future__ import annotations
 import torch
 
 from offload.config import OffloadConfig
+
+from .block_table import BlockTable
 from .disk import DiskStore
 from .eviction import DEFAULT_POLICY
 from .gpu import GpuPool
 from .host import HostPool
 from .layout import ChunkLayout
 from .limits import TierLimits
-from .block_table import BlockTable
 from .manager import HOST, TierManager
 from .selection import Selector
-from .store_attention import attend_rounds, attend_selected
 from .spill import SpillDir
+from .store_attention import attend_rounds, attend_selected
 from .transfer import Transfer
 
 __all__ = ["TieredKVStore"]

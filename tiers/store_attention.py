@@ -80,9 +80,8 @@ def _chunk_mass(store, q, slots, lse, scaling):
     g = q.shape[1] // store.n_kv_heads
     kp = store._gpu.k_pool  # [S, R, C, D]
     keys = kp[slots, torch.arange(r, device=slots.device)[:, None]]  # [R, k, C, D]
-    qr = to_rows(q, store.n_kv_heads)[:, :, 0].float()  # [R, g, D]
-    s = torch.matmul(qr, keys.reshape(r, k * lay.chunk, -1).float().transpose(1, 2)) * scaling
-    chunk_lse = torch.logsumexp(s.view(r, g, k, lay.chunk), dim=-1)  # [R, g, k]
+    chunk_lse = _chunk_lse(store, to_rows(q, store.n_kv_heads), keys.reshape(r, k * lay.chunk, -1),
+                           scaling, None)  # [R, g, k]  # fmt: skip
     return torch.exp(chunk_lse - lse.view(r, g, 1)).sum(1)
 
 
