@@ -16,6 +16,8 @@ Kinds (one per store, chosen by the selection policy):
   head's target) ranks behind chunks whose boxes are merely wide; a per-token bound does not. On the
   demo document, layer 18's copy head puts 0.85 of its attention on one key: box bounds rank its
   chunk 55th-350th (rank 8..48 alike), the per-token bound (r 16) 5th. Costs r + 2 halves per token.
+  The same sketches also estimate each chunk's attention mass (`token_scores`: softmax of q~ . k^):
+  a bound ranks a chunk by its one best key, which in diffuse layers is not where the mass is.
 - "quest": per-channel min/max of the keys (Quest): also an upper bound, 2D numbers per chunk.
 - "mean": the chunk's mean key (ShadowKV landmark): an estimate, not a bound; baseline only.
 
@@ -29,7 +31,8 @@ Size (fp32 abstracts, per KV head, C = 16 tokens per chunk: the default with a b
   = 832 MB next to 24.4 GiB of KV.
 - quest: 2D * 4 / C = 32 B/token for D 64: 1/8 of bf16 K+V, the issue's ceiling (1/16 of fp32).
 - token: (r + 2) * 2 B/token, whatever C: r 14 for D 64 (32 B = 1/8), r 30 for D 128 (64 B = 1/8);
-  scoring reads every token's r + 2 halves, not one box per chunk (tokens/C times more).
+  scoring reads every token's r + 2 halves, not one box per chunk (tokens/C times more). Beside fp32
+  KV (CPU) the same fp16 values sit in fp32: twice the bytes, the same 1/8 of that KV.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ class ChunkAbstracts:
     rows are B*Hkv (the store's layout); `add` takes a chunk's keys [R, C, D] on the device."""
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, kind: str,
-                 rank: int, device, capacity: int = 64, chunk: int = 16):  # fmt: skip
+                 rank: int, device, capacity: int = 64, chunk: int = 16,
+                 kv_dtype: torch.dtype = torch.bfloat16):  # fmt: skip
         if kind not in KINDS:
             raise ValueError(f"abstract kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.n_layers, self.batch, self.n_kv = kind, n_layers, batch, n_kv_heads
@@ -61,6 +65,9 @@ class ChunkAbstracts:
         if kind == "token":  # (r + 2) halves per token <= 1/8 of bf16 K+V (4D bytes): r <= D/4 - 2
             self.rank = max(1, min(rank, head_dim // 4 - 2))
         self.chunk = chunk
+        # token sketches hold fp16 values; beside 32-bit KV (fp32 on CPU) they are kept in fp32 —
+        # the same values, still 1/8 of that KV, and scoring reads them without a conversion
+        self.sketch_dtype = torch.float16 if kv_dtype.itemsize <= 2 else torch.float32
         self.width = self.rank if kind in _BASIS_KINDS else head_dim
         self.n = [0] * n_layers
         self._alloc(max(1, capacity))
@@ -72,10 +79,10 @@ class ChunkAbstracts:
         """(Re)allocate the buffers for `capacity` chunks per layer, keeping what they hold."""
         shape = (self.n_layers, self.batch, self.n_kv, capacity, self.width)
         old = (getattr(self, "lo", None), getattr(self, "hi", None), getattr(self, "res", None))
-        if self.kind == "token":  # lo: P^T k per token [.., cap, C, r]; res: (residual, slack) [.., cap, C, 2]
-            self.lo = torch.zeros((*shape[:-1], self.chunk, self.width), dtype=torch.float16, device=self.device)
-            self.hi = None
-            self.res = torch.zeros((*shape[:-1], self.chunk, 2), dtype=torch.float16, device=self.device)
+        if self.kind == "token":  # lo: per token [.., cap, C, r + 2] = (P^T k, residual, slack); see add
+            dt = self.sketch_dtype
+            self.lo = torch.zeros((*shape[:-1], self.chunk, self.width + 2), dtype=dt, device=self.device)
+            self.hi = self.res = None
         else:
             self.lo = torch.zeros(shape, device=self.device)  # lowrank/quest: min; mean: the mean key
             self.hi = torch.zeros(shape, device=self.device) if self.kind != "mean" else None
@@ -121,8 +128,8 @@ class ChunkAbstracts:
             resid = resid * (1 + _RES_SLACK) + _RES_SLACK * kf.norm(dim=-1)
             low = proj.half()  # |proj - low| <= 2^-11 |low| (1 + 2^-11) per element, summed into slack
             slack = 2**-10 * low.float().abs().sum(-1)
-            self.lo[layer, :, :, j] = low
-            self.res[layer, :, :, j] = (torch.stack([resid, slack], -1) * _FP16_UP).half()
+            self.lo[layer, :, :, j, :, : self.rank] = low
+            self.lo[layer, :, :, j, :, self.rank :] = (torch.stack([resid, slack], -1) * _FP16_UP).half()
             self.n[layer] = j + 1
             return
         if self.kind == "lowrank":
@@ -146,7 +153,7 @@ class ChunkAbstracts:
         KV head's query group). lowrank/quest: an upper bound of the chunk's best q.k."""
         m = self.n[layer]
         if self.kind == "token":
-            return self._token_scores(layer, q, m)
+            return self.token_scores(layer, q, None)[0]
         lo = self.lo[layer, :, :, :m]
         if self.kind == "lowrank":
             return chunk_scores(q, lo, self.hi[layer, :, :, :m], basis=self.basis[layer],
@@ -157,21 +164,37 @@ class ChunkAbstracts:
         qg = q.float().reshape(b, self.n_kv, h // self.n_kv, d)
         return torch.matmul(qg, lo.transpose(-1, -2)).amax(2)
 
-    def _token_scores(self, layer: int, q: torch.Tensor, m: int) -> torch.Tensor:
-        """Per-token bound, max over each chunk's tokens and the group: [B, Hkv, m] fp32. Torch on
-        every device (one matmul over the layer's tokens; no Triton twin yet)."""
+    def token_scores(self, layer: int, q: torch.Tensor, scaling: float | None):
+        """kind "token", q [B, H, D]: (bound, mass), each [B, Hkv, m] fp32. bound: the per-token
+        upper bound, max over the chunk's tokens and the group (invariant 5). mass (None when
+        scaling is None): the attention mass each chunk would get if every key were its low-rank
+        part P P^T k — softmax over the layer's body of scaling * q~ . k^, per query head, summed
+        over the chunk and the group: an estimate, not a bound, that sees mass spread over many
+        keys (diffuse layers), which a max over single keys does not. Torch on every device (one
+        matmul over the layer's tokens; no Triton twin yet)."""
+        m = self.n[layer]
         b, h, d = q.shape
-        qg = q.float().reshape(b, self.n_kv, h // self.n_kv, d)  # [B, Hkv, G, D]
+        g = h // self.n_kv
+        qg = q.float().reshape(b, self.n_kv, g, d)  # [B, Hkv, G, D]
         p = self.basis[layer]  # [Hkv, D, r]
         q_low = torch.matmul(qg, p)  # [B, Hkv, G, r]
-        q_res = (qg - torch.matmul(q_low, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, G]
+        q_res = (qg - torch.matmul(q_low, p.transpose(-1, -2))).norm(dim=-1, keepdim=True)  # [B, Hkv, G, 1]
+        # one matmul against the sketches (q~, ||q_res||, max|q~|) . (k^, res, slack) = the bound;
+        # with scaling, G more rows (q~, 0, 0) give the low-rank logits q~ . k^ for the mass
+        rows = [torch.cat([q_low, q_res, q_low.abs().amax(-1, keepdim=True)], -1)]  # [B, Hkv, G, r+2]
+        if scaling is not None:
+            rows.append(torch.nn.functional.pad(q_low * scaling, (0, 2)))
+        qa = torch.cat(rows, 2) if len(rows) > 1 else rows[0]
         c = self.chunk
-        toks = self.lo[layer, :, :, :m].float().reshape(b, self.n_kv, m * c, -1)  # [B, Hkv, m*C, r]
-        terms = self.res[layer, :, :, :m].float().reshape(b, self.n_kv, m * c, 2)
-        s = torch.matmul(q_low, toks.transpose(-1, -2))  # [B, Hkv, G, m*C]
-        s = s + q_res[..., None] * terms[:, :, None, :, 0]  # residual term
-        s = s + q_low.abs().amax(-1)[..., None] * terms[:, :, None, :, 1]  # fp16 rounding slack
-        return s.view(b, self.n_kv, -1, m, c).amax(dim=(2, 4))
+        toks = self.lo[layer, :, :, :m].reshape(b, self.n_kv, m * c, -1).to(qa.dtype)  # [B, Hkv, N, r+2]
+        s = torch.matmul(qa, toks.transpose(-1, -2))  # [B, Hkv, G or 2G, N]
+        # reductions over contiguous dims (group first, then the chunk's C tokens): a strided
+        # amax over (G, C) at once costs several times more on CPU
+        bound = s[:, :, :g].amax(2).view(b, self.n_kv, m, c).amax(-1)
+        if scaling is None:
+            return bound, None
+        mass = torch.softmax(s[:, :, g:], dim=-1).sum(2)  # [B, Hkv, N]: per head, summed over the group
+        return bound, mass.view(b, self.n_kv, m, c).sum(-1)
 
     def truncate(self, layer: int, m: int) -> None:
         """Forget abstracts of chunks >= m (the basis stays)."""

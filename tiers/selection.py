@@ -6,7 +6,10 @@ exceeded). A budget that covers every body chunk selects nothing away: the store
 so output equals dense (invariant 1). Policies:
 
 - `bound` (ours): low-rank upper bound of the chunk's best q.k (`ChunkAbstracts` "lowrank").
-- `token` (ours): the same bound per token, max over the chunk (`ChunkAbstracts` "token").
+- `token` (ours): per-token sketches (`ChunkAbstracts` "token"). ceil(bound_share * k) chunks by the
+  per-token bound, max over the chunk (a lone key that matters), the rest by the attention mass the
+  sketches estimate (softmax of the low-rank logits, summed per chunk: mass spread over many keys,
+  which a max misses). SmolLM2 4k, 1/16: recall 0.798 (share 0.25) vs 0.736 (bound alone).
 - `quest`: per-channel min/max bound (Quest). `landmark`: mean key (ShadowKV), not a bound.
 - `snapkv`: static — attention mass of the prompt's last `OBS_WINDOW` queries per chunk, summed over
   the query group, measured at prefill; chunks decoded later are always kept (SnapKV keeps every
@@ -38,23 +41,35 @@ from .abstracts import ChunkAbstracts
 from .squeeze import layer_budgets
 from .whole_layers import oracle_recall, whole_layers
 
-__all__ = ["Selector", "OBS_WINDOW", "ABSTRACT_KIND"]
+__all__ = ["Selector", "OBS_WINDOW", "ABSTRACT_KIND", "hybrid_scores"]
 
 OBS_WINDOW = 32  # prompt queries whose attention snapkv/h2o observe at prefill
 ABSTRACT_KIND = {"bound": "lowrank", "token": "token", "quest": "quest", "landmark": "mean"}
 _KEEP = 1e30  # snapkv score of a decoded chunk: always kept before any prompt chunk
 
 
+def hybrid_scores(bound: torch.Tensor, mass: torch.Tensor, k: int, share: float) -> torch.Tensor:
+    """`token`'s ranking, [B, Hkv, m]: its top k are the ceil(share * k) best chunks by the upper
+    bound (a lone outlier key: a needle, a copy head's target), then the best of the rest by the
+    estimated mass (attention spread over many keys). bound, mass [B, Hkv, m]."""
+    first = math.ceil(share * k)
+    if first == 0:
+        return mass
+    return mass.scatter(-1, top_chunks(bound, first).long(), float("inf"))
+
+
 class Selector:
     """Selection state of one `TieredKVStore` (layout: its ChunkLayout; config: OffloadConfig)."""
 
-    def __init__(self, layout, n_kv_heads: int, batch: int, config, device, slots: list[int] | None = None):
+    def __init__(self, layout, n_kv_heads: int, batch: int, config, device, slots: list[int] | None = None,
+                 kv_dtype: torch.dtype = torch.bfloat16):  # fmt: skip
         self.layout, self.n_kv, self.batch = layout, n_kv_heads, batch
         # whole layers (whole_layers.py): prefill's ceiling recall per layer, the GPU slots per layer
         self.whole_below, self.slots = config.whole_below, slots
         self.ceiling: list[float | None] = [None] * layout.n_layers
         self._whole: frozenset[int] | None = frozenset()
         self.policy, self.budget = config.policy, config.budget
+        self.bound_share = config.bound_share
         self.layer_policy = config.layer_budget
         self.device = torch.device(device)
         n_layers = layout.n_layers
@@ -63,7 +78,8 @@ class Selector:
         self.abstracts = None
         if kind is not None:
             self.abstracts = ChunkAbstracts(n_layers, batch, n_kv_heads, layout.head_dim, kind,
-                                            config.rank, device, capacity=cap, chunk=layout.chunk)  # fmt: skip
+                                            config.rank, device, capacity=cap, chunk=layout.chunk,
+                                            kv_dtype=kv_dtype)  # fmt: skip
         # snapkv / h2o: a score per chunk [B, Hkv, cap] per layer; h2o also marks evicted chunks
         self._score: list[torch.Tensor | None] = [None] * n_layers
         self._alive: list[torch.Tensor | None] = [None] * n_layers
@@ -155,14 +171,20 @@ class Selector:
             self._budgets_cache = (key, per_layer)
         return self._budgets_cache[1][layer] // self.layout.chunk
 
-    def select(self, layer: int, q: torch.Tensor, n_chunks: int, n_tokens: int) -> torch.Tensor | None:
-        """Chunk ids per row [B*Hkv, k] for q [B, H, D] (one decode query), or None = every chunk."""
+    def select(self, layer: int, q: torch.Tensor, n_chunks: int, n_tokens: int,
+               scaling: float | None = None) -> torch.Tensor | None:  # fmt: skip
+        """Chunk ids per row [B*Hkv, k] for q [B, H, D] (one decode query), or None = every chunk.
+        scaling: the attention's logit scale (default D^-0.5), for `token`'s mass estimate."""
         k = self.chunk_budget(layer, n_tokens)
         if k >= n_chunks or self.is_whole(layer, n_chunks):
             return None
         if k == 0:
             return torch.full((self.batch * self.n_kv, 0), -1, dtype=torch.long)
-        scores = self.scores(layer, q, n_chunks)  # [B, Hkv, m]
+        if self.policy == "token" and self.bound_share < 1:
+            scale = q.shape[-1] ** -0.5 if scaling is None else scaling
+            scores = hybrid_scores(*self.abstracts.token_scores(layer, q, scale), k, self.bound_share)
+        else:
+            scores = self.scores(layer, q, n_chunks)  # [B, Hkv, m]
         idx = top_chunks(scores, k).long()  # [B, Hkv, k]
         if self.policy == "h2o" and self._observed[layer]:
             alive = self._alive[layer][:, :, :n_chunks]

@@ -74,7 +74,8 @@ class TieredKVStore:
         # sparse decode: abstracts and selection state (None = attend to every chunk)
         self._sel = None
         if config.sparse:
-            self._sel = Selector(lay, n_kv_heads, batch, config, self.device, list(self.limits.budgets))
+            self._sel = Selector(lay, n_kv_heads, batch, config, self.device, list(self.limits.budgets),
+                                 kv_dtype=dtype)  # fmt: skip
 
     # -- KVStore protocol ------------------------------------------------------------------------
     def layer_len(self, layer: int) -> int:
@@ -152,7 +153,7 @@ class TieredKVStore:
         # sliding-window layers (Gemma 3) read at most their window: nothing to select there
         if select is None and sel is not None and q.shape[2] == 1 and sliding_window is None:
             m = self._mgr.n_chunks(layer)
-            chosen = sel.select(layer, q[:, :, 0].contiguous(), m, self._n[layer])  # [R, k] or None
+            chosen = sel.select(layer, q[:, :, 0].contiguous(), m, self._n[layer], scaling)  # [R, k]|None
             if chosen is not None:
                 if not sel.wants_mass:
                     return attend_selected(self, layer, q, scaling, chosen)

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SPARSE_CHUNK
+from ..config import SPARSE_CHUNK, OffloadConfig
 from ..tiers.abstracts import ChunkAbstracts
+from ..tiers.selection import hybrid_scores
 from .policies import register_policy
 
 __all__ = ["ChunkPolicy", "CHUNK"]
 
 CHUNK = SPARSE_CHUNK  # OffloadConfig().chunk with a budget
-RANK = 16  # OffloadConfig().rank
+RANK = OffloadConfig().rank
+BOUND_SHARE = OffloadConfig().bound_share  # token: share of k picked by the bound, the rest by mass
 
 
 class ChunkPolicy:
@@ -36,8 +38,8 @@ class ChunkPolicy:
     respects_budget = True
 
     def __init__(self, name: str, kind: str, sinks: int = 4, window: int = 64, chunk: int = CHUNK,
-                 rank: int = RANK):  # fmt: skip
-        self.name, self.kind = name, kind
+                 rank: int = RANK, bound_share: float = BOUND_SHARE):  # fmt: skip
+        self.name, self.kind, self.bound_share = name, kind, bound_share
         self.sinks, self.window, self.chunk, self.rank = sinks, window, chunk, rank
         self._basis: dict[int, torch.Tensor] = {}
         self._score: dict[int, torch.Tensor] = {}  # snapkv / h2o: [Hkv, m]
@@ -63,7 +65,7 @@ class ChunkPolicy:
         if m == 0:
             return mask
         body = keys[:, self.sinks : wstart].reshape(n_kv, m, self.chunk, d)
-        scores = self._scores(layer, query, keys, body)  # [Hkv, m]
+        scores = self._scores(layer, query, keys, body, k)  # [Hkv, m]
         if k:
             idx = scores.topk(k, dim=-1).indices  # [Hkv, k]
             tok = (self.sinks + idx[..., None] * self.chunk + torch.arange(self.chunk, device=keys.device))
@@ -72,7 +74,7 @@ class ChunkPolicy:
             self._h2o_step(layer, query, keys, mask, m, idx if k else None)
         return mask
 
-    def _scores(self, layer, query, keys, body):
+    def _scores(self, layer, query, keys, body, k):
         n_kv, m, c, d = body.shape
         if self.kind == "oracle":  # the chunks' true attention mass: the best any chunk choice can do
             return self._mass(query, keys)[:, self.sinks : self.sinks + m * c].reshape(n_kv, m, c).sum(-1)
@@ -85,6 +87,8 @@ class ChunkPolicy:
                 ab.basis[0], ab.has_basis[0] = self._basis[layer], True
             for j in range(m):
                 ab.add(0, j, body[:, j])
+            if self.kind == "token" and self.bound_share < 1 and k:  # as Selector.select
+                return hybrid_scores(*ab.token_scores(0, query[None], d**-0.5), k, self.bound_share)[0]
             return ab.scores(0, query[None])[0]
         score = self._score.get(layer)
         if score is None:  # first step: this query's full attention, summed per chunk and group

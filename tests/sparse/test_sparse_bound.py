@@ -102,16 +102,20 @@ def test_bound_on_real_keys(model, policy):
         store.close()
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("head_dim, rank, kind", [(64, 16, "lowrank"), (128, 32, "lowrank"), (64, 64, "quest"),
                                                   (64, 16, "token"), (128, 32, "token")])  # fmt: skip
-def test_abstracts_are_at_most_an_eighth_of_the_kv(head_dim, rank, kind):
-    """Issue budget: abstract bytes per token <= 1/8 of K+V bytes per token at bf16, with the chunk
-    a budget gets by default; the per-layer basis is counted apart (it does not grow with context)."""
+def test_abstracts_are_at_most_an_eighth_of_the_kv(head_dim, rank, kind, kv_dtype):
+    """Issue budget: abstract bytes per token <= 1/8 of K+V bytes per token (bf16, or the fp32 KV of
+    CPU runs), with the chunk a budget gets by default; the per-layer basis is counted apart (it does
+    not grow with context)."""
     from offload.config import OffloadConfig
 
     c, n_kv, chunks = OffloadConfig(budget=256).chunk, 2, 40
-    ab = ChunkAbstracts(1, 1, n_kv, head_dim, kind, rank, "cpu", capacity=chunks, chunk=c)
+    ab = ChunkAbstracts(1, 1, n_kv, head_dim, kind, rank, "cpu", capacity=chunks, chunk=c, kv_dtype=kv_dtype)
     basis = ab.basis.numel() * 4 if kind in ("lowrank", "token") else 0
     per_token = (ab.nbytes - basis) / (chunks * c * n_kv)
-    kv_bf16 = 2 * head_dim * 2
-    assert per_token <= kv_bf16 / 8
+    kv = 2 * head_dim * kv_dtype.itemsize
+    assert per_token <= kv / 8
+    if kind == "token":  # the rank cap spends exactly the eighth (fp32 KV: fp16 values kept in fp32)
+        assert per_token == kv / 8

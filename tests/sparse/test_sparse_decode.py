@@ -51,8 +51,8 @@ def test_bound_finds_the_needle(model):
         picked, seen = [], []
         select = store.selector.select
 
-        def spy(layer, q, n_chunks, n_tokens):
-            out = select(layer, q, n_chunks, n_tokens)
+        def spy(layer, q, n_chunks, n_tokens, scaling=None):
+            out = select(layer, q, n_chunks, n_tokens, scaling)
             seen.append(out.shape[1] * lay.chunk <= 0.125 * n_tokens + lay.chunk)
             picked.append(any(c in row.tolist() for row in out for c in chunks))
             return out

@@ -44,7 +44,7 @@ def test_step_equals_rounds_over_the_same_selection(policy, slots, host):
     for step in range(4):
         for layer in range(L):
             q = torch.randn(1, 2 * HKV, 1, D, generator=g)
-            chosen = st.selector.select(layer, q[:, :, 0], m, N)  # [R, k]: what attend picks for q
+            chosen = st.selector.select(layer, q[:, :, 0], m, N, 0.3)  # [R, k]: what attend picks for q
             got = st.attend(layer, q, 0.3)  # the step
             want = st.attend(layer, q, 0.3, select=chosen)  # rounds, the exact reference
             torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
@@ -75,7 +75,7 @@ def test_step_through_decode_appends_matches_rounds(slots):
             st.append(layer, k, v)
             ref.append(layer, k, v)
             m, n = ref._mgr.n_chunks(layer), ref.layer_len(layer)
-            chosen = ref.selector.select(layer, q[:, :, 0], m, n)
+            chosen = ref.selector.select(layer, q[:, :, 0], m, n, 0.3)
             torch.testing.assert_close(st.attend(layer, q, 0.3), ref.attend(layer, q, 0.3, select=chosen),
                                        atol=2e-6, rtol=1e-5)  # fmt: skip
     assert st._mgr.n_chunks(0) > (N - 12) // C  # chunks were added during decode
