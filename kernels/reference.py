@@ -39,6 +39,15 @@ def _pool_rows(pool: torch.Tensor) -> tuple[torch.Tensor, int] | None:
     return torch.as_strided(pool, ((n_slots - 1) * step + n_rows, chunk, d), (s1, s2, s3)), step
 
 
+def _row_of_head(b: int, n_kv: int, n_rows: int, device) -> torch.Tensor:
+    """Pool row of each (sequence, KV head), [B or 1, Hkv, 1]: h, or b*Hkv + h when a slot holds
+    every sequence's rows (n_rows = B*Hkv)."""
+    heads = torch.arange(n_kv, device=device)[None, :, None]
+    if n_rows != n_kv:
+        heads = heads + n_kv * torch.arange(b, device=device)[:, None, None]
+    return heads
+
+
 def _gather_selection(k_pool: torch.Tensor, block_table: torch.Tensor, body_len: torch.Tensor):
     """Tokens a block table selects: k_sel [B, Hkv, M*C, D] and a validity mask [B, Hkv, M*C]
     (None when every row's body_len is M*C: nothing to mask).
@@ -50,9 +59,7 @@ def _gather_selection(k_pool: torch.Tensor, block_table: torch.Tensor, body_len:
     n_slots, n_rows, chunk, d = k_pool.shape
     b, n_kv, width = block_table.shape
     slots = block_table.long().clamp(0, n_slots - 1)  # [B, Hkv, M]
-    heads = torch.arange(n_kv, device=k_pool.device)[None, :, None]
-    if n_rows != n_kv:  # rows per slot = B * Hkv
-        heads = heads + n_kv * torch.arange(b, device=k_pool.device)[:, None, None]
+    heads = _row_of_head(b, n_kv, n_rows, k_pool.device)
     flat = _pool_rows(k_pool)
     if flat is not None:  # one index_select of whole [C, D] chunks: a memcpy per chunk
         rows, step = flat

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import _pool_rows
+from .reference import _pool_rows, _row_of_head
 
 __all__ = ["sparse_decode_attention_cpu"]
 
@@ -34,10 +34,8 @@ def sparse_decode_attention_cpu(q, k_pool, v_pool, block_table, body_len, extra_
     if k_rows is None or v_rows is None or k_rows[1] != v_rows[1]:
         return None
     (k_flat, step), (v_flat, _) = k_rows, v_rows
-    heads = torch.arange(n_kv)[None, :, None]
-    if n_rows != n_kv:  # a slot holds every sequence's rows: row b*Hkv + h
-        heads = heads + n_kv * torch.arange(b)[:, None, None]
-    idx = (block_table.long() * step + heads).reshape(-1)  # [B*Hkv*M] entries of [C, D] chunks
+    rows = _row_of_head(b, n_kv, n_rows, k_pool.device)
+    idx = (block_table.long() * step + rows).reshape(-1)  # [B*Hkv*M] entries of [C, D] chunks
     keys = k_flat.index_select(0, idx).view(b, n_kv, full, d)
     vals = v_flat.index_select(0, idx).view(b, n_kv, full, d)
     if extra_k is not None:

@@ -45,7 +45,6 @@ _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeErr
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16)}
 
 
-
 @dataclass(frozen=True)
 class SessionInfo:
     """What a session's header says (validated)."""

@@ -117,11 +117,10 @@ class ChunkAbstracts:
         if j >= self.capacity:
             self._grow(j + 1)
         kf = keys.float().reshape(self.batch, self.n_kv, -1, self.head_dim)  # [B, Hkv, C, D]
+        self.ensure_basis(layer, keys)  # no-op unless a basis kind's layer has none yet
         if self.kind == "token":
             if kf.shape[2] != self.chunk:
                 raise ValueError(f"token abstracts hold chunks of {self.chunk} tokens, got {kf.shape[2]}")
-            if not self.has_basis[layer]:
-                self.ensure_basis(layer, keys)
             p = self.basis[layer]  # [Hkv, D, r]
             proj = torch.matmul(kf, p)  # [B, Hkv, C, r]
             resid = (kf - torch.matmul(proj, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, C]
@@ -133,8 +132,6 @@ class ChunkAbstracts:
             self.n[layer] = j + 1
             return
         if self.kind == "lowrank":
-            if not self.has_basis[layer]:
-                self.ensure_basis(layer, keys)
             p = self.basis[layer]  # [Hkv, D, r]
             proj = torch.einsum("bhcd,hdr->bhcr", kf, p)
             resid = (kf - torch.einsum("bhcr,hdr->bhcd", proj, p)).norm(dim=-1).amax(-1)  # [B, Hkv]

@@ -41,7 +41,7 @@ from .abstracts import ChunkAbstracts
 from .squeeze import layer_budgets
 from .whole_layers import oracle_recall, whole_layers
 
-__all__ = ["Selector", "OBS_WINDOW", "ABSTRACT_KIND", "hybrid_scores"]
+__all__ = ["Selector", "OBS_WINDOW", "ABSTRACT_KIND", "hybrid_scores", "token_ranking"]
 
 OBS_WINDOW = 32  # prompt queries whose attention snapkv/h2o observe at prefill
 ABSTRACT_KIND = {"bound": "lowrank", "token": "token", "quest": "quest", "landmark": "mean"}
@@ -56,6 +56,15 @@ def hybrid_scores(bound: torch.Tensor, mass: torch.Tensor, k: int, share: float)
     if first == 0:
         return mass
     return mass.scatter(-1, top_chunks(bound, first).long(), float("inf"))
+
+
+def token_ranking(abstracts: ChunkAbstracts, layer: int, q: torch.Tensor, k: int, share: float,
+                  scaling: float) -> torch.Tensor:  # fmt: skip
+    """`hybrid_scores` of the layer's chunks for q [B, H, D] (the store's and the recall harness's
+    one path); when the bound's share covers all k, the bound alone — no mass computed."""
+    if math.ceil(share * k) >= k:
+        return abstracts.scores(layer, q)
+    return hybrid_scores(*abstracts.token_scores(layer, q, scaling), k, share)
 
 
 class Selector:
@@ -180,9 +189,9 @@ class Selector:
             return None
         if k == 0:
             return torch.full((self.batch * self.n_kv, 0), -1, dtype=torch.long)
-        if self.policy == "token" and self.bound_share < 1:
+        if self.policy == "token":
             scale = q.shape[-1] ** -0.5 if scaling is None else scaling
-            scores = hybrid_scores(*self.abstracts.token_scores(layer, q, scale), k, self.bound_share)
+            scores = token_ranking(self.abstracts, layer, q, k, self.bound_share, scale)
         else:
             scores = self.scores(layer, q, n_chunks)  # [B, Hkv, m]
         idx = top_chunks(scores, k).long()  # [B, Hkv, k]

@@ -22,7 +22,7 @@ import torch
 
 from ..config import SPARSE_CHUNK, OffloadConfig
 from ..tiers.abstracts import ChunkAbstracts
-from ..tiers.selection import hybrid_scores
+from ..tiers.selection import token_ranking
 from .policies import register_policy
 
 __all__ = ["ChunkPolicy", "CHUNK"]
@@ -87,8 +87,8 @@ class ChunkPolicy:
                 ab.basis[0], ab.has_basis[0] = self._basis[layer], True
             for j in range(m):
                 ab.add(0, j, body[:, j])
-            if self.kind == "token" and self.bound_share < 1 and k:  # as Selector.select
-                return hybrid_scores(*ab.token_scores(0, query[None], d**-0.5), k, self.bound_share)[0]
+            if self.kind == "token":  # as Selector.select
+                return token_ranking(ab, 0, query[None], k, self.bound_share, d**-0.5)[0]
             return ab.scores(0, query[None])[0]
         score = self._score.get(layer)
         if score is None:  # first step: this query's full attention, summed per chunk and group
