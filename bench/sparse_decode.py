@@ -7,7 +7,8 @@ prompt (`natural_ids`); prefill is never timed.
   full    — stock transformers model (sdpa) with a DynamicCache, stepped by hand (see `_hf_decode`);
   dense   — offload without a budget: `Engine.decode` over the dense store;
   P@B     — offload with policy P and budget B (a fraction of the context, fixed as ceil(B * ctx)
-            tokens per layer beyond sinks + window): `Engine.decode` over the tiered store.
+            tokens per layer beyond sinks + window): `Engine.decode` over the tiered store;
+            P@B/E with --select-every: the selection kept for E steps.
 Offload variants share one prefill (`Prefilled.capture`); each round copies it into a fresh store
 (`pf.store_for`, untimed). Variants are interleaved in rounds (--repeats, best of N) so that load from
 other jobs hits them alike. tok/s = new / (seconds of the --new decode steps), the same for all.
@@ -97,6 +98,8 @@ def main():
     ap.add_argument("--lengths", default="8k", help="prompt tokens, comma list (8k = 8000)")
     ap.add_argument("--new", type=int, default=32, help="tokens to decode per run")
     ap.add_argument("--repeats", type=int, default=2, help="rounds over all variants, best of N")
+    ap.add_argument("--select-every", default=None,
+                    help="comma list of OffloadConfig.select_every values (default: the config's)")
     add_sparse_args(ap, "bound,quest", "1/16", "(length, variant)")
     a = parse_with_threads(ap)
     import offload
@@ -110,6 +113,7 @@ def main():
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
     policies = [split_policy(x.strip()) for x in a.policies.split(",")]
     model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
+    everies = [int(e) for e in a.select_every.split(",")] if a.select_every else [model.config.select_every]
     for p, lb in policies:  # fail on a bad name before minutes of prefill
         model.config.replace(budget=1, policy=p, layer_budget=lb)
     hf = load_reference(model)
@@ -127,10 +131,11 @@ def main():
         variants = [("full", None, None, None, None), ("dense", model, None, None, None)]
         for p, lb in policies:
             for b in budgets:
-                tokens = Mode("sparse", b).budget_tokens(n)
-                m = dataclasses.replace(model, config=model.config.replace(budget=tokens, policy=p, layer_budget=lb))
-                name = (p if lb == "uniform" else f"{p}+{lb}") + f"@{b}"
-                variants.append((name, m, p, lb, (b, tokens)))
+                for e in everies:
+                    tokens = Mode("sparse", b).budget_tokens(n)
+                    cfg = model.config.replace(budget=tokens, policy=p, layer_budget=lb, select_every=e)
+                    name = (p if lb == "uniform" else f"{p}+{lb}") + f"@{b}" + (f"/{e}" if len(everies) > 1 else "")
+                    variants.append((name, dataclasses.replace(model, config=cfg), p, lb, (b, tokens)))
         best = {v[0]: None for v in variants}  # name -> (seconds, tokens, counters) of the fastest round
         try:
             for _ in range(a.repeats):
@@ -152,6 +157,7 @@ def main():
                 **base, "ctx": n, "variant": name, "policy": p, "layer_budget": lb,
                 "budget": None if budget is None else str(budget[0]),
                 "budget_tokens": None if budget is None else budget[1],
+                "select_every": None if m is None or budget is None else m.config.select_every,
                 "decode_tps": round(a.new / s, 2), "ratio_to_full": round(full_s / s, 3),
                 "agree_with_full": _agree(toks, full_toks), **counters,
             }

@@ -18,6 +18,9 @@ from offload import ConfigError, OffloadConfig
         {"window": -1},
         {"compress": "yes"},
         {"host_mem": 0},
+        {"select_every": 0},
+        {"select_every": 2.0},
+        {"select_every": True},
     ],
 )
 def test_bad_fields_raise_config_error(kwargs):

@@ -96,6 +96,9 @@ class Selector:
         self._observed = [False] * n_layers  # snapkv/h2o: prefill statistics arrived for the layer
         self.attn_cos: list[float | None] = [None] * n_layers
         self._budgets_cache: tuple | None = None
+        # kept selections: per layer (ids [R, k], (n_chunks, k) they were made for, calls served)
+        self.every = config.select_every
+        self._kept: list[tuple | None] = [None] * n_layers
 
     # -- building ----------------------------------------------------------------------------------
     def before_chunks(self, layer: int, keys: torch.Tensor) -> None:
@@ -182,13 +185,28 @@ class Selector:
 
     def select(self, layer: int, q: torch.Tensor, n_chunks: int, n_tokens: int,
                scaling: float | None = None) -> torch.Tensor | None:  # fmt: skip
-        """Chunk ids per row [B*Hkv, k] for q [B, H, D] (one decode query), or None = every chunk.
+        """Chunk ids per row [B*Hkv, k] for q [B, H, D] (one decode query), or None = the budget
+        covers every chunk (attend densely). A whole layer selects all its chunks. A selection is
+        kept — the same tensor returned — for `select_every` calls while the layer's chunk count
+        and budget stay put (a chunk that leaves the window is always considered at once).
         scaling: the attention's logit scale (default D^-0.5), for `token`'s mass estimate."""
         k = self.chunk_budget(layer, n_tokens)
-        if k >= n_chunks or self.is_whole(layer, n_chunks):
+        if k >= n_chunks:
             return None
+        kept = self._kept[layer]
+        if kept is not None and kept[1] == (n_chunks, k) and kept[2] < self.every:
+            self._kept[layer] = (kept[0], kept[1], kept[2] + 1)
+            return kept[0]
+        chosen = self._choose(layer, q, n_chunks, k, scaling)
+        self._kept[layer] = (chosen, (n_chunks, k), 1)
+        return chosen
+
+    def _choose(self, layer, q, n_chunks, k, scaling) -> torch.Tensor:
+        rows = self.batch * self.n_kv
+        if self.is_whole(layer, n_chunks):
+            return torch.arange(n_chunks, device=self.device).expand(rows, n_chunks)
         if k == 0:
-            return torch.full((self.batch * self.n_kv, 0), -1, dtype=torch.long)
+            return torch.full((rows, 0), -1, dtype=torch.long, device=self.device)
         if self.policy == "token":
             scale = q.shape[-1] ** -0.5 if scaling is None else scaling
             scores = token_ranking(self.abstracts, layer, q, k, self.bound_share, scale)
@@ -199,7 +217,7 @@ class Selector:
             alive = self._alive[layer][:, :, :n_chunks]
             alive.zero_()  # evicting: what is not kept now never comes back
             alive.scatter_(2, idx, True)
-        return idx.reshape(self.batch * self.n_kv, k)
+        return idx.reshape(rows, k)
 
     def scores(self, layer: int, q: torch.Tensor, n_chunks: int) -> torch.Tensor:
         """The policy's score of each body chunk: [B, Hkv, n_chunks] fp32."""
@@ -226,6 +244,7 @@ class Selector:
         s.scatter_add_(1, ids.to(s.device), mass.to(s.device, s.dtype))
 
     def truncate(self, layer: int, m: int) -> None:
+        self._kept[layer] = None
         if self.abstracts is not None:
             self.abstracts.truncate(layer, m)
         self._m[layer] = min(self._m[layer], m)

@@ -39,6 +39,7 @@ from .selection import Selector
 from .spill import SpillDir
 from .store_attention import attend_rounds, attend_selected
 from .transfer import Transfer
+from .working_set import WorkingSet
 
 __all__ = ["TieredKVStore"]
 
@@ -72,8 +73,9 @@ class TieredKVStore:
         self._n = [0] * n_layers
         self._closed = False
         # sparse decode: abstracts and selection state (None = attend to every chunk)
-        self._sel = None
+        self._sel = self._ws = None
         if config.sparse:
+            self._ws = WorkingSet(n_layers) if self.device.type == "cpu" else None
             self._sel = Selector(lay, n_kv_heads, batch, config, self.device, list(self.limits.budgets),
                                  kv_dtype=dtype)  # fmt: skip
 
@@ -203,6 +205,8 @@ class TieredKVStore:
             self._mgr.truncate(layer, m_new)
             if self._sel is not None:
                 self._sel.truncate(layer, m_new)
+                if self._ws is not None:
+                    self._ws.drop(layer)
             if self._disk is not None:
                 self._disk.drop_from(layer, m_new)
             self._edge[layer, :, :, s : s + w_new] = win

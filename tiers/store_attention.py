@@ -10,8 +10,9 @@ context still gives the exact result. A selection given per KV head ([R, k] ids,
 fetched as one union, each row masked to its own chunks.
 
 `attend_selected` — the decode hot path: one query per row over sinks + window + its k selected
-chunks, through `kernels.sparse_decode_attention` (Triton on CUDA, the torch reference on CPU) with
-the global slots looked up in the store's `BlockTable`. When every chunk of the layer has a GPU copy
+chunks, through `kernels.sparse_decode_attention` (Triton on CUDA) with the global slots looked up
+in the store's `BlockTable`; on CPU through the store's `WorkingSet` (the selection gathered once
+while the selector keeps it, then one SDPA per step). When every chunk of the layer has a GPU copy
 nothing is fetched or pinned and Python never sees the ids (no host sync); otherwise the union of the
 ids is fetched first (the misses must be known on the host), or the step falls back to rounds when
 the union exceeds the layer's slots.
@@ -45,6 +46,10 @@ def attend_selected(store, layer: int, q: torch.Tensor, scaling: float, select: 
         store._fetch(layer, ids)
         pinned = True
     store._xfer.ready(layer)  # copies an earlier prefetch issued into this layer's slots
+    if store._ws is not None and not pinned and not want_mass:  # CPU: gathered once per selection
+        out = store._ws.attend(store, layer, q, scaling, select, lambda: store._table.slots(layer, mgr, select))
+        store._xfer.mark_used(layer)
+        return out
     slots = store._table.slots(layer, mgr, select)  # [R, k] global pool slots
     out, lse = sparse_decode_attention(*kernel_args(store, layer, q, slots), scaling)
     mass = _chunk_mass(store, q, slots, lse, scaling) if want_mass and k else None

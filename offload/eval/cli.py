@@ -68,6 +68,9 @@ def _budgets(text: str):
               help="Selection policies for sparse@B modes, a comma list (token, bound, quest, landmark, "
                    "snapkv, h2o; NAME+squeeze for SqueezeAttention layer budgets), or 'all'. Every sparse mode "
                    "runs once per policy, all from one prefill per sample.")
+@click.option("--select-every", default=None, type=click.IntRange(min=1),
+              help="Decode steps a sparse mode keeps its chunk selection (OffloadConfig.select_every; "
+                   "default: the config's).")
 @click.option("--samples", default=10, show_default=True, type=click.IntRange(min=1),
               help="Samples per (task, length).")
 @click.option("--limit", default=None, type=click.IntRange(min=1),
@@ -90,17 +93,17 @@ def _budgets(text: str):
 @click.option("--recall-length", default="4k", show_default=True, callback=_checked(parse_length),
               help="Natural-text context length for --recall.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-def main(model_path, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens, json_path,
-         resume, recall_policies, budgets, recall_length, progress):
+def main(model_path, tasks, lengths, modes, policy, select_every, samples, limit, rows, seed, max_new_tokens,
+         json_path, resume, recall_policies, budgets, recall_length, progress):
     """Score RULER-synthetic tasks (needle retrieval, multi-hop tracing, aggregation, multi-needle
     extraction) with full attention and with offload, on 2 CPU cores or a GPU."""
     t0 = time.perf_counter()
     try:
         if recall_policies is not None:
-            _run_recall(model_path, recall_policies, budgets, recall_length, seed)
+            _run_recall(model_path, recall_policies, budgets, recall_length, seed, select_every)
         else:
             _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens,
-                       json_path, resume, progress)
+                       json_path, resume, progress, select_every)
     except EvalError as e:
         raise click.UsageError(str(e)) from None
     except OffloadError as e:
@@ -133,7 +136,7 @@ def _previous(json_path, settings: dict):
 
 
 def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens, json_path,
-               resume, progress):
+               resume, progress, select_every=None):
     import offload
 
     from .corpus import natural_text_source
@@ -150,9 +153,13 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
         raise EvalError("--resume needs --json PATH (the file to resume)")
     done, old_meta = [], {}
     if resume:
-        same = {"seed": seed, "samples": samples, "max_new_tokens_cap": max_new_tokens}
+        same = {"seed": seed, "samples": samples, "max_new_tokens_cap": max_new_tokens,
+                "select_every": select_every or offload.OffloadConfig().select_every}
         done, old_meta = _previous(json_path, same)
-    model = offload.load_model(model_path)
+    config = offload.OffloadConfig()
+    if select_every is not None:
+        config = config.replace(select_every=select_every)
+    model = offload.load_model(model_path, config=config)
     writer = None
     if json_path:
         writer = JsonWriter(json_path, {
@@ -160,6 +167,7 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
             "model": str(model.model_dir),
             "tasks": tasks, "lengths": lengths, "modes": [m.label for m in modes], "policy": policy,
             "samples": samples, "limit": limit, "seed": seed, "max_new_tokens_cap": max_new_tokens,
+            "select_every": config.select_every,
             "natural_text": natural_text_source(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "torch_threads": __import__("torch").get_num_threads(),
@@ -196,7 +204,7 @@ def _policies(text: str | None) -> list[str] | None:
     return unique_list(str, text, "policies")
 
 
-def _run_recall(model_path, policies, budgets, length, seed):
+def _run_recall(model_path, policies, budgets, length, seed, select_every=None):
     import offload
     from offload.loading import load_reference
 
@@ -211,7 +219,8 @@ def _run_recall(model_path, policies, budgets, length, seed):
             raise EvalError(str(e)) from None
     model = offload.load_model(model_path)
     reference = load_reference(model)
-    results = attention_recall(reference, model.tokenizer, names, budgets, n_context=length, seed=seed)
+    results = attention_recall(reference, model.tokenizer, names, budgets, n_context=length, seed=seed,
+                               select_every=select_every or offload.OffloadConfig().select_every)
     click.echo(format_recall_table(results))
 
 

@@ -115,8 +115,14 @@ def attention_recall(
     sinks: int = 4,
     window: int = 64,
     seed=0,
+    select_every: int = 1,
 ) -> list[RecallResult]:
-    """Recall of each registered policy at each budget (a Fraction of n_context or a token count)."""
+    """Recall of each registered policy at each budget (a Fraction of n_context or a token count).
+
+    select_every > 1: a policy's selection is kept for that many steps (as the store keeps it,
+    `OffloadConfig.select_every`) and made afresh when a chunk leaves the window; a kept selection
+    is scored on later queries, with the sinks + window of their own step. Stateful policies (h2o)
+    then see only the queries they select for."""
     ids = natural_ids(tokenizer, n_context + n_steps, seed)
     captured, _ = capture_qk(hf_model, ids, n_steps)
     layers = sorted(captured)
@@ -124,6 +130,7 @@ def attention_recall(
     combos = [(p, b, _budget_tokens(b, n_context)) for p in insts for b in budgets]
     sums = torch.zeros(len(combos), len(layers), dtype=torch.float64)
     read = torch.zeros(len(combos), dtype=torch.float64)
+    kept: dict[tuple[int, int], tuple[torch.Tensor, int, int]] = {}  # (combo, layer) -> (mask, body, step)
     for li, layer in enumerate(layers):
         q, k, scaling = captured[layer]  # q [H, n, D]; k [Hkv, T, D]
         n_kv = k.shape[0]
@@ -136,7 +143,12 @@ def attention_recall(
             )  # [H, t]
             fixed = fixed_mask(n_kv, t, sinks, window, device=keys.device)
             for ci, (policy, _, budget) in enumerate(combos):
-                sel = selection_mask(policy.select(layer, query, keys, budget), n_kv, t)
+                body = (t - sinks - window) // getattr(policy, "chunk", 1)  # chunks past the window
+                held = kept.get((ci, layer))
+                if held is None or held[1] != body or j - held[2] >= select_every:
+                    held = (selection_mask(policy.select(layer, query, keys, budget), n_kv, t), body, j)
+                    kept[(ci, layer)] = held
+                sel = torch.nn.functional.pad(held[0], (0, t - held[0].shape[1]))  # [Hkv, t]
                 extra = int((sel & ~fixed).sum(-1).max())
                 if policy.respects_budget and extra > budget:
                     raise ValueError(

@@ -1,0 +1,70 @@
+"""`WorkingSet`: the CPU decode step over a kept selection — its chunks gathered once, not per step.
+
+On a CPU a small torch op costs 10-40 us whatever its size, and the block-table step
+(`kernels/sparse_decode_cpu.py`) gathers the selected chunks out of the pool at every call. When
+the `Selector` keeps a layer's selection for several steps (`OffloadConfig.select_every`), the same
+chunks would be gathered again and again. Here each layer keeps one contiguous buffer
+
+    buf[layer]: [2, R, k*C + E, D]   (k selected chunks per row, then sinks + window, E tokens)
+
+filled with the selected chunks when the selection changes (one indexed read of the pool) and with
+the store's edges (sinks + window, which grow by a token per step) at every step (one copy). The
+step itself is one `scaled_dot_product_attention` over the buffer: a single query attends to a set
+of keys, so their order does not matter and no mask is needed.
+
+Chunk contents never change once in the body, so a copy stays right for as long as the selection
+object is the same; a new selection (the selector made one, or a truncate dropped it) is gathered
+afresh. Mechanism only: which chunks, and for how long, is the `Selector`'s business. Used on CPU
+only — on CUDA the Triton kernel reads the pool through the block table, with no copy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["WorkingSet"]
+
+
+class WorkingSet:
+    """Per-layer gathered copies of the kept selections (see module doc)."""
+
+    def __init__(self, n_layers: int):
+        self._buf: list[torch.Tensor | None] = [None] * n_layers
+        self._sel: list[torch.Tensor | None] = [None] * n_layers  # the selection each buf holds
+
+    def attend(self, store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
+               slots) -> torch.Tensor:  # fmt: skip
+        """q [B, H, 1, D] over sinks + window + chunks select [R, k] of `layer`, every one resident.
+        slots: callable () -> [R, k] global pool slots, called only when the selection is new.
+        Returns [B, 1, H, D]."""
+        lay = store.layout
+        b, h, _, d = q.shape
+        r, k = select.shape
+        body = k * lay.chunk
+        n = store.layer_len(layer)
+        ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks
+        buf = self._buf[layer]
+        if self._sel[layer] is not select:
+            if buf is None or buf.shape[2] < body + lay.edge_capacity:  # room to grow: a whole
+                size = body + body // 4 + lay.edge_capacity  # layer's selection gains a chunk per C steps
+                buf = torch.empty(2, r, size, d, dtype=lay.dtype, device=store.device)
+                self._buf[layer] = buf
+            if k:
+                kv = store._gpu.kv  # [S, 2, R, C, D]
+                rows = torch.arange(r, device=select.device)[:, None]
+                chunks = kv[slots(), :, rows]  # [R, k, 2, C, D]
+                buf[:, :, :body].view(2, r, k, lay.chunk, d).copy_(chunks.permute(2, 0, 1, 3, 4))
+            self._sel[layer] = select
+        buf[:, :, body : body + ext] = store._edge[layer, :, :, :ext]
+        kv = buf[:, :, : body + ext].view(2, b, r // b, body + ext, d)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2)  # [B, 1, H, D]
+
+    def drop(self, layer: int) -> None:
+        """Forget the layer's copy (its chunks were truncated)."""
+        self._buf[layer] = self._sel[layer] = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._buf if t is not None)
