@@ -4,12 +4,10 @@ Per layer (see `layout.ChunkLayout`): sinks and the recent window sit in one pre
 buffer `edge[l]` [2, R, S + W + C, D] (sinks at [:S], window at [S:]); the body is chunks placed by
 the `TierManager` (policy) and moved by `Transfer` (mechanism).
 
-Sparse decode (config.budget set): every body chunk gets an abstract when it joins the body
-(prefill and decode alike) and a one-query `attend` asks the `Selector` for each KV head's chunks
-(score -> top-k within the layer's budget, see selection.py), then attends over sinks + window + the
-selection through the block-table kernel (`store_attention.attend_selected`; `BlockTable` mirrors
-the manager's chunk -> slot map on the device). A budget covering every chunk selects None: the
-exact path, identical to dense.
+Sparse decode (config.budget set): every body chunk gets an abstract when it joins the body and a
+one-query `attend` asks the `Selector` for each KV head's chunks (kept for `select_every` steps),
+then attends over sinks + window + them (`store_attention.attend_selected`: the block-table kernel
+on CUDA, the `WorkingSet` on CPU). A budget covering every chunk selects None: exact, as dense.
 
 `attend` without a selection is exact over sinks + every body chunk + window, in rounds of at most
 `budget` chunks merged by log-sum-exp (`store_attention.attend_rounds`), so a GPU budget smaller than
@@ -72,8 +70,7 @@ class TieredKVStore:
         self._edge = torch.zeros(shape, dtype=dtype, device=self.device)
         self._n = [0] * n_layers
         self._closed = False
-        # sparse decode: abstracts and selection state (None = attend to every chunk)
-        self._sel = self._ws = None
+        self._sel = self._ws = None  # sparse decode: selection state, CPU working set
         if config.sparse:
             self._ws = WorkingSet(n_layers) if self.device.type == "cpu" else None
             self._sel = Selector(lay, n_kv_heads, batch, config, self.device, list(self.limits.budgets),
@@ -156,12 +153,11 @@ class TieredKVStore:
         if select is None and sel is not None and q.shape[2] == 1 and sliding_window is None:
             m = self._mgr.n_chunks(layer)
             chosen = sel.select(layer, q[:, :, 0].contiguous(), m, self._n[layer], scaling)  # [R, k]|None
-            if chosen is not None:
-                if not sel.wants_mass:
-                    return attend_selected(self, layer, q, scaling, chosen)
+            if chosen is not None and not sel.wants_mass:
+                return attend_selected(self, layer, q, scaling, chosen)
+            if chosen is not None:  # h2o: the step reports each chunk's attention mass
                 out, (ids, mass) = attend_selected(self, layer, q, scaling, chosen, want_mass=True)
-                if mass is not None:
-                    sel.add_mass(layer, ids, mass)
+                sel.add_mass(layer, ids, mass)  # (mass None: no chunk selected, ids empty)
                 return out
         return attend_rounds(self, layer, q, scaling, sliding_window, select)
 
@@ -204,9 +200,7 @@ class TieredKVStore:
             win[:, :, filled:] = self._edge[layer, :, :, s : s + w_new - filled]
             self._mgr.truncate(layer, m_new)
             if self._sel is not None:
-                self._sel.truncate(layer, m_new)
-                if self._ws is not None:
-                    self._ws.drop(layer)
+                self._sel.truncate(layer, m_new)  # (a new selection: the working set gathers anew)
             if self._disk is not None:
                 self._disk.drop_from(layer, m_new)
             self._edge[layer, :, :, s : s + w_new] = win
@@ -224,6 +218,7 @@ class TieredKVStore:
             "host_bytes": self._mgr.host_used * lay.chunk_bytes,
             "disk_bytes": self._disk.nbytes if self._disk is not None else 0,
             "gpu_pool_bytes": self._gpu.nbytes,
+            "working_set_bytes": self._ws.nbytes if self._ws is not None else 0,
             "host_pool_bytes": self._host.nbytes_allocated,
             "tokens": max(self._n, default=0),
             "chunks": sum(self._mgr.n_chunks(i) for i in range(self.n_layers)),
@@ -241,6 +236,7 @@ class TieredKVStore:
             self._disk.close()
         self._gpu.close()
         self._host.close()
+        self._ws = None
         self._edge = self._edge.new_empty(0)
         self._n = [0] * self.n_layers
 

@@ -61,10 +61,6 @@ class WorkingSet:
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=scaling, enable_gqa=True)
         return out.transpose(1, 2)  # [B, 1, H, D]
 
-    def drop(self, layer: int) -> None:
-        """Forget the layer's copy (its chunks were truncated)."""
-        self._buf[layer] = self._sel[layer] = None
-
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._buf if t is not None)

@@ -53,6 +53,7 @@ def test_sparse_config_errors_clearly():
     (["--modes", "sparse@1/16", "--policy", "bound,,quest"], "without empty items"),
     (["--samples", "0"], "--samples"),
     (["--limit", "0"], "--limit"),
+    (["--select-every", "0"], "--select-every"),
     (["--recall", "no-such-policy"], "unknown selection policy"),
     (["--recall", "full", "--budgets", "1/0"], "not a budget"),
 ])
@@ -116,6 +117,8 @@ def test_cli_resume_keeps_answers(tmp_path):
     assert recs[0]["tokens"] == first["tokens"]
     bad = CliRunner().invoke(main, base + ["--samples", "2", "--seed", "1", "--resume"])
     assert bad.exit_code == 2 and "--resume" in bad.output
+    other = CliRunner().invoke(main, base + ["--samples", "2", "--select-every", "3", "--resume"])
+    assert other.exit_code == 2 and "select_every" in other.output  # answers of another decode
 
 
 def test_cli_sparse_policies_share_a_prefill(tmp_path):
@@ -127,12 +130,14 @@ def test_cli_sparse_policies_share_a_prefill(tmp_path):
     result = CliRunner().invoke(main, [
         "--tasks", "passkey", "--lengths", "512", "--modes", "full,sparse@1/8",
         "--policy", "bound,snapkv+squeeze", "--samples", "3", "--limit", "1", "--max-new-tokens", "6",
-        "--json", str(path), "--no-progress"])  # fmt: skip
+        "--select-every", "2", "--json", str(path), "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output
     head = next(line for line in result.stdout.splitlines() if line.startswith("task")).split()
     assert head[3:] == ["full", "bound@1/8", "x", "full", "snapkv+squeeze@1/8", "x", "full"]
     assert "answers vs full" in result.stdout and "identical" in result.stdout
-    recs = json.loads(path.read_text())["records"]
+    doc = json.loads(path.read_text())
+    recs = doc["records"]
+    assert doc["meta"]["select_every"] == 2
     assert [(r["mode"], r["policy"], r["index"]) for r in recs] == [
         ("full", None, 0), ("sparse@1/8", "bound", 0), ("sparse@1/8", "snapkv+squeeze", 0)]
     assert all(r["n_prompt_tokens"] == recs[0]["n_prompt_tokens"] for r in recs)

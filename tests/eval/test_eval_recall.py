@@ -15,6 +15,7 @@ from offload.eval.policies import (
     selection_mask,
 )
 from offload.eval.recall import attention_recall, capture_qk, format_recall_table, natural_ids
+from offload.eval.sparse_policies import ChunkPolicy
 
 
 class OraclePolicy:
@@ -102,3 +103,34 @@ def test_recall_full_is_one_and_oracle_bounds_window(model, hf_model):
     assert all(abs(x - 1.0) < 1e-5 for x in by[("window", "10000")].per_layer)
     table = format_recall_table(res)
     assert "window@1/16" in table and " mean " in table
+
+
+class CountingToken(ChunkPolicy):
+    """Test-only: `token` that counts its selections (how often the harness asked for a fresh one)."""
+
+    calls: list[int] = []
+
+    def __init__(self, sinks=4, window=64):
+        super().__init__("test_counting", "token", sinks=sinks, window=window)
+
+    def select(self, layer, query, keys, budget):
+        self.calls.append(layer)
+        return super().select(layer, query, keys, budget)
+
+
+register_policy("test_counting")(CountingToken)
+
+
+def test_recall_keeps_a_selection_for_select_every_steps(model, hf_model):
+    """Steps at t = 385..387 add no chunk past the 16-token window: one selection per layer serves
+    all three with select_every=3; a kept `full` still keeps everything (new tokens are window)."""
+    n_layers = hf_model.config.num_hidden_layers
+    counts = {}
+    for every in (1, 3):
+        CountingToken.calls.clear()
+        res = attention_recall(hf_model, model.tokenizer, ["test_counting", "full"], [Fraction(1, 16)],
+                               n_context=384, n_steps=3, sinks=4, window=16, select_every=every)
+        counts[every] = len(CountingToken.calls)
+        full = next(r for r in res if r.policy == "full")
+        assert all(abs(x - 1.0) < 1e-5 for x in full.per_layer)
+    assert counts == {1: 3 * n_layers, 3: n_layers}
