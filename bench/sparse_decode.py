@@ -12,7 +12,8 @@ prompt (`natural_ids`); prefill is never timed.
 Offload variants share one prefill (`Prefilled.capture`); each round copies it into a fresh store
 (`pf.store_for`, untimed). Variants are interleaved in rounds (--repeats, best of N) so that load from
 other jobs hits them alike. tok/s = new / (seconds of the --new decode steps), the same for all.
-"agree" = tokens equal to full's before the first difference (dense must reach --new).
+"agree" = tokens equal to full's before the first difference (dense must reach --new); "fresh" =
+share of (layer, step) selections made afresh rather than kept (OffloadConfig.select_every).
 --lengths uses bench/prefill_decode.py's units: 8k = 8000 tokens.
 
     python bench/sparse_decode.py --lengths 8k --new 32 --policies bound,quest --budgets 1/16 --repeats 2 \
@@ -83,7 +84,7 @@ def _offload_decode(model, pf, new: int) -> tuple[float, list[int], dict]:
         # only the manager's event counters, as deltas over the timed steps (byte sizes are not events)
         counters = {k: after[k] - before.get(k, 0) for k in
                     ("hits", "misses", "misses_host", "misses_disk", "evictions", "prefetched",
-                     "prefetch_hits") if k in after}
+                     "prefetch_hits", "selections", "selections_kept") if k in after}
         return seconds, tokens, counters
     finally:
         store.close()
@@ -123,7 +124,7 @@ def main():
         "machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
     print(f"{'ctx':>6} | {'variant':>18} | {'tokens':>6} | {'tok/s':>6} | {'vs full':>7} | {'agree':>5} | "
-          f"{'hits':>6} | {'misses':>6}")
+          f"{'hits':>6} | {'misses':>6} | {'fresh':>5}")
     for n in lengths:
         ids = natural_ids(model.tokenizer, n, a.seed)
         cache, hf_logits = _hf_prefill(hf, ids)
@@ -161,9 +162,11 @@ def main():
                 "decode_tps": round(a.new / s, 2), "ratio_to_full": round(full_s / s, 3),
                 "agree_with_full": _agree(toks, full_toks), **counters,
             }
+            made = counters.get("selections", 0) + counters.get("selections_kept", 0)
+            fresh = f"{counters['selections'] / made:.2f}" if made else "-"
             print(f"{n:>6} | {name:>18} | {row['budget_tokens'] or '-':>6} | {row['decode_tps']:>6.2f} | "
                   f"{row['ratio_to_full']:>7.2f} | {row['agree_with_full']:>5} | "
-                  f"{counters.get('hits', '-'):>6} | {counters.get('misses', '-'):>6}", flush=True)
+                  f"{counters.get('hits', '-'):>6} | {counters.get('misses', '-'):>6} | {fresh:>5}", flush=True)
             if name == "dense" and row["agree_with_full"] != a.new:
                 print("WARNING: dense offload decoded other tokens than HF full", flush=True)
             if a.json:

@@ -23,11 +23,11 @@ Whole layers (`whole_layers.py`, config.whole_below): a layer whose best possibl
 keeps too little of the prompt's attention (measured at prefill) selects all its chunks while they
 fit its GPU slots. SmolLM2 at 4k: layer 0 (ceiling 0.44 at 1/16; others >= 0.70).
 
-Kept selections (config.select_every): a layer's selection is returned again, the same tensor, for
-that many steps, and made afresh at once when a chunk leaves the window, the budget moves or the
-layer is truncated. Consecutive queries pick nearly the same chunks (SmolLM2 4k, 1/16: recall
-0.788 fresh, 0.779 one step old, 0.772 fifteen steps old), and scoring every chunk is most of a CPU
-step's cost; the store's CPU `WorkingSet` gathers a kept selection once.
+Kept selections (config.select_every, default 1 = none): a layer's selection is returned again, the
+same tensor, for that many steps, and made afresh at once when a chunk leaves the window, the budget
+moves or the layer is truncated. Scoring every chunk is most of a CPU step's cost, and a kept
+selection keeps nearly as much attention (SmolLM2 4k, 1/16: recall 0.788 fresh, 0.779 one step old,
+0.772 fifteen), but not the needle a later query turns to (sparse-smollm2.md, session 5).
 
 GQA: scores are the max (bounds) or sum (masses) over the KV head's query group. Layer budgets:
 `squeeze.layer_budgets` (uniform, or SqueezeAttention from prefill's cos(h, h + attn(h))).
@@ -104,7 +104,8 @@ class Selector:
         self._budgets_cache: tuple | None = None
         # kept selections: per layer (ids [R, k], (n_chunks, k) they were made for, calls served)
         self.every = config.select_every
-        self._kept: list[tuple | None] = [None] * n_layers
+        self._kept: list[tuple | None] = [None] * n_layers  # (ids, (m, k), calls served)
+        self.counters = {"selections": 0, "selections_kept": 0}  # made afresh / served again
 
     # -- building ----------------------------------------------------------------------------------
     def before_chunks(self, layer: int, keys: torch.Tensor) -> None:
@@ -202,7 +203,9 @@ class Selector:
         kept = self._kept[layer]
         if kept is not None and kept[1] == (n_chunks, k) and kept[2] < self.every:
             self._kept[layer] = (kept[0], kept[1], kept[2] + 1)
+            self.counters["selections_kept"] += 1
             return kept[0]
+        self.counters["selections"] += 1
         chosen = self._choose(layer, q, n_chunks, k, scaling)
         self._kept[layer] = (chosen, (n_chunks, k), 1)
         return chosen

@@ -207,10 +207,9 @@ class TieredKVStore:
             self._n[layer] = n
 
     def stats(self) -> dict:
-        """Bytes per tier (gpu_bytes includes sinks + window), pool sizes, token count and the
-        manager's counters (hits, misses, misses_host, misses_disk, evictions, prefetched, ...).
-        hits: chunks `acquire` found resident, plus one per (KV head, chunk) the sparse step read
-        in a layer whose every chunk was resident (nothing acquired there)."""
+        """Bytes per tier (gpu_bytes includes sinks + window), pool sizes, token count, the manager's
+        counters (hits: + one per (KV head, chunk) a sparse step read with every chunk resident;
+        misses, misses_host, misses_disk, evictions, prefetched, ...) and the selector's."""
         lay = self.layout
         edge_tokens = sum(lay.sink_len(n) + lay.window_len(n) for n in self._n)
         return {
@@ -219,6 +218,7 @@ class TieredKVStore:
             "disk_bytes": self._disk.nbytes if self._disk is not None else 0,
             "gpu_pool_bytes": self._gpu.nbytes,
             "working_set_bytes": self._ws.nbytes if self._ws is not None else 0,
+            **(self._sel.counters if self._sel is not None else {}),
             "host_pool_bytes": self._host.nbytes_allocated,
             "tokens": max(self._n, default=0),
             "chunks": sum(self._mgr.n_chunks(i) for i in range(self.n_layers)),

@@ -93,8 +93,8 @@ def _budgets(text: str):
 @click.option("--recall-length", default="4k", show_default=True, callback=_checked(parse_length),
               help="Natural-text context length for --recall.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-def main(model_path, tasks, lengths, modes, policy, select_every, samples, limit, rows, seed, max_new_tokens,
-         json_path, resume, recall_policies, budgets, recall_length, progress):
+def main(model_path, tasks, lengths, modes, policy, select_every, samples, limit, rows, seed,
+         max_new_tokens, json_path, resume, recall_policies, budgets, recall_length, progress):
     """Score RULER-synthetic tasks (needle retrieval, multi-hop tracing, aggregation, multi-needle
     extraction) with full attention and with offload, on 2 CPU cores or a GPU."""
     t0 = time.perf_counter()
@@ -157,8 +157,7 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
                 "select_every": select_every or offload.OffloadConfig().select_every}
         done, old_meta = _previous(json_path, same)
     config = offload.OffloadConfig()
-    if select_every is not None:
-        config = config.replace(select_every=select_every)
+    config = config.replace(select_every=select_every or config.select_every)
     model = offload.load_model(model_path, config=config)
     writer = None
     if json_path:

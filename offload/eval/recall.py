@@ -130,7 +130,7 @@ def attention_recall(
     combos = [(p, b, _budget_tokens(b, n_context)) for p in insts for b in budgets]
     sums = torch.zeros(len(combos), len(layers), dtype=torch.float64)
     read = torch.zeros(len(combos), dtype=torch.float64)
-    kept: dict[tuple[int, int], tuple[torch.Tensor, int, int]] = {}  # (combo, layer) -> (mask, body, step)
+    kept: dict[tuple[int, int], tuple] = {}  # (combo, layer) -> (mask, body chunks, step)
     for li, layer in enumerate(layers):
         q, k, scaling = captured[layer]  # q [H, n, D]; k [Hkv, T, D]
         n_kv = k.shape[0]

@@ -28,12 +28,12 @@ def test_prompt_over_document_answers_from_it(model, runner, tmp_path):
 
 @pytest.mark.parametrize("policy", ["quest", "snapkv"])
 def test_budget_with_a_policy_answers(model, runner, tmp_path, policy):
-    """--budget with --policy / --layer-budget runs sparse decode end to end (the needle sits in
-    the body, not the window; a budget of 1/2 keeps it findable for every policy)."""
+    """--budget with --policy / --layer-budget / --select-every runs sparse decode end to end (the
+    needle sits in the body, not the window; a budget of 1/2 keeps it findable for every policy)."""
     doc = tmp_path / "notes.md"
     doc.write_text(NEEDLE_DOC, encoding="utf-8")
     r = runner.invoke(main, ["-f", str(doc), "-p", "What is the secret word?", "-n", "12", "--budget", "1/2",
-                             "--policy", policy, "--layer-budget", "squeeze"])  # fmt: skip
+                             "--policy", policy, "--layer-budget", "squeeze", "--select-every", "4"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "pineapple" in r.stdout.lower() and "hit" in r.stderr
 
@@ -79,6 +79,7 @@ def test_errors_have_exit_codes_and_no_traceback(model, runner, tmp_path):
         (["-c", "lots", "-p", "hi"], 2, "not a token count"),
         (["--budget", "1/8", "--policy", "magic", "-p", "hi"], 2, "'magic' is not one of"),
         (["--budget", "1/8", "--layer-budget", "steep", "-p", "hi"], 2, "'steep' is not one of"),
+        (["--budget", "1/8", "--select-every", "0", "-p", "hi"], 2, "--select-every"),
     ]
     for args, code, words in cases:
         r = runner.invoke(main, args)
