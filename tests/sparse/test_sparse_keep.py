@@ -14,15 +14,15 @@ from offload.tiers import TieredKVStore
 L, HKV, D, C, N = 2, 2, 16, 8, 300
 
 
-def _store(every, policy="token", seed=0, budget=64):
+def _store(every, policy="token", seed=0, budget=64, batch=1):
     cfg = OffloadConfig(kv_chunk=C, sinks=4, window=8, budget=budget, rank=4, policy=policy, whole_below=0,
                         select_every=every)  # fmt: skip
     g = torch.Generator().manual_seed(seed)
-    st = TieredKVStore(L, HKV, D, torch.float32, "cpu", config=cfg)
+    st = TieredKVStore(L, HKV, D, torch.float32, "cpu", config=cfg, batch=batch)
     for layer in range(L):
-        k, v = torch.randn(1, HKV, N, D, generator=g), torch.randn(1, HKV, N, D, generator=g)
+        k, v = torch.randn(batch, HKV, N, D, generator=g), torch.randn(batch, HKV, N, D, generator=g)
         st.append(layer, k, v)
-        st.prefill_observer(layer, torch.randn(1, 2 * HKV, 8, D, generator=g), k, D**-0.5, 0.9)
+        st.prefill_observer(layer, torch.randn(batch, 2 * HKV, 8, D, generator=g), k, D**-0.5, 0.9)
     return st
 
 
@@ -62,19 +62,19 @@ def test_a_chunk_joining_the_body_truncation_or_a_new_budget_ends_a_kept_selecti
     st.close()
 
 
-@pytest.mark.parametrize("policy", ["token", "quest", "h2o"])
+@pytest.mark.parametrize("policy,batch", [("token", 1), ("quest", 1), ("h2o", 1), ("token", 2)])
 @pytest.mark.parametrize("every", [1, 5, 16])
-def test_the_step_over_a_kept_selection_equals_exact_attention_while_decoding(policy, every):
+def test_the_step_over_a_kept_selection_equals_exact_attention_while_decoding(policy, batch, every):
     """Each step appends a token to every layer (chunks leave the window on the way); the store's
     answer equals the rounds path over the selection the selector holds at that step."""
-    st, ref = _store(every, policy), _store(every, policy)
+    st, ref = _store(every, policy, batch=batch), _store(every, policy, batch=batch)
     g = torch.Generator().manual_seed(3)
     changes = 0
     last = [None] * L
     for _ in range(3 * C + 5):
-        q = torch.randn(1, 2 * HKV, 1, D, generator=g)
+        q = torch.randn(batch, 2 * HKV, 1, D, generator=g)
         for layer in range(L):
-            k, v = torch.randn(1, HKV, 1, D, generator=g), torch.randn(1, HKV, 1, D, generator=g)
+            k, v = (torch.randn(batch, HKV, 1, D, generator=g) for _ in range(2))
             st.append(layer, k, v)
             ref.append(layer, k, v)
             got = st.attend(layer, q, 0.3)
