@@ -12,9 +12,9 @@ the store's edges (sinks + window, which grow by a token per step) at every step
 step itself is one `scaled_dot_product_attention` over the buffer: a single query attends to a set
 of keys, so their order does not matter and no mask is needed.
 
-Chunk contents never change once in the body, so a copy stays right for as long as the selection
-object is the same; a new selection (the selector made one, or a truncate dropped it) is gathered
-afresh. Mechanism only: which chunks, and for how long, is the `Selector`'s business. Used on CPU
+Chunk contents never change once in the body, so a copy stays right while the selection is the
+same (the same tensor, or equal ids) and the layer's chunks are (the manager's version: a chunk
+added, evicted or truncated moves it); otherwise it is gathered afresh. Mechanism only: which chunks, and for how long, is the `Selector`'s business. Used on CPU
 only — on CUDA the Triton kernel reads the pool through the block table, with no copy.
 """
 
@@ -32,6 +32,7 @@ class WorkingSet:
     def __init__(self, n_layers: int):
         self._buf: list[torch.Tensor | None] = [None] * n_layers
         self._sel: list[torch.Tensor | None] = [None] * n_layers  # the selection each buf holds
+        self._ver = [-1] * n_layers  # the manager's version of the layer when it was gathered
 
     def attend(self, store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
                slots) -> torch.Tensor:  # fmt: skip
@@ -45,7 +46,11 @@ class WorkingSet:
         n = store.layer_len(layer)
         ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks
         buf = self._buf[layer]
-        if self._sel[layer] is not select:
+        held, version = self._sel[layer], store._mgr.version(layer)  # version: moves on add/truncate
+        if held is not None and self._ver[layer] == version and held is not select \
+                and held.shape == select.shape and torch.equal(held, select):  # fmt: skip
+            self._sel[layer] = held = select  # chosen afresh, the same chunks in the same order: no gather
+        if held is not select or self._ver[layer] != version:
             if buf is None or buf.shape[2] < body + lay.edge_capacity:  # room to grow: a whole
                 size = body + body // 4 + lay.edge_capacity  # layer's selection gains a chunk per C steps
                 buf = torch.empty(2, r, size, d, dtype=lay.dtype, device=store.device)
@@ -55,7 +60,7 @@ class WorkingSet:
                 rows = torch.arange(r, device=select.device)[:, None]
                 chunks = kv[slots(), :, rows]  # [R, k, 2, C, D]
                 buf[:, :, :body].view(2, r, k, lay.chunk, d).copy_(chunks.permute(2, 0, 1, 3, 4))
-            self._sel[layer] = select
+            self._sel[layer], self._ver[layer] = select, version
         buf[:, :, body : body + ext] = store._edge[layer, :, :, :ext]
         kv = buf[:, :, : body + ext].view(2, b, r // b, body + ext, d)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=scaling, enable_gqa=True)

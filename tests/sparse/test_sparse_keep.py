@@ -88,3 +88,34 @@ def test_the_step_over_a_kept_selection_equals_exact_attention_while_decoding(po
     if policy != "h2o":  # h2o asks for masses: the block-table path, no working set
         assert st._ws.nbytes > 0
     st.close(), ref.close()
+
+
+@pytest.mark.parametrize("policy", ["snapkv", "token"])
+def test_the_working_set_regathers_after_truncation(policy):
+    """snapkv picks the same chunk ids step after step (the working set then skips the gather);
+    after a truncate and a new turn's tokens in their place the same ids name other keys, and the
+    step must read the new ones."""
+    st, ref = _store(1, policy), _store(1, policy)
+    g = torch.Generator().manual_seed(5)
+
+    def step():
+        q = torch.randn(1, 2 * HKV, 1, D, generator=g)
+        for layer in range(L):
+            k, v = (torch.randn(1, HKV, 1, D, generator=g) for _ in range(2))
+            st.append(layer, k, v)
+            ref.append(layer, k, v)
+            got = st.attend(layer, q, 0.3)
+            want = ref.attend(layer, q, 0.3, select=st.selector._kept[layer][0])
+            torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+
+    for _ in range(3 * C + 2):
+        step()
+    n = st.layer_len(0)
+    st.truncate(n - 3 * C), ref.truncate(n - 3 * C)
+    for layer in range(L):  # a new turn: 3C other tokens at once (a prefill, no decode step between)
+        k, v = (torch.randn(1, HKV, 3 * C, D, generator=g) for _ in range(2))
+        st.append(layer, k, v)
+        ref.append(layer, k, v)
+    for _ in range(3):
+        step()
+    st.close(), ref.close()
