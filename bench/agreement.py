@@ -74,6 +74,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--context", default="4k", help="prompt tokens (4k = 4096)")
     ap.add_argument("--new", type=int, default=256, help="tokens compared after the prompt")
+    ap.add_argument("--select-every", type=int, default=1, help="OffloadConfig.select_every of the sparse rows")
     add_sparse_args(ap, "bound,quest,landmark,snapkv,h2o", "1/16,1/32", "(policy, budget)")
     a = parse_with_threads(ap)
     import offload
@@ -85,7 +86,7 @@ def main():
     n = parse_length(a.context)
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
     policies = [split_policy(p.strip()) for p in a.policies.split(",")]
-    model = offload.load_model(config=offload.OffloadConfig(ctx=n + a.new + 8))
+    model = offload.load_model(config=offload.OffloadConfig(ctx=n + a.new + 8, select_every=a.select_every))
     configs = [  # built up front so a bad policy name fails before minutes of prefill
         (p, lb, b, Mode("sparse", b).budget_tokens(n)) for p, lb in policies for b in budgets
     ]
@@ -96,7 +97,7 @@ def main():
     base = {
         "bench": "agreement", "context": n, "new_tokens": a.new, "seed": a.seed,
         "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
-        "machine": machine(),
+        "machine": machine(), "select_every": a.select_every,
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
 
