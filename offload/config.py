@@ -87,7 +87,7 @@ class OffloadConfig:
         CPU scoring every chunk costs more than the attention (SmolLM2 8k, 1/16: 1.33x HF full
         fresh, 1.94x at 16), and attention recall barely moves (4k: 0.798 -> 0.785); but the query
         that finds an answer's needle is the one at the answer's step — at 16 the demo's lighthouse
-        question gets the wrong age (bench/results/sparse-smollm2.md).
+        question gets the wrong age and multi-needle at 4k drops 10.0 -> 3.8 (sparse-smollm2.md).
     """
 
     ctx: int | None = None
