@@ -74,7 +74,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--context", default="4k", help="prompt tokens (4k = 4096)")
     ap.add_argument("--new", type=int, default=256, help="tokens compared after the prompt")
-    ap.add_argument("--select-every", type=int, default=1, help="OffloadConfig.select_every of the sparse rows")
+    ap.add_argument("--select-every", type=int, default=1, help="OffloadConfig.select_every, sparse rows")
     add_sparse_args(ap, "bound,quest,landmark,snapkv,h2o", "1/16,1/32", "(policy, budget)")
     a = parse_with_threads(ap)
     import offload

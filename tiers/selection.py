@@ -102,9 +102,9 @@ class Selector:
         self._observed = [False] * n_layers  # snapkv/h2o: prefill statistics arrived for the layer
         self.attn_cos: list[float | None] = [None] * n_layers
         self._budgets_cache: tuple | None = None
-        # kept selections: per layer (ids [R, k], (n_chunks, k) they were made for, calls served)
+        # kept selections, per layer: (ids [R, k], (n_chunks, k) they were made for, calls served)
         self.every = config.select_every
-        self._kept: list[tuple | None] = [None] * n_layers  # (ids, (m, k), calls served)
+        self._kept: list[tuple | None] = [None] * n_layers
         self.counters = {"selections": 0, "selections_kept": 0}  # made afresh / served again
 
     # -- building ----------------------------------------------------------------------------------

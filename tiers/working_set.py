@@ -1,9 +1,8 @@
-"""`WorkingSet`: the CPU decode step over a kept selection — its chunks gathered once, not per step.
+"""`WorkingSet`: the CPU sparse decode step — a selection's chunks gathered once, then one SDPA a step.
 
 On a CPU a small torch op costs 10-40 us whatever its size, and the block-table step
-(`kernels/sparse_decode_cpu.py`) gathers the selected chunks out of the pool at every call. When
-the `Selector` keeps a layer's selection for several steps (`OffloadConfig.select_every`), the same
-chunks would be gathered again and again. Here each layer keeps one contiguous buffer
+(`kernels/sparse_decode_cpu.py`) gathers the selected chunks out of the pool at every call, with a
+cat, two matmuls and a softmax around it. Here each layer keeps one contiguous buffer
 
     buf[layer]: [2, R, k*C + E, D]   (k selected chunks per row, then sinks + window, E tokens)
 
@@ -13,9 +12,11 @@ step itself is one `scaled_dot_product_attention` over the buffer: a single quer
 of keys, so their order does not matter and no mask is needed.
 
 Chunk contents never change once in the body, so a copy stays right while the selection is the
-same (the same tensor, or equal ids) and the layer's chunks are (the manager's version: a chunk
-added, evicted or truncated moves it); otherwise it is gathered afresh. Mechanism only: which chunks, and for how long, is the `Selector`'s business. Used on CPU
-only — on CUDA the Triton kernel reads the pool through the block table, with no copy.
+same — the same tensor (kept by the `Selector`, `OffloadConfig.select_every`) or equal ids (snapkv
+and quest often choose the same chunks again) — and the layer's chunks are (the manager's version
+moves when one is added, evicted or truncated); otherwise it is gathered afresh. Mechanism only:
+which chunks, and for how long, is the `Selector`'s business. CPU only — on CUDA the Triton kernel
+reads the pool through the block table, with no copy.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = ["WorkingSet"]
 
 
 class WorkingSet:
-    """Per-layer gathered copies of the kept selections (see module doc)."""
+    """Per-layer gathered copies of the current selections (see module doc)."""
 
     def __init__(self, n_layers: int):
         self._buf: list[torch.Tensor | None] = [None] * n_layers
@@ -47,8 +48,7 @@ class WorkingSet:
         ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks
         buf = self._buf[layer]
         held, version = self._sel[layer], store._mgr.version(layer)  # version: moves on add/truncate
-        if held is not None and self._ver[layer] == version and held is not select \
-                and held.shape == select.shape and torch.equal(held, select):  # fmt: skip
+        if held is not None and held is not select and self._ver[layer] == version and torch.equal(held, select):
             self._sel[layer] = held = select  # chosen afresh, the same chunks in the same order: no gather
         if held is not select or self._ver[layer] != version:
             if buf is None or buf.shape[2] < body + lay.edge_capacity:  # room to grow: a whole
