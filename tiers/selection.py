@@ -194,14 +194,16 @@ class Selector:
                scaling: float | None = None) -> torch.Tensor | None:  # fmt: skip
         """Chunk ids per row [B*Hkv, k] for q [B, H, D] (one decode query), or None = the budget
         covers every chunk (attend densely). A whole layer selects all its chunks. A selection is
-        kept — the same tensor returned — for `select_every` calls while the layer's chunk count
-        and budget stay put (a chunk that leaves the window is always considered at once).
+        kept — the same tensor returned — for `select_every` calls (a whole layer's for as long) while
+        the layer's chunk count and budget stay put (a chunk leaving the window is considered at once).
         scaling: the attention's logit scale (default D^-0.5), for `token`'s mass estimate."""
         k = self.chunk_budget(layer, n_tokens)
         if k >= n_chunks:
             return None
         kept = self._kept[layer]
-        if kept is not None and kept[1] == (n_chunks, k) and kept[2] < self.every:
+        # a whole layer's selection (every chunk) depends on nothing else: kept whatever select_every
+        same = kept is not None and kept[1] == (n_chunks, k)
+        if same and (kept[2] < self.every or self.is_whole(layer, n_chunks)):
             self._kept[layer] = (kept[0], kept[1], kept[2] + 1)
             self.counters["selections_kept"] += 1
             return kept[0]

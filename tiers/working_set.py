@@ -34,6 +34,7 @@ class WorkingSet:
         self._buf: list[torch.Tensor | None] = [None] * n_layers
         self._sel: list[torch.Tensor | None] = [None] * n_layers  # the selection each buf holds
         self._ver = [-1] * n_layers  # the manager's version of the layer when it was gathered
+        self._rows: torch.Tensor | None = None  # [R, 1]: each selection row's pool row, for the gather
 
     def attend(self, store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
                slots) -> torch.Tensor:  # fmt: skip
@@ -57,8 +58,9 @@ class WorkingSet:
                 self._buf[layer] = buf
             if k:
                 kv = store._gpu.kv  # [S, 2, R, C, D]
-                rows = torch.arange(r, device=select.device)[:, None]
-                chunks = kv[slots(), :, rows]  # [R, k, 2, C, D]
+                if self._rows is None:
+                    self._rows = torch.arange(r, device=select.device)[:, None]
+                chunks = kv[slots(), :, self._rows]  # [R, k, 2, C, D]
                 buf[:, :, :body].view(2, r, k, lay.chunk, d).copy_(chunks.permute(2, 0, 1, 3, 4))
             self._sel[layer], self._ver[layer] = select, version
         buf[:, :, body : body + ext] = store._edge[layer, :, :, :ext]
