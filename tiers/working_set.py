@@ -34,7 +34,7 @@ class WorkingSet:
         self._buf: list[torch.Tensor | None] = [None] * n_layers
         self._sel: list[torch.Tensor | None] = [None] * n_layers  # the selection each buf holds
         self._ver = [-1] * n_layers  # the manager's version of the layer when it was gathered
-        self._rows: torch.Tensor | None = None  # [R, 1]: each selection row's pool row, for the gather
+        self._rows: torch.Tensor | None = None  # [2, R, 1]: (k/v, row) offsets of a pool row number
 
     def attend(self, store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
                slots) -> torch.Tensor:  # fmt: skip
@@ -57,11 +57,15 @@ class WorkingSet:
                 buf = torch.empty(2, r, size, d, dtype=lay.dtype, device=store.device)
                 self._buf[layer] = buf
             if k:
-                kv = store._gpu.kv  # [S, 2, R, C, D]
-                if self._rows is None:
-                    self._rows = torch.arange(r, device=select.device)[:, None]
-                chunks = kv[slots(), :, self._rows]  # [R, k, 2, C, D]
-                buf[:, :, :body].view(2, r, k, lay.chunk, d).copy_(chunks.permute(2, 0, 1, 3, 4))
+                kv = store._gpu.kv  # [S, 2, R, C, D]: row (s, t, r) of kv.view(-1, C*D) is (s*2 + t)*R + r
+                if self._rows is None:  # [2, R, 1]: (t, r)'s part of that row number
+                    self._rows = (torch.arange(2, device=select.device)[:, None, None] * r
+                                  + torch.arange(r, device=select.device)[None, :, None])  # fmt: skip
+                rows = (slots() * (2 * r)).unsqueeze(0) + self._rows  # [2, R, k]
+                # one plain row gather (contiguous C*D rows): several times faster on CPU than
+                # advanced indexing over two non-adjacent dims with a permuted copy
+                chunks = kv.view(-1, lay.chunk * d).index_select(0, rows.view(-1))  # [2*R*k, C*D]
+                buf[:, :, :body].view(2, r, k, lay.chunk * d).copy_(chunks.view(2, r, k, -1))
             self._sel[layer], self._ver[layer] = select, version
         buf[:, :, body : body + ext] = store._edge[layer, :, :, :ext]
         kv = buf[:, :, : body + ext].view(2, b, r // b, body + ext, d)
