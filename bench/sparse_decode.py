@@ -14,7 +14,10 @@ Offload variants share one prefill (`Prefilled.capture`); each round copies it i
 other jobs hits them alike. tok/s = new / (seconds of the --new decode steps), the same for all.
 "agree" = tokens equal to full's before the first difference (dense must reach --new); "fresh" =
 share of (layer, step) selections made afresh rather than kept (OffloadConfig.select_every).
---lengths uses bench/prefill_decode.py's units: 8k = 8000 tokens.
+--lengths uses bench/prefill_decode.py's units: 8k = 8000 tokens. `--budgets 1` (one token: no body
+chunk fits, every layer attends to sinks + window only, whole layers excepted) is the floor: the speed
+no selection policy can beat on this machine — what the rest of the step (weights, norms, the
+engine) costs, so its ratio to full bounds every sparse variant's (Amdahl).
 
     python bench/sparse_decode.py --lengths 8k --new 32 --policies bound,quest --budgets 1/16 --repeats 2 \
         --json bench/results/sparse_decode-cpu.jsonl
