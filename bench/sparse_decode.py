@@ -104,6 +104,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=2, help="rounds over all variants, best of N")
     ap.add_argument("--select-every", default=None,
                     help="comma list of OffloadConfig.select_every values (default: the config's)")
+    ap.add_argument("--kv-chunks", default=None,
+                    help="comma list of OffloadConfig.kv_chunk values, sparse rows (default: the config's)")
     add_sparse_args(ap, "bound,quest", "1/16", "(length, variant)")
     a = parse_with_threads(ap)
     import offload
@@ -118,15 +120,17 @@ def main():
     policies = [split_policy(x.strip()) for x in a.policies.split(",")]
     model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
     everies = [int(e) for e in a.select_every.split(",")] if a.select_every else [model.config.select_every]
-    for p, lb in policies:  # fail on a bad name before minutes of prefill
-        model.config.replace(budget=1, policy=p, layer_budget=lb)
+    chunks = [int(c) for c in a.kv_chunks.split(",")] if a.kv_chunks else [None]
+    for p, lb in policies:  # fail on a bad name or chunk before minutes of prefill
+        for c in chunks:
+            model.config.replace(budget=1, policy=p, layer_budget=lb, kv_chunk=c)
     hf = load_reference(model)
     base = {
         "bench": "sparse_decode", "new_tokens": a.new, "repeats": a.repeats, "seed": a.seed,
         "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
         "machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
-    print(f"{'ctx':>6} | {'variant':>18} | {'tokens':>6} | {'tok/s':>6} | {'vs full':>7} | {'agree':>5} | "
+    print(f"{'ctx':>6} | {'variant':>20} | {'tokens':>6} | {'tok/s':>6} | {'vs full':>7} | {'agree':>5} | "
           f"{'hits':>6} | {'misses':>6} | {'fresh':>5}")
     for n in lengths:
         ids = natural_ids(model.tokenizer, n, a.seed)
@@ -135,10 +139,11 @@ def main():
         variants = [("full", None, None, None, None), ("dense", model, None, None, None)]
         for p, lb in policies:
             for b in budgets:
-                for e in everies:
+                for e, c in [(e, c) for e in everies for c in chunks]:
                     tokens = Mode("sparse", b).budget_tokens(n)
-                    cfg = model.config.replace(budget=tokens, policy=p, layer_budget=lb, select_every=e)
+                    cfg = model.config.replace(budget=tokens, policy=p, layer_budget=lb, select_every=e, kv_chunk=c)
                     name = (p if lb == "uniform" else f"{p}+{lb}") + f"@{b}" + (f"/{e}" if len(everies) > 1 else "")
+                    name += f":c{cfg.chunk}" if len(chunks) > 1 else ""
                     variants.append((name, dataclasses.replace(model, config=cfg), p, lb, (b, tokens)))
         best = {v[0]: None for v in variants}  # name -> (seconds, tokens, counters) of the fastest round
         try:
@@ -162,12 +167,13 @@ def main():
                 "budget": None if budget is None else str(budget[0]),
                 "budget_tokens": None if budget is None else budget[1],
                 "select_every": None if m is None or budget is None else m.config.select_every,
+                "kv_chunk": None if m is None else m.config.chunk,
                 "decode_tps": round(a.new / s, 2), "ratio_to_full": round(full_s / s, 3),
                 "agree_with_full": _agree(toks, full_toks), **counters,
             }
             made = counters.get("selections", 0) + counters.get("selections_kept", 0)
             fresh = f"{counters['selections'] / made:.2f}" if made else "-"
-            print(f"{n:>6} | {name:>18} | {row['budget_tokens'] or '-':>6} | {row['decode_tps']:>6.2f} | "
+            print(f"{n:>6} | {name:>20} | {row['budget_tokens'] or '-':>6} | {row['decode_tps']:>6.2f} | "
                   f"{row['ratio_to_full']:>7.2f} | {row['agree_with_full']:>5} | "
                   f"{counters.get('hits', '-'):>6} | {counters.get('misses', '-'):>6} | {fresh:>5}", flush=True)
             if name == "dense" and row["agree_with_full"] != a.new:

@@ -71,6 +71,9 @@ def _budgets(text: str):
 @click.option("--select-every", default=None, type=click.IntRange(min=1),
               help="Decode steps a sparse mode keeps its chunk selection (OffloadConfig.select_every; "
                    "default: the config's).")
+@click.option("--kv-chunk", default=None, type=click.IntRange(min=1),
+              help="Tokens per KV chunk of the sparse modes, the unit of selection (OffloadConfig.kv_chunk; "
+                   "default: the config's). Task runs only.")
 @click.option("--samples", default=10, show_default=True, type=click.IntRange(min=1),
               help="Samples per (task, length).")
 @click.option("--limit", default=None, type=click.IntRange(min=1),
@@ -93,17 +96,19 @@ def _budgets(text: str):
 @click.option("--recall-length", default="4k", show_default=True, callback=_checked(parse_length),
               help="Natural-text context length for --recall.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
-def main(model_path, tasks, lengths, modes, policy, select_every, samples, limit, rows, seed,
+def main(model_path, tasks, lengths, modes, policy, select_every, kv_chunk, samples, limit, rows, seed,
          max_new_tokens, json_path, resume, recall_policies, budgets, recall_length, progress):
     """Score RULER-synthetic tasks (needle retrieval, multi-hop tracing, aggregation, multi-needle
     extraction) with full attention and with offload, on 2 CPU cores or a GPU."""
     t0 = time.perf_counter()
     try:
         if recall_policies is not None:
+            if kv_chunk is not None:
+                raise EvalError("--kv-chunk applies to task runs; --recall selects chunks of the default size")
             _run_recall(model_path, recall_policies, budgets, recall_length, seed, select_every)
         else:
             _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens,
-                       json_path, resume, progress, select_every)
+                       json_path, resume, progress, select_every, kv_chunk)
     except EvalError as e:
         raise click.UsageError(str(e)) from None
     except OffloadError as e:
@@ -136,7 +141,7 @@ def _previous(json_path, settings: dict):
 
 
 def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens, json_path,
-               resume, progress, select_every=None):
+               resume, progress, select_every=None, kv_chunk=None):
     import offload
 
     from .corpus import natural_text_source
@@ -151,13 +156,14 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
                 sparse_config(offload.OffloadConfig(), m, p, 1024)
     if resume and not json_path:
         raise EvalError("--resume needs --json PATH (the file to resume)")
+    config = offload.OffloadConfig()
+    config = config.replace(select_every=select_every or config.select_every, kv_chunk=kv_chunk)
+    sparse_chunk = config.replace(budget=1).chunk  # what the sparse modes select in
     done, old_meta = [], {}
     if resume:
         same = {"seed": seed, "samples": samples, "max_new_tokens_cap": max_new_tokens,
-                "select_every": select_every or offload.OffloadConfig().select_every}
+                "select_every": config.select_every, "kv_chunk": sparse_chunk}
         done, old_meta = _previous(json_path, same)
-    config = offload.OffloadConfig()
-    config = config.replace(select_every=select_every or config.select_every)
     model = offload.load_model(model_path, config=config)
     writer = None
     if json_path:
@@ -166,7 +172,7 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
             "model": str(model.model_dir),
             "tasks": tasks, "lengths": lengths, "modes": [m.label for m in modes], "policy": policy,
             "samples": samples, "limit": limit, "seed": seed, "max_new_tokens_cap": max_new_tokens,
-            "select_every": config.select_every,
+            "select_every": config.select_every, "kv_chunk": sparse_chunk,
             "natural_text": natural_text_source(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "torch_threads": __import__("torch").get_num_threads(),

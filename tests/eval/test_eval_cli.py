@@ -41,6 +41,8 @@ def test_sparse_config_errors_clearly():
         sparse_config(OffloadConfig(), Mode("sparse", 512), "no-such-policy", 4000)
     with pytest.raises(EvalError, match="not a sparse mode"):
         sparse_config(OffloadConfig(), Mode("dense"), "x", 4000)
+    # --kv-chunk reaches the sparse modes through the base config
+    assert sparse_config(OffloadConfig(kv_chunk=8), Mode("sparse", 512), "token", 4000).chunk == 8
 
 
 @pytest.mark.parametrize("args, message", [
@@ -54,6 +56,8 @@ def test_sparse_config_errors_clearly():
     (["--samples", "0"], "--samples"),
     (["--limit", "0"], "--limit"),
     (["--select-every", "0"], "--select-every"),
+    (["--kv-chunk", "0"], "--kv-chunk"),
+    (["--recall", "full", "--kv-chunk", "8"], "--kv-chunk applies to task runs"),
     (["--recall", "no-such-policy"], "unknown selection policy"),
     (["--recall", "full", "--budgets", "1/0"], "not a budget"),
 ])
@@ -119,6 +123,8 @@ def test_cli_resume_keeps_answers(tmp_path):
     assert bad.exit_code == 2 and "--resume" in bad.output
     other = CliRunner().invoke(main, base + ["--samples", "2", "--select-every", "3", "--resume"])
     assert other.exit_code == 2 and "select_every" in other.output  # answers of another decode
+    chunk = CliRunner().invoke(main, base + ["--samples", "2", "--kv-chunk", "8", "--resume"])
+    assert chunk.exit_code == 2 and "kv_chunk" in chunk.output  # sparse modes of another chunk size
 
 
 def test_cli_sparse_policies_share_a_prefill(tmp_path):
@@ -130,14 +136,14 @@ def test_cli_sparse_policies_share_a_prefill(tmp_path):
     result = CliRunner().invoke(main, [
         "--tasks", "passkey", "--lengths", "512", "--modes", "full,sparse@1/8",
         "--policy", "bound,snapkv+squeeze", "--samples", "3", "--limit", "1", "--max-new-tokens", "6",
-        "--select-every", "2", "--json", str(path), "--no-progress"])  # fmt: skip
+        "--select-every", "2", "--kv-chunk", "8", "--json", str(path), "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output
     head = next(line for line in result.stdout.splitlines() if line.startswith("task")).split()
     assert head[3:] == ["full", "bound@1/8", "x", "full", "snapkv+squeeze@1/8", "x", "full"]
     assert "answers vs full" in result.stdout and "identical" in result.stdout
     doc = json.loads(path.read_text())
     recs = doc["records"]
-    assert doc["meta"]["select_every"] == 2
+    assert doc["meta"]["select_every"] == 2 and doc["meta"]["kv_chunk"] == 8
     assert [(r["mode"], r["policy"], r["index"]) for r in recs] == [
         ("full", None, 0), ("sparse@1/8", "bound", 0), ("sparse@1/8", "snapkv+squeeze", 0)]
     assert all(r["n_prompt_tokens"] == recs[0]["n_prompt_tokens"] for r in recs)
