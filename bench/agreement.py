@@ -75,6 +75,8 @@ def main():
     ap.add_argument("--context", default="4k", help="prompt tokens (4k = 4096)")
     ap.add_argument("--new", type=int, default=256, help="tokens compared after the prompt")
     ap.add_argument("--select-every", type=int, default=1, help="OffloadConfig.select_every, sparse rows")
+    ap.add_argument("--kv-chunk", type=int, default=None,
+                    help="OffloadConfig.kv_chunk, sparse rows (default: the config's)")
     add_sparse_args(ap, "bound,quest,landmark,snapkv,h2o", "1/16,1/32", "(policy, budget)")
     a = parse_with_threads(ap)
     import offload
@@ -86,7 +88,8 @@ def main():
     n = parse_length(a.context)
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
     policies = [split_policy(p.strip()) for p in a.policies.split(",")]
-    model = offload.load_model(config=offload.OffloadConfig(ctx=n + a.new + 8, select_every=a.select_every))
+    model = offload.load_model(config=offload.OffloadConfig(ctx=n + a.new + 8, select_every=a.select_every,
+                                                            kv_chunk=a.kv_chunk))  # fmt: skip
     configs = [  # built up front so a bad policy name fails before minutes of prefill
         (p, lb, b, Mode("sparse", b).budget_tokens(n)) for p, lb in policies for b in budgets
     ]
@@ -97,7 +100,7 @@ def main():
     base = {
         "bench": "agreement", "context": n, "new_tokens": a.new, "seed": a.seed,
         "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
-        "machine": machine(), "select_every": a.select_every,
+        "machine": machine(), "select_every": a.select_every, "kv_chunk": model.config.replace(budget=1).chunk,
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
 

@@ -91,7 +91,8 @@ def main():
     for name, (vt, vn, ne, nn) in totals.items():
         acc = vt / max(1, vn)
         row = {**base, "config": name, "value_tokens": vt, "value_total": vn, "needles_exact": ne,
-               "needles_total": nn, "value_acc": round(acc, 4), "ratio_to_dense": round(acc / ref, 4) if ref else None}  # fmt: skip
+               "needles_total": nn, "value_acc": round(acc, 4),
+               "ratio_to_dense": round(acc / ref, 4) if ref else None}  # fmt: skip
         print(f"{name:>34} | {acc:>9.3f} | {ne / max(1, nn):>7.3f} | {row['ratio_to_dense'] or 0:>5.2f}", flush=True)
         if a.json:
             with open(a.json, "a") as f:
