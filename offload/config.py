@@ -86,9 +86,9 @@ class OffloadConfig:
         `chunk` steps), so values above the chunk size act as the chunk size. A speed option: on a
         CPU scoring every chunk costs more than the attention (SmolLM2 8k, 1/16: 1.30x HF full
         fresh, 1.69-1.77x at 16, where attending to sinks + window only gives 1.75-1.83x), and
-        attention recall barely moves (4k: 0.798 -> 0.785); but the query
-        that finds an answer's needle is the one at the answer's step — at 16 the demo's lighthouse
-        question gets the wrong age and multi-needle at 4k drops 10.0 -> 3.8 (sparse-smollm2.md).
+        attention recall barely moves (4k: 0.798 -> 0.785); but the query that finds an answer's
+        needle is the one at the answer's step — at 16 the demo's lighthouse question gets the
+        wrong age and multi-needle at 4k drops 10.0 -> 3.8 (sparse-smollm2.md).
     """
 
     ctx: int | None = None
