@@ -33,7 +33,8 @@ def test_budget_with_a_policy_answers(model, runner, tmp_path, policy):
     doc = tmp_path / "notes.md"
     doc.write_text(NEEDLE_DOC, encoding="utf-8")
     r = runner.invoke(main, ["-f", str(doc), "-p", "What is the secret word?", "-n", "12", "--budget", "1/2",
-                             "--policy", policy, "--layer-budget", "squeeze", "--select-every", "4"])  # fmt: skip
+                             "--policy", policy, "--layer-budget", "squeeze", "--select-every", "4",
+                             "--kv-chunk", "8"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "pineapple" in r.stdout.lower() and "hit" in r.stderr
 
@@ -80,6 +81,7 @@ def test_errors_have_exit_codes_and_no_traceback(model, runner, tmp_path):
         (["--budget", "1/8", "--policy", "magic", "-p", "hi"], 2, "'magic' is not one of"),
         (["--budget", "1/8", "--layer-budget", "steep", "-p", "hi"], 2, "'steep' is not one of"),
         (["--budget", "1/8", "--select-every", "0", "-p", "hi"], 2, "--select-every"),
+        (["--budget", "1/8", "--kv-chunk", "0", "-p", "hi"], 2, "--kv-chunk"),
     ]
     for args, code, words in cases:
         r = runner.invoke(main, args)
@@ -93,3 +95,17 @@ def test_help_documents_exit_codes(runner):
     assert r.exit_code == 0
     for code in ("3 memory plan", "4 context overflow", "5 bad session", "6 model not found"):
         assert code in r.output
+
+
+@pytest.mark.parametrize("args,chunk,store", [
+    (["--budget", "1/8", "--kv-chunk", "8"], 8, "tiered"),
+    (["--budget", "1/8"], 16, "tiered"),
+    (["--kv-chunk", "32"], 32, "dense"),
+])
+def test_kv_chunk_reaches_the_config(args, chunk, store):
+    import offload
+    from offload.cli.chat import _config
+
+    params = main.make_context("offload-chat", list(args)).params
+    config = _config(params, offload)
+    assert (config.chunk, config.kv_store) == (chunk, store)
