@@ -83,10 +83,7 @@ def _chunk_mass(store, q, slots, lse, scaling):
     lay = store.layout
     r, k = slots.shape
     g = q.shape[1] // store.n_kv_heads
-    # keys of (slot s, row i) are row (2s)*R + i of the pool viewed [S*2*R, C*D] (kv: [S, 2, R, C, D]):
-    # a plain row gather, about twice as fast on CPU as advanced indexing of k_pool
-    rows = slots * (2 * r) + torch.arange(r, device=slots.device)[:, None]  # [R, k]
-    keys = store._gpu.kv.view(-1, lay.chunk * q.shape[-1]).index_select(0, rows.view(-1))
+    keys = store._gpu.gather_rows(slots, parts=1)[0]  # [R, k, C*D]
     chunk_lse = _chunk_lse(store, to_rows(q, store.n_kv_heads), keys.reshape(r, k * lay.chunk, -1),
                            scaling, None)  # [R, g, k]  # fmt: skip
     return torch.exp(chunk_lse - lse.view(r, g, 1)).sum(1)

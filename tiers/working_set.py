@@ -34,7 +34,6 @@ class WorkingSet:
         self._buf: list[torch.Tensor | None] = [None] * n_layers
         self._sel: list[torch.Tensor | None] = [None] * n_layers  # the selection each buf holds
         self._ver = [-1] * n_layers  # the manager's version of the layer when it was gathered
-        self._rows: torch.Tensor | None = None  # [2, R, 1]: (k/v, row) offsets of a pool row number
 
     def attend(self, store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
                slots) -> torch.Tensor:  # fmt: skip
@@ -56,16 +55,8 @@ class WorkingSet:
                 size = body + body // 4 + lay.edge_capacity  # layer's selection gains a chunk per C steps
                 buf = torch.empty(2, r, size, d, dtype=lay.dtype, device=store.device)
                 self._buf[layer] = buf
-            if k:
-                kv = store._gpu.kv  # [S, 2, R, C, D]: row (s, t, r) of kv.view(-1, C*D) is (s*2 + t)*R + r
-                if self._rows is None:  # [2, R, 1]: (t, r)'s part of that row number
-                    self._rows = (torch.arange(2, device=select.device)[:, None, None] * r
-                                  + torch.arange(r, device=select.device)[None, :, None])  # fmt: skip
-                rows = (slots() * (2 * r)).unsqueeze(0) + self._rows  # [2, R, k]
-                # one plain row gather (contiguous C*D rows): several times faster on CPU than
-                # advanced indexing over two non-adjacent dims with a permuted copy
-                chunks = kv.view(-1, lay.chunk * d).index_select(0, rows.view(-1))  # [2*R*k, C*D]
-                buf[:, :, :body].view(2, r, k, lay.chunk * d).copy_(chunks.view(2, r, k, -1))
+            if k:  # [2, R, k, C*D]: each row's k chunks, keys then values
+                buf[:, :, :body].view(2, r, k, lay.chunk * d).copy_(store._gpu.gather_rows(slots()))
             self._sel[layer], self._ver[layer] = select, version
         buf[:, :, body : body + ext] = store._edge[layer, :, :, :ext]
         kv = buf[:, :, : body + ext].view(2, b, r // b, body + ext, d)

@@ -124,3 +124,19 @@ def test_spill_removed_at_exit_and_after_a_crash(tmp_path):
     assert not os.path.exists(left)
     assert mine.path.exists() and reap_stale(root) == []
     mine.close()
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_gpu_pool_gather_rows_reads_each_rows_own_chunks(parts):
+    """gather_rows(slots)[t, i, j] is slot slots[i, j]'s part t (k or v) of row i: the flat-row
+    arithmetic against plain indexing of the pool, over two layers' slots."""
+    layout = ChunkLayout(2, rows=3, chunk=4, head_dim=8, dtype=torch.float32)
+    gpu = GpuPool(layout, [3, 4], "cpu")
+    gpu.kv.copy_(torch.randn(gpu.kv.shape, generator=torch.Generator().manual_seed(0)))
+    slots = torch.tensor([[0, 6, 2], [5, 5, 1], [3, 4, 0]])  # [R, k] global slots
+    out = gpu.gather_rows(slots, parts)
+    assert out.shape == (parts, 3, 3, 4 * 8)
+    for t in range(parts):
+        for i in range(3):
+            for j in range(3):
+                assert torch.equal(out[t, i, j], gpu.kv[slots[i, j], t, i].reshape(-1))
