@@ -111,39 +111,39 @@ class ChunkAbstracts:
         self.has_basis[layer] = True
 
     def add(self, layer: int, j: int, keys: torch.Tensor) -> None:
-        """Abstract of chunk j (the layer's next one) from its keys [R, C, D]."""
+        """Abstracts of chunks j, j+1, .. j+n-1 (the layer's next ones) from their keys [R, n*C, D]:
+        prefill hands a layer's chunks in one call — one pass of a few ops, not one per chunk."""
         if j != self.n[layer]:
             raise ValueError(f"layer {layer}: abstract for chunk {j}, expected chunk {self.n[layer]}")
-        if j >= self.capacity:
-            self._grow(j + 1)
-        kf = keys.float().reshape(self.batch, self.n_kv, -1, self.head_dim)  # [B, Hkv, C, D]
+        c = self.chunk
+        if keys.shape[1] % c or not keys.shape[1]:
+            raise ValueError(f"abstracts take whole chunks of {c} tokens, got {keys.shape[1]} tokens")
+        n = keys.shape[1] // c
+        if j + n > self.capacity:
+            self._grow(j + n)
+        kf = keys.float().reshape(self.batch, self.n_kv, n, c, self.head_dim)  # [B, Hkv, n, C, D]
         self.ensure_basis(layer, keys)  # no-op unless a basis kind's layer has none yet
-        if self.kind == "token":
-            if kf.shape[2] != self.chunk:
-                raise ValueError(f"token abstracts hold chunks of {self.chunk} tokens, got {kf.shape[2]}")
-            p = self.basis[layer]  # [Hkv, D, r]
-            proj = torch.matmul(kf, p)  # [B, Hkv, C, r]
-            resid = (kf - torch.matmul(proj, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, C]
+        dst = slice(j, j + n)
+        if self.kind in _BASIS_KINDS:
+            p = self.basis[layer][:, None]  # [Hkv, 1, D, r]
+            proj = torch.matmul(kf, p)  # [B, Hkv, n, C, r]
+            resid = (kf - torch.matmul(proj, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, n, C]
             resid = resid * (1 + _RES_SLACK) + _RES_SLACK * kf.norm(dim=-1)
+        if self.kind == "token":
             low = proj.half()  # |proj - low| <= 2^-11 |low| (1 + 2^-11) per element, summed into slack
             slack = 2**-10 * low.float().abs().sum(-1)
-            self.lo[layer, :, :, j, :, : self.rank] = low
-            self.lo[layer, :, :, j, :, self.rank :] = (torch.stack([resid, slack], -1) * _FP16_UP).half()
-            self.n[layer] = j + 1
-            return
-        if self.kind == "lowrank":
-            p = self.basis[layer]  # [Hkv, D, r]
-            proj = torch.einsum("bhcd,hdr->bhcr", kf, p)
-            resid = (kf - torch.einsum("bhcr,hdr->bhcd", proj, p)).norm(dim=-1).amax(-1)  # [B, Hkv]
-            self.lo[layer, :, :, j] = proj.amin(2)
-            self.hi[layer, :, :, j] = proj.amax(2)
-            self.res[layer, :, :, j] = resid * (1 + _RES_SLACK) + _RES_SLACK * kf.norm(dim=-1).amax(-1)
+            self.lo[layer, :, :, dst, :, : self.rank] = low
+            self.lo[layer, :, :, dst, :, self.rank :] = (torch.stack([resid, slack], -1) * _FP16_UP).half()
+        elif self.kind == "lowrank":
+            self.lo[layer, :, :, dst] = proj.amin(3)
+            self.hi[layer, :, :, dst] = proj.amax(3)
+            self.res[layer, :, :, dst] = resid.amax(-1)
         elif self.kind == "quest":
-            self.lo[layer, :, :, j] = kf.amin(2)
-            self.hi[layer, :, :, j] = kf.amax(2)
+            self.lo[layer, :, :, dst] = kf.amin(3)
+            self.hi[layer, :, :, dst] = kf.amax(3)
         else:
-            self.lo[layer, :, :, j] = kf.mean(2)
-        self.n[layer] = j + 1
+            self.lo[layer, :, :, dst] = kf.mean(3)
+        self.n[layer] = j + n
 
     def scores(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """Score of each of the layer's chunks for q [B, H, D]: [B, Hkv, m] fp32 (max over the

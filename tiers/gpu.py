@@ -58,6 +58,12 @@ class GpuPool:
         """Layer-local slot as a [2, R, C, D] view."""
         return self.kv[self.global_slot(layer, slot)]
 
+    def span(self, layer: int, slot: int, n: int) -> torch.Tensor:
+        """Layer-local slots slot .. slot+n-1 as one [n, 2, R, C, D] view (one copy fills them)."""
+        g = self.global_slot(layer, slot)
+        self.global_slot(layer, slot + n - 1)  # the last one is the layer's too
+        return self.kv[g : g + n]
+
     def gather(self, global_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v of the given global slots laid end to end: each [R, n*C, D] for n slots.
 

@@ -50,6 +50,15 @@ class HostPool:
             self._arenas.append(torch.empty(shape, dtype=self.layout.dtype, pin_memory=self.pin))
         return self._arenas[arena][i]
 
+    def span(self, slot: int, n: int) -> torch.Tensor:
+        """Slots slot .. slot+n-1 as one [n, 2, R, C, D] view; they must share an arena (slots
+        a*arena_slots .. (a+1)*arena_slots - 1): the store cuts its runs there."""
+        first = self.view(slot)  # checks the range, allocates the arena
+        if n > 1 and (slot // self.arena_slots != (slot + n - 1) // self.arena_slots or slot + n > self.capacity):
+            raise IndexError(f"host slots {slot}..{slot + n - 1} are not in one arena")
+        arena, i = divmod(slot, self.arena_slots)
+        return self._arenas[arena][i : i + n] if n > 1 else first[None]
+
     @property
     def nbytes_allocated(self) -> int:
         """Host memory held by the pool (allocated arenas, used or not)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .eviction import DEFAULT_POLICY, make_policy
 
-__all__ = ["TierManager", "Placement", "Miss", "FetchPlan", "HOST", "DISK"]
+__all__ = ["TierManager", "Placement", "Miss", "FetchPlan", "HOST", "DISK", "slot_runs"]
 
 HOST, DISK = "host", "disk"
 
@@ -234,3 +234,19 @@ class TierManager:
         slot = self._gpu[layer].pop(victim)
         self.counters["evictions"] += 1
         return slot, victim
+
+
+def slot_runs(slots: list, cut: int | None = None):
+    """(a, b) index ranges of `slots` holding consecutive ints (None: no slot, skipped); a run also
+    ends where a slot is a multiple of `cut` (host arenas). Equal neighbours are separate runs: a
+    later chunk that took an earlier one's slot is copied after it."""
+    a = 0
+    while a < len(slots):
+        if slots[a] is None:
+            a += 1
+            continue
+        b = a + 1
+        while b < len(slots) and slots[b] == slots[b - 1] + 1 and not (cut and slots[b] % cut == 0):
+            b += 1
+        yield a, b
+        a = b

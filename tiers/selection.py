@@ -113,20 +113,22 @@ class Selector:
         if self.abstracts is not None:
             self.abstracts.ensure_basis(layer, keys)
 
-    def add_chunk(self, layer: int, j: int, keys: torch.Tensor) -> None:
-        """Chunk j of `layer` joined the body; keys [R, C, D] on the device."""
+    def add_chunks(self, layer: int, j: int, keys: torch.Tensor) -> None:
+        """Chunks j .. j+n-1 of `layer` joined the body; keys [R, n*C, D] on the device."""
+        n = keys.shape[1] // self.layout.chunk
         if self.abstracts is not None:
             self.abstracts.add(layer, j, keys)
         if self.policy in ("snapkv", "h2o"):
-            score, alive = self._state(layer, j + 1)
-            if self.policy == "snapkv":
-                score[:, :, j] = _KEEP
-            else:
-                live = alive[:, :, :j]
-                n_live = live.sum(-1).clamp(min=1)
-                score[:, :, j] = (score[:, :, :j] * live).sum(-1) / n_live
-                alive[:, :, j] = True
-        self._m[layer] = j + 1
+            score, alive = self._state(layer, j + n)
+            for i in range(j, j + n):
+                if self.policy == "snapkv":
+                    score[:, :, i] = _KEEP
+                else:
+                    live = alive[:, :, :i]
+                    n_live = live.sum(-1).clamp(min=1)
+                    score[:, :, i] = (score[:, :, :i] * live).sum(-1) / n_live
+                    alive[:, :, i] = True
+        self._m[layer] = j + n
 
     def _state(self, layer: int, need: int):
         s = self._score[layer]

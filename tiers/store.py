@@ -32,7 +32,7 @@ from .gpu import GpuPool
 from .host import HostPool
 from .layout import ChunkLayout
 from .limits import TierLimits
-from .manager import HOST, TierManager
+from .manager import HOST, TierManager, slot_runs
 from .selection import Selector
 from .spill import SpillDir
 from .store_attention import attend_rounds, attend_selected
@@ -100,20 +100,15 @@ class TieredKVStore:
         win = edge[:, :, s:]  # [2, R, W + C, D]
         w = lay.window_len(n)
         emit = lay.body_chunks(n + t) - self._mgr.n_chunks(layer)
-        if emit and self._sel is not None and self._mgr.n_chunks(layer) == 0:
-            # the layer's first chunks: its abstract basis comes from every key it holds (the prompt)
-            held = [edge[0, :, : lay.sink_len(n)], edge[0, :, s : s + lay.window_len(n)], kr]
-            self._sel.before_chunks(layer, torch.cat(held, dim=1))
-        for i in range(emit):  # chunk i of the stream window[:w] ++ new[:r]
-            a, e = i * c, (i + 1) * c
-            parts = []
-            if a < w:
-                parts.append(win[:, :, a : min(e, w)])
-            if e > w:
-                lo, hi = max(a, w) - w, e - w
-                parts.append(torch.stack([nk[:, lo:hi], nv[:, lo:hi]]))
-            chunk = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0].clone()  # [2, R, C, D]
-            self._add_chunk(layer, chunk, hot=t <= c)
+        if emit:  # chunks 0..emit-1 of the stream window[:w] ++ new[:r], in one tensor
+            if self._sel is not None and self._mgr.n_chunks(layer) == 0:
+                # the layer's first chunks: its abstract basis comes from every key it holds (the prompt)
+                self._sel.before_chunks(layer, torch.cat([edge[0, :, : lay.sink_len(n)], win[0, :, :w], kr], 1))
+            e = emit * c - w
+            chunks = win[:, :, : emit * c] if e <= 0 else torch.cat([win[:, :, :w], torch.stack([nk[:, :e], nv[:, :e]])], 2)
+            # [emit, 2, R, C, D]: each chunk contiguous (one copy for all; `win` is rewritten below)
+            chunks = chunks.reshape(2, lay.rows, emit, c, d).permute(2, 0, 1, 3, 4).contiguous()
+            self._add_chunks(layer, chunks, hot=t <= c)
         start, new_w = emit * c, w + r - emit * c
         if 0 < start < w:
             win[:, :, : w - start] = win[:, :, start:w].clone()
@@ -256,19 +251,23 @@ class TieredKVStore:
         if self._closed:
             raise RuntimeError("this TieredKVStore is closed")
 
-    def _add_chunk(self, layer: int, chunk: torch.Tensor, hot: bool) -> None:
-        """Place a new chunk [2, R, C, D] (device): home copy on host or disk, maybe a GPU copy."""
-        p = self._mgr.add_chunk(layer, hot=hot)
-        if self._sel is not None:
-            self._sel.add_chunk(layer, p.chunk, chunk[0])  # abstract from the keys [R, C, D]
-        if p.gpu_slot is not None:
-            self._xfer.to_slot(chunk, self._gpu.view(layer, p.gpu_slot))
-        if p.home == HOST:
-            self._xfer.to_host(chunk, self._host.view(p.host_slot))
-        else:
-            if self._disk is None:
-                self._disk = DiskStore(self.layout, SpillDir(self.limits.disk_dir), self.limits.compress)
-            self._disk.append(layer, p.chunk, self._xfer.to_cpu(chunk))
+    def _add_chunks(self, layer: int, chunks: torch.Tensor, hot: bool) -> None:
+        """Place new chunks [n, 2, R, C, D] (device): each a home copy on host or disk, maybe a GPU
+        copy. Placed in order, so a slot a later chunk of the same call takes over ends up holding it."""
+        places = [self._mgr.add_chunk(layer, hot=hot) for _ in range(chunks.shape[0])]
+        if self._sel is not None:  # abstracts from the keys [R, n*C, D], every chunk at once
+            n, _, r, c, d = chunks.shape
+            self._sel.add_chunks(layer, places[0].chunk, chunks[:, 0].permute(1, 0, 2, 3).reshape(r, n * c, d))
+        # runs of consecutive slots (prefill: most of a layer's chunks) go in one copy each
+        for a, b in slot_runs([p.gpu_slot for p in places]):
+            self._xfer.to_slot(chunks[a:b], self._gpu.span(layer, places[a].gpu_slot, b - a))
+        for a, b in slot_runs([p.host_slot if p.home == HOST else None for p in places], self._host.arena_slots):
+            self._xfer.to_host(chunks[a:b], self._host.span(places[a].host_slot, b - a))
+        for p, chunk in zip(places, chunks):
+            if p.home != HOST:
+                if self._disk is None:
+                    self._disk = DiskStore(self.layout, SpillDir(self.limits.disk_dir), self.limits.compress)
+                self._disk.append(layer, p.chunk, self._xfer.to_cpu(chunk))
 
     def _fetch(self, layer: int, chunks: list[int], prefetch: bool = False) -> torch.Tensor:
         """Make `chunks` resident (pinned unless prefetch); returns their global slots, int64 [n]."""
@@ -298,3 +297,4 @@ class TieredKVStore:
             buf = torch.empty(self.layout.chunk_shape, dtype=self.layout.dtype)
             self._disk.read_into(layer, j, buf)
             dst.copy_(buf)  # pageable source: synchronous, buf can go
+

@@ -85,8 +85,8 @@ class ChunkPolicy:
                     ab.ensure_basis(0, keys)
                     self._basis[layer] = ab.basis[0].clone()
                 ab.basis[0], ab.has_basis[0] = self._basis[layer], True
-            for j in range(m):
-                ab.add(0, j, body[:, j])
+            if m:
+                ab.add(0, 0, body.reshape(n_kv, m * c, d))  # every chunk in one pass, as prefill
             if self.kind == "token":  # as Selector.select
                 return token_ranking(ab, 0, query[None], k, self.bound_share, d**-0.5)[0]
             return ab.scores(0, query[None])[0]

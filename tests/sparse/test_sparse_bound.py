@@ -26,6 +26,31 @@ def _scale(q, keys):
     return float(q.norm(dim=-1).max() * keys.norm(dim=-1).max())
 
 
+@pytest.mark.parametrize("kind", ["lowrank", "token", "quest", "mean"])
+def test_chunks_added_together_equal_chunks_added_one_by_one(kind):
+    g = torch.Generator().manual_seed(5)
+    n_kv, m, c, d = 2, 7, 8, 32
+    keys = torch.randn(n_kv, m * c, d, generator=g) * torch.linspace(0.2, 3, d)
+    many = ChunkAbstracts(1, 1, n_kv, d, kind, 8, "cpu", capacity=2, chunk=c)
+    many.add(0, 0, keys[:, : 3 * c])  # the basis from these; both grow past capacity 2
+    many.add(0, 3, keys[:, 3 * c :])
+    one_b = ChunkAbstracts(1, 1, n_kv, d, kind, 8, "cpu", capacity=2, chunk=c)
+    one_b.add(0, 0, keys[:, : 3 * c])
+    for j in range(3, m):
+        one_b.add(0, j, keys[:, j * c : (j + 1) * c])
+    assert many.n[0] == one_b.n[0] == m
+    for t in ("lo", "hi", "res"):
+        a, b = getattr(many, t), getattr(one_b, t)
+        if a is not None:
+            torch.testing.assert_close(a[:, :, :, :m], b[:, :, :, :m], rtol=1e-5, atol=1e-5)
+    q = torch.randn(1, 2 * n_kv, d, generator=g)
+    torch.testing.assert_close(many.scores(0, q), one_b.scores(0, q), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="whole chunks"):
+        many.add(0, m, keys[:, : c + 1])
+    with pytest.raises(ValueError, match="expected chunk"):
+        many.add(0, m + 1, keys[:, :c])
+
+
 def _check(kind, keys, q, rank, basis_keys=None):
     n_kv, m, c, d = keys.shape
     ab = ChunkAbstracts(1, 1, n_kv, d, kind, rank, "cpu", capacity=2, chunk=c)  # grows while adding

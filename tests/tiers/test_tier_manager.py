@@ -117,3 +117,13 @@ def test_policy_never_picks_pinned(name):
         p.victim({0, 1, 2, 3, 4})
     with pytest.raises(ValueError):
         make_policy("random")
+
+
+def test_slot_runs_cut_consecutive_slots_into_one_copy_each():
+    from offload.tiers.manager import slot_runs
+
+    assert list(slot_runs([])) == []
+    assert list(slot_runs([None, None])) == []
+    assert list(slot_runs([3, 4, 5, None, 7, 8, 8, 9, 2])) == [(0, 3), (4, 6), (6, 8), (8, 9)]
+    assert list(slot_runs([4, 5, 6, 7], cut=6)) == [(0, 2), (2, 4)]  # slot 6 opens another arena
+    assert list(slot_runs([5, 4])) == [(0, 1), (1, 2)]  # descending: one slot at a time

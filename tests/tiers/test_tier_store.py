@@ -73,6 +73,33 @@ def test_matches_dense_through_a_script(cfg, batch):
     assert tiered.spill_files == []
 
 
+@pytest.mark.parametrize("arena", [1, 3, 1000])
+def test_chunks_emitted_together_land_in_their_slots_across_host_arenas(arena):
+    """A prefill append places many chunks at once (runs of consecutive GPU and host slots copied in
+    one go, cut at host arenas); every byte must still be where the manager says."""
+    cfg = _cfg(budget=5)
+    tiered = TieredKVStore(L, HKV, D, torch.float32, "cpu", cfg)
+    tiered._host.arena_slots = arena  # before any arena exists: slots a*arena.. share one
+    dense = DenseKVStore(L, HKV, D, torch.float32, "cpu")
+    for i, t in enumerate([150, 1, 37, 9]):
+        for layer in range(L):
+            k, v = _kv(t, seed=10 * i + layer)
+            tiered.append(layer, k, v)
+            dense.append(layer, k, v)
+    for layer in range(L):
+        k, v = dense.read_layer(layer)
+        for j in range(tiered._mgr.n_chunks(layer)):
+            p = tiered._mgr.placement(layer, j)
+            a = tiered.layout.chunk_start(j)
+            want = torch.stack([k[0, :, a : a + 8], v[0, :, a : a + 8]])  # [2, Hkv, C, D]
+            assert torch.equal(tiered._host.view(p.host_slot), want)
+            if p.gpu_slot is not None:
+                assert torch.equal(tiered._gpu.view(layer, p.gpu_slot), want)
+        _check(tiered, dense, layer, 1, seed=layer)
+    assert tiered.stats()["chunks"] == L * ((197 - 3 - 8) // 8)
+    tiered.close()
+
+
 @pytest.mark.parametrize("budget", [2, 64])  # rounds; one round (plain SDPA path)
 def test_sliding_window_and_bf16(budget):
     cfg = _cfg(budget=budget, host_chunks=3)
