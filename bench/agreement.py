@@ -100,7 +100,7 @@ def main():
     base = {
         "bench": "agreement", "context": n, "new_tokens": a.new, "seed": a.seed,
         "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
-        "machine": machine(), "select_every": a.select_every, "kv_chunk": model.config.replace(budget=1).chunk,
+        "machine": machine(), "select_every": a.select_every,
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -125,8 +125,8 @@ def main():
         t0 = time.perf_counter()
         scores = _scores(models, pf, ref)
         each = round((time.perf_counter() - t0) / len(todo), 1)  # the rows ran as one batch
-        for (p, lb, b, tokens), s in zip(todo, scores):
-            row = {**base, "policy": p, "layer_budget": lb if b is not None else None,
+        for (p, lb, b, tokens), m, s in zip(todo, models, scores):
+            row = {**base, "policy": p, "layer_budget": lb if b is not None else None, "kv_chunk": m.config.chunk,
                    "budget": None if b is None else str(b), "budget_tokens": tokens, **s, "seconds": each}
             name = p if lb == "uniform" else f"{p}+{lb}"
             print(f"{name:>14} | {row['budget'] or '-':>6} | {tokens or '-':>6} | {s['forced_agreement']:>6.3f} | "

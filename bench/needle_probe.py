@@ -6,8 +6,8 @@ full attention, on the same prompts? (`offload.eval.needle_probe`: every config 
 answer "- key: value" line by line; a value token counts when the config's argmax is that token.)
 The generated multi_needle score cannot say this on a 135M model: full attention itself lists ~1.5
 of 8 values. Row "dense" is offload without a budget (exact attention, the reference); "ratio" is a
-row's value-token accuracy over dense's, pooled over samples. `--set KEY=VALUE` adds, per sparse row,
-one more row with that OffloadConfig field changed (e.g. bound_share=0.5, kv_chunk=8).
+row's value-token accuracy over dense's, pooled over samples. `--set KEY=VALUE[,KEY=VALUE]` adds, per sparse
+row, one more row with those OffloadConfig fields changed (e.g. bound_share=0.5, kv_chunk=8).
 Samples are the eval's (`plan_samples("multi_needle", ...)`, --seed as offload-eval's).
 
     python bench/needle_probe.py --length 4k --samples 10 --policies token,bound,quest,landmark,snapkv,h2o \
@@ -35,7 +35,15 @@ def _value(text: str):
             return cast(text)
         except ValueError:
             pass
-    return text
+    return None if text == "none" else text
+
+
+def _fields(spec: str) -> dict:
+    """--set "kv_chunk=8,bound_share=0.5" -> {"kv_chunk": 8, "bound_share": 0.5}."""
+    pairs = [p.split("=", 1) for p in spec.split(",")]
+    if any(len(p) != 2 or not p[0].strip() for p in pairs):
+        raise SystemExit(f"--set takes KEY=VALUE[,KEY=VALUE...], got {spec!r}")
+    return {k.strip(): _value(v.strip()) for k, v in pairs}
 
 
 def main():
@@ -43,8 +51,8 @@ def main():
     ap.add_argument("--length", default="4k", help="sample length, the eval's units (4k = 4096)")
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--select-every", type=int, default=1, help="OffloadConfig.select_every, sparse rows")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra rows: each sparse row again with this config field changed")  # fmt: skip
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="extra rows: each sparse row again with these config fields changed")  # fmt: skip
     add_sparse_args(ap, "token,bound,quest,landmark,snapkv,h2o", "1/16,1/32", "(config, sample set)")
     a = parse_with_threads(ap)
     import offload
@@ -55,7 +63,7 @@ def main():
     n = parse_length(a.length)
     model = offload.load_model(config=offload.OffloadConfig(ctx=n, select_every=a.select_every))
     samples = plan_samples("multi_needle", model.tokenizer, n, a.samples, a.seed)
-    extras = [(s, *s.split("=", 1)) for s in a.set]
+    extras = [(s, _fields(s)) for s in a.set]
     specs = {"dense": (model.config, None)}  # name -> (config, budget as the eval's modes give it)
     for spec in a.policies.split(","):
         p, lb = split_policy(spec.strip())
@@ -63,8 +71,11 @@ def main():
             budget = parse_budget(b)
             cfg = model.config.replace(budget=1, policy=p, layer_budget=lb)  # validates up front
             specs[f"{spec.strip()}@{budget}"] = (cfg, budget)
-            for label, key, val in extras:
-                specs[f"{spec.strip()}@{budget}[{label}]"] = (cfg.replace(**{key: _value(val)}), budget)
+            for label, fields in extras:
+                try:
+                    specs[f"{spec.strip()}@{budget}[{label}]"] = (cfg.replace(**fields), budget)
+                except (offload.ConfigError, TypeError) as e:  # TypeError: no such field
+                    raise SystemExit(f"--set {label}: {e}") from None
     base = {
         "bench": "needle_probe", "task": "multi_needle", "length": n, "samples": a.samples, "seed": a.seed,
         "select_every": a.select_every, "device": str(model.device), "dtype": str(model.dtype),
@@ -91,7 +102,7 @@ def main():
     for name, (vt, vn, ne, nn) in totals.items():
         acc = vt / max(1, vn)
         row = {**base, "config": name, "value_tokens": vt, "value_total": vn, "needles_exact": ne,
-               "needles_total": nn, "value_acc": round(acc, 4),
+               "needles_total": nn, "value_acc": round(acc, 4), "kv_chunk": specs[name][0].chunk,
                "ratio_to_dense": round(acc / ref, 4) if ref else None}  # fmt: skip
         print(f"{name:>34} | {acc:>9.3f} | {ne / max(1, nn):>7.3f} | {row['ratio_to_dense'] or 0:>5.2f}", flush=True)
         if a.json:
