@@ -48,10 +48,12 @@ def test_cuda_device_refused_without_cuda():
 
 
 def test_chunk_defaults_to_selection_granularity_with_a_budget():
-    from offload.config import DENSE_CHUNK, SPARSE_CHUNK
+    from offload.config import DENSE_CHUNK, SPARSE_CHUNK, TOKEN_CHUNK
 
     assert OffloadConfig().chunk == DENSE_CHUNK == 64
-    assert OffloadConfig(budget=256).chunk == SPARSE_CHUNK == 16
+    assert OffloadConfig(budget=256).chunk == TOKEN_CHUNK == 8  # policy "token", the default
+    for policy in ("bound", "quest", "landmark", "snapkv", "h2o"):  # per-chunk abstracts or scores
+        assert OffloadConfig(budget=256, policy=policy).chunk == SPARSE_CHUNK == 16
     assert OffloadConfig(budget=256, kv_chunk=32).chunk == 32
     assert OffloadConfig(kv_chunk=8).chunk == 8
     with pytest.raises(ConfigError, match="kv_chunk"):

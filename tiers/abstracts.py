@@ -24,7 +24,8 @@ Kinds (one per store, chosen by the selection policy):
 Buffers are preallocated per store: [L, B, Hkv, capacity, width] fp32, capacity from `ctx` when
 known, else doubled when full (amortised: the decode loop does not allocate per step).
 
-Size (fp32 abstracts, per KV head, C = 16 tokens per chunk: the default with a budget):
+Size (fp32 abstracts, per KV head, C = 16 tokens per chunk: the default with a budget, but for
+`token`'s 8, which its per-token sketches do not feel):
 - lowrank: (2r + 1) * 4 / C bytes per token. SmolLM2 (D 64, r 16): 8.25 B/token vs 256 B of bf16
   K+V = 1/31 (1/62 of fp32 K+V), plus the basis D*r*4 = 4 KiB per head and layer. Llama-3.1-8B
   (D 128, r 32): 16.25 B vs 512 B = 1/31; at 200k tokens 32 layers x 8 heads x 12.5k chunks x 260 B

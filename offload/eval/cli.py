@@ -158,11 +158,13 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
         raise EvalError("--resume needs --json PATH (the file to resume)")
     config = offload.OffloadConfig()
     config = config.replace(select_every=select_every or config.select_every, kv_chunk=kv_chunk)
-    sparse_chunk = config.replace(budget=1).chunk  # what the sparse modes select in
+    sparse_chunk = _sparse_chunks(config, modes, policy)
     done, old_meta = [], {}
     if resume:
         same = {"seed": seed, "samples": samples, "max_new_tokens_cap": max_new_tokens,
-                "select_every": config.select_every, "kv_chunk": sparse_chunk}
+                "select_every": config.select_every}
+        if sparse_chunk is not None:  # full and dense answers do not depend on it
+            same["kv_chunk"] = sparse_chunk
         done, old_meta = _previous(json_path, same)
     model = offload.load_model(model_path, config=config)
     writer = None
@@ -196,6 +198,19 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
     shown = ", ".join(map(format_length, lengths))
     click.echo(f"\nscores: mean x 100 per cell (RULER string match); lengths {shown}; "
                f"natural text: {natural_text_source()}")
+
+
+def _sparse_chunks(config, modes, policies):
+    """What the sparse modes select in (meta "kv_chunk", checked on --resume): one chunk size when
+    every policy uses the same (--kv-chunk, or policies of one default), else {policy: chunk}
+    (`token` defaults to 8 tokens, the others to 16); None without sparse modes."""
+    from .modes import split_policy
+
+    if not any(m.kind == "sparse" for m in modes) or not policies:
+        return None
+    chunks = {p: config.replace(budget=1, policy=split_policy(p)[0]).chunk for p in policies}
+    sizes = set(chunks.values())
+    return sizes.pop() if len(sizes) == 1 else chunks
 
 
 def _policies(text: str | None) -> list[str] | None:

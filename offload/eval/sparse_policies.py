@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SPARSE_CHUNK, OffloadConfig
+from ..config import SPARSE_CHUNK, TOKEN_CHUNK, OffloadConfig
 from ..tiers.abstracts import ChunkAbstracts
 from ..tiers.selection import token_ranking
 from .policies import register_policy
 
 __all__ = ["ChunkPolicy", "CHUNK"]
 
-CHUNK = SPARSE_CHUNK  # OffloadConfig().chunk with a budget
+CHUNK = SPARSE_CHUNK  # OffloadConfig().chunk with a budget (policy "token": TOKEN_CHUNK)
 RANK = OffloadConfig().rank
 BOUND_SHARE = OffloadConfig().bound_share  # token: share of k picked by the bound, the rest by mass
 
@@ -133,13 +133,16 @@ class ChunkPolicy:
         self._score[layer] = self._score[layer] + mass.reshape(keys.shape[0], m, self.chunk).sum(-1)
 
 
-def _factory(name: str, kind: str):
+def _factory(name: str, kind: str, chunk: int):
     def make(sinks: int = 4, window: int = 64) -> ChunkPolicy:
-        return ChunkPolicy(name, kind, sinks=sinks, window=window)
+        return ChunkPolicy(name, kind, sinks=sinks, window=window, chunk=chunk)
 
     return make
 
 
-for _name, _kind in (("bound", "lowrank"), ("token", "token"), ("quest", "quest"), ("landmark", "mean"),
-                     ("snapkv", "snapkv"), ("h2o", "h2o"), ("oracle", "oracle")):  # fmt: skip
-    register_policy(_name)(_factory(_name, _kind))
+# each store policy at the store's default chunk for it; `oracle` at 16 tokens, `oracle8` at 8 (the
+# ceilings of the 16-token policies and of `token`)
+for _name, _kind, _chunk in (("bound", "lowrank", CHUNK), ("token", "token", TOKEN_CHUNK), ("quest", "quest", CHUNK),
+                             ("landmark", "mean", CHUNK), ("snapkv", "snapkv", CHUNK), ("h2o", "h2o", CHUNK),
+                             ("oracle", "oracle", CHUNK), ("oracle8", "oracle", TOKEN_CHUNK)):  # fmt: skip
+    register_policy(_name)(_factory(_name, _kind, _chunk))

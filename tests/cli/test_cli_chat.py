@@ -98,8 +98,9 @@ def test_help_documents_exit_codes(runner):
 
 
 @pytest.mark.parametrize("args,chunk,store", [
-    (["--budget", "1/8", "--kv-chunk", "8"], 8, "tiered"),
-    (["--budget", "1/8"], 16, "tiered"),
+    (["--budget", "1/8", "--kv-chunk", "16"], 16, "tiered"),
+    (["--budget", "1/8"], 8, "tiered"),  # the default policy, token: 8-token chunks
+    (["--budget", "1/8", "--policy", "quest"], 16, "tiered"),
     (["--kv-chunk", "32"], 32, "dense"),
 ])
 def test_kv_chunk_reaches_the_config(args, chunk, store):

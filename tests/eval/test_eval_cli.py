@@ -123,8 +123,8 @@ def test_cli_resume_keeps_answers(tmp_path):
     assert bad.exit_code == 2 and "--resume" in bad.output
     other = CliRunner().invoke(main, base + ["--samples", "2", "--select-every", "3", "--resume"])
     assert other.exit_code == 2 and "select_every" in other.output  # answers of another decode
-    chunk = CliRunner().invoke(main, base + ["--samples", "2", "--kv-chunk", "8", "--resume"])
-    assert chunk.exit_code == 2 and "kv_chunk" in chunk.output  # sparse modes of another chunk size
+    # full answers do not depend on the chunk: resumable under another --kv-chunk
+    assert CliRunner().invoke(main, base + ["--samples", "2", "--kv-chunk", "8", "--resume"]).exit_code == 0
 
 
 def test_cli_sparse_policies_share_a_prefill(tmp_path):
@@ -147,3 +147,20 @@ def test_cli_sparse_policies_share_a_prefill(tmp_path):
     assert [(r["mode"], r["policy"], r["index"]) for r in recs] == [
         ("full", None, 0), ("sparse@1/8", "bound", 0), ("sparse@1/8", "snapkv+squeeze", 0)]
     assert all(r["n_prompt_tokens"] == recs[0]["n_prompt_tokens"] for r in recs)
+    again = CliRunner().invoke(main, [  # the same run at the policies' default chunks: not resumable
+        "--tasks", "passkey", "--lengths", "512", "--modes", "full,sparse@1/8", "--policy", "bound,snapkv+squeeze",
+        "--samples", "3", "--max-new-tokens", "6", "--select-every", "2", "--json", str(path), "--resume",
+        "--no-progress"])  # fmt: skip
+    assert again.exit_code == 2 and "kv_chunk=8" in again.output and "16" in again.output
+
+
+def test_sparse_chunks_name_each_policys_chunk_when_they_differ():
+    from offload.eval.cli import _sparse_chunks
+
+    full, sparse = parse_modes("full,dense"), parse_modes("full,sparse@1/16")
+    cfg = OffloadConfig()
+    assert _sparse_chunks(cfg, full, ["token"]) is None  # no sparse mode: nothing selects
+    assert _sparse_chunks(cfg, sparse, ["token"]) == 8
+    assert _sparse_chunks(cfg, sparse, ["bound", "quest+squeeze"]) == 16
+    assert _sparse_chunks(cfg, sparse, ["token", "bound+squeeze"]) == {"token": 8, "bound+squeeze": 16}
+    assert _sparse_chunks(cfg.replace(kv_chunk=16), sparse, ["token", "bound"]) == 16

@@ -132,11 +132,12 @@ def test_bound_on_real_keys(model, policy):
                                                   (64, 16, "token"), (128, 32, "token")])  # fmt: skip
 def test_abstracts_are_at_most_an_eighth_of_the_kv(head_dim, rank, kind, kv_dtype):
     """Issue budget: abstract bytes per token <= 1/8 of K+V bytes per token (bf16, or the fp32 KV of
-    CPU runs), with the chunk a budget gets by default; the per-layer basis is counted apart (it does
+    CPU runs), with the chunk the kind's policy gets by default; the per-layer basis is counted apart (it does
     not grow with context)."""
     from offload.config import OffloadConfig
 
-    c, n_kv, chunks = OffloadConfig(budget=256).chunk, 2, 40
+    policy = {"lowrank": "bound"}.get(kind, kind)
+    c, n_kv, chunks = OffloadConfig(budget=256, policy=policy).chunk, 2, 40
     ab = ChunkAbstracts(1, 1, n_kv, head_dim, kind, rank, "cpu", capacity=chunks, chunk=c, kv_dtype=kv_dtype)
     basis = ab.basis.numel() * 4 if kind in ("lowrank", "token") else 0
     per_token = (ab.nbytes - basis) / (chunks * c * n_kv)
