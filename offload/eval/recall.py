@@ -6,6 +6,11 @@ of the stock transformers model captures every layer's post-RoPE queries of thos
 then for each step and layer the exact softmax over the visible tokens is compared with each policy's
 selection (plus sinks and window): recall = attention mass inside the selection, averaged over query
 heads and steps. This isolates selection quality from the model's ability to answer.
+
+Whole layers (`whole_below`, as the store's `Selector`): a chunk policy reads whole the layers where
+no choice of its chunks at the budget could keep `whole_below` of the attention — measured, as the
+harness's snapkv observes, on the first step's query (the store: the prompt's last 32 queries) — at
+most max(1, L // 8) of them, the lowest first. There recall is 1 and every token is read.
 """
 
 from __future__ import annotations
@@ -116,6 +121,7 @@ def attention_recall(
     window: int = 64,
     seed=0,
     select_every: int = 1,
+    whole_below: float = 0.5,
 ) -> list[RecallResult]:
     """Recall of each registered policy at each budget (a Fraction of n_context or a token count).
 
@@ -131,6 +137,7 @@ def attention_recall(
     sums = torch.zeros(len(combos), len(layers), dtype=torch.float64)
     read = torch.zeros(len(combos), dtype=torch.float64)
     kept: dict[tuple[int, int], tuple] = {}  # (combo, layer) -> (mask, body chunks, step)
+    whole = [_whole_layers(captured, n_context, p, b, whole_below) for p, _, b in combos]
     for li, layer in enumerate(layers):
         q, k, scaling = captured[layer]  # q [H, n, D]; k [Hkv, T, D]
         n_kv = k.shape[0]
@@ -143,6 +150,10 @@ def attention_recall(
             )  # [H, t]
             fixed = fixed_mask(n_kv, t, sinks, window, device=keys.device)
             for ci, (policy, _, budget) in enumerate(combos):
+                if layer in whole[ci]:  # every token read: all the mass kept
+                    sums[ci, li] += 1.0
+                    read[ci] += t
+                    continue
                 body = (t - sinks - window) // getattr(policy, "chunk", 1)  # chunks past the window
                 held = kept.get((ci, layer))
                 if held is None or held[1] != body or j - held[2] >= select_every:
@@ -166,6 +177,26 @@ def attention_recall(
             read=float(read[ci] / (n_steps * len(layers))),
         ))
     return out
+
+
+def _whole_layers(captured: dict, n_context: int, policy, budget: int, threshold: float) -> frozenset[int]:
+    """Layers `policy` (a chunk policy: it has `chunk`) reads whole at `budget` tokens (module doc)."""
+    from ..tiers.whole_layers import oracle_recall, whole_layers
+
+    chunk = getattr(policy, "chunk", None)
+    if chunk is None or threshold <= 0:
+        return frozenset()
+    layers = sorted(captured)
+    ceilings: list[float | None] = [None] * (max(layers) + 1)
+    t = n_context + 1  # the first step sees the prompt and itself
+    for layer in layers:
+        q, k, scaling = captured[layer]
+        n_kv, groups = k.shape[0], q.shape[0] // k.shape[0]
+        s = torch.einsum("hd,htd->ht", q[:, 0], k[:, :t].repeat_interleave(groups, 0)) * scaling
+        mass = torch.softmax(s, dim=-1).view(n_kv, groups, t).sum(1)[None]  # [1, Hkv, t]
+        m = max(0, (t - policy.sinks - policy.window) // chunk)
+        ceilings[layer] = oracle_recall(mass, policy.sinks, chunk, m, budget // chunk)
+    return whole_layers(ceilings, threshold)
 
 
 def format_recall_table(results: Sequence[RecallResult]) -> str:

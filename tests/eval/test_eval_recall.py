@@ -129,8 +129,25 @@ def test_recall_keeps_a_selection_for_select_every_steps(model, hf_model):
     for every in (1, 3):
         CountingToken.calls.clear()
         res = attention_recall(hf_model, model.tokenizer, ["test_counting", "full"], [Fraction(1, 16)],
-                               n_context=384, n_steps=3, sinks=4, window=16, select_every=every)
+                               n_context=384, n_steps=3, sinks=4, window=16, select_every=every,
+                               whole_below=0)  # fmt: skip
         counts[every] = len(CountingToken.calls)
         full = next(r for r in res if r.policy == "full")
         assert all(abs(x - 1.0) < 1e-5 for x in full.per_layer)
     assert counts == {1: 3 * n_layers, 3: n_layers}
+
+
+def test_recall_reads_whole_the_layers_no_chunk_choice_serves(model, hf_model):
+    """As the store's Selector: at most max(1, L // 8) layers whose best chunk choice keeps less than
+    whole_below are read whole (recall 1, every token read); the rest are chunk selections."""
+    n_layers = hf_model.config.num_hidden_layers
+    kw = dict(n_context=384, n_steps=2, sinks=4, window=16)
+    chosen, = attention_recall(hf_model, model.tokenizer, ["token"], [Fraction(1, 16)], whole_below=0.5, **kw)
+    none, = attention_recall(hf_model, model.tokenizer, ["token"], [Fraction(1, 16)], whole_below=0, **kw)
+    all_, = attention_recall(hf_model, model.tokenizer, ["token"], [Fraction(1, 16)], whole_below=1.0, **kw)
+    ones = [i for i, r in enumerate(chosen.per_layer) if r == 1.0]
+    assert 1 <= len(ones) <= max(1, n_layers // 8) and 0 in ones  # SmolLM2's layer 0 is the diffuse one
+    assert all(none.per_layer[i] < 1.0 for i in ones)
+    assert all(chosen.per_layer[i] == none.per_layer[i] for i in range(n_layers) if i not in ones)
+    assert len([r for r in all_.per_layer if r == 1.0]) == max(1, n_layers // 8)  # capped
+    assert chosen.mean > none.mean and chosen.read > none.read
