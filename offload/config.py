@@ -93,7 +93,10 @@ class OffloadConfig:
         fresh, 1.69-1.77x at 16, where attending to sinks + window only gives 1.75-1.83x), and
         attention recall barely moves (4k: 0.798 -> 0.785); but the query that finds an answer's
         needle is the one at the answer's step — at 16 the demo's lighthouse question gets the
-        wrong age and multi-needle at 4k drops 10.0 -> 3.8 (sparse-smollm2.md).
+        wrong age (16-token chunks), and the needle probe at 4k (value tokens x full attention)
+        falls from 0.98 to 0.81 at 4 and 0.57 at 16. Nor can a cheap test say when a kept selection went stale: a
+        layer's query moves too much from step to step (median cosine 0.86 to the previous one;
+        every head >= 0.8 at 38 % of steps; bench/query_drift.py, sparse-smollm2.md session 7).
     """
 
     ctx: int | None = None
