@@ -297,4 +297,3 @@ class TieredKVStore:
             buf = torch.empty(self.layout.chunk_shape, dtype=self.layout.dtype)
             self._disk.read_into(layer, j, buf)
             dst.copy_(buf)  # pageable source: synchronous, buf can go
-

@@ -137,7 +137,8 @@ def attention_recall(
     sums = torch.zeros(len(combos), len(layers), dtype=torch.float64)
     read = torch.zeros(len(combos), dtype=torch.float64)
     kept: dict[tuple[int, int], tuple] = {}  # (combo, layer) -> (mask, body chunks, step)
-    whole = [_whole_layers(captured, n_context, p, b, whole_below) for p, _, b in combos]
+    first = _first_step_mass(captured, n_context) if whole_below > 0 else {}
+    whole = [_whole_layers(first, n_context, p, b, whole_below) for p, _, b in combos]
     for li, layer in enumerate(layers):
         q, k, scaling = captured[layer]  # q [H, n, D]; k [Hkv, T, D]
         n_kv = k.shape[0]
@@ -179,22 +180,28 @@ def attention_recall(
     return out
 
 
-def _whole_layers(captured: dict, n_context: int, policy, budget: int, threshold: float) -> frozenset[int]:
-    """Layers `policy` (a chunk policy: it has `chunk`) reads whole at `budget` tokens (module doc)."""
+def _first_step_mass(captured: dict, n_context: int) -> dict[int, torch.Tensor]:
+    """Per layer, the first step's attention mass per key summed over each query group: [1, Hkv, t]
+    (t = n_context + 1: the prompt and the step itself)."""
+    t, out = n_context + 1, {}
+    for layer, (q, k, scaling) in captured.items():
+        n_kv, groups = k.shape[0], q.shape[0] // k.shape[0]
+        s = torch.einsum("hd,htd->ht", q[:, 0], k[:, :t].repeat_interleave(groups, 0)) * scaling
+        out[layer] = torch.softmax(s, dim=-1).view(n_kv, groups, t).sum(1)[None]
+    return out
+
+
+def _whole_layers(first: dict, n_context: int, policy, budget: int, threshold: float) -> frozenset[int]:
+    """Layers `policy` (a chunk policy: it has `chunk`) reads whole at `budget` tokens (module doc);
+    first: `_first_step_mass`."""
     from ..tiers.whole_layers import oracle_recall, whole_layers
 
     chunk = getattr(policy, "chunk", None)
     if chunk is None or threshold <= 0:
         return frozenset()
-    layers = sorted(captured)
-    ceilings: list[float | None] = [None] * (max(layers) + 1)
-    t = n_context + 1  # the first step sees the prompt and itself
-    for layer in layers:
-        q, k, scaling = captured[layer]
-        n_kv, groups = k.shape[0], q.shape[0] // k.shape[0]
-        s = torch.einsum("hd,htd->ht", q[:, 0], k[:, :t].repeat_interleave(groups, 0)) * scaling
-        mass = torch.softmax(s, dim=-1).view(n_kv, groups, t).sum(1)[None]  # [1, Hkv, t]
-        m = max(0, (t - policy.sinks - policy.window) // chunk)
+    ceilings: list[float | None] = [None] * (max(first) + 1)
+    m = max(0, (n_context + 1 - policy.sinks - policy.window) // chunk)
+    for layer, mass in first.items():
         ceilings[layer] = oracle_recall(mass, policy.sinks, chunk, m, budget // chunk)
     return whole_layers(ceilings, threshold)
 

@@ -140,9 +140,10 @@ def _factory(name: str, kind: str, chunk: int):
     return make
 
 
-# each store policy at the store's default chunk for it; `oracle` at 16 tokens, `oracle8` at 8 (the
-# ceilings of the 16-token policies and of `token`)
-for _name, _kind, _chunk in (("bound", "lowrank", CHUNK), ("token", "token", TOKEN_CHUNK), ("quest", "quest", CHUNK),
-                             ("landmark", "mean", CHUNK), ("snapkv", "snapkv", CHUNK), ("h2o", "h2o", CHUNK),
-                             ("oracle", "oracle", CHUNK), ("oracle8", "oracle", TOKEN_CHUNK)):  # fmt: skip
-    register_policy(_name)(_factory(_name, _kind, _chunk))
+# each store policy at the chunk the store gives it by default (OffloadConfig.chunk: `token` 8, the
+# rest 16); `oracle` at 16 tokens and `oracle8` at 8, the ceilings of the two
+for _name, _kind in (("bound", "lowrank"), ("token", "token"), ("quest", "quest"), ("landmark", "mean"),
+                     ("snapkv", "snapkv"), ("h2o", "h2o")):  # fmt: skip
+    register_policy(_name)(_factory(_name, _kind, OffloadConfig(budget=1, policy=_name).chunk))
+for _name, _chunk in (("oracle", CHUNK), ("oracle8", TOKEN_CHUNK)):
+    register_policy(_name)(_factory(_name, "oracle", _chunk))
