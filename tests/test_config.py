@@ -58,3 +58,16 @@ def test_chunk_defaults_to_selection_granularity_with_a_budget():
     assert OffloadConfig(kv_chunk=8).chunk == 8
     with pytest.raises(ConfigError, match="kv_chunk"):
         OffloadConfig(kv_chunk=0)
+
+
+def test_select_unit_defaults_to_tokens_for_the_token_policy_only():
+    assert OffloadConfig(budget=256).selects_tokens  # policy "token", the default
+    assert not OffloadConfig(budget=256, select_unit="chunk").selects_tokens
+    for policy in ("bound", "quest", "landmark", "snapkv", "h2o"):  # per-chunk abstracts or scores
+        assert not OffloadConfig(budget=256, policy=policy).selects_tokens
+        assert not OffloadConfig(budget=256, policy=policy, select_unit="chunk").selects_tokens
+        with pytest.raises(ConfigError, match="select_unit='token' needs policy 'token'"):
+            OffloadConfig(budget=256, policy=policy, select_unit="token")
+    for bad in ("tokens", "", 1, True):
+        with pytest.raises(ConfigError, match="select_unit"):
+            OffloadConfig(budget=256, select_unit=bad)

@@ -162,8 +162,9 @@ class ChunkAbstracts:
         qg = q.float().reshape(b, self.n_kv, h // self.n_kv, d)
         return torch.matmul(qg, lo.transpose(-1, -2)).amax(2)
 
-    def token_scores(self, layer: int, q: torch.Tensor, scaling: float | None):
-        """kind "token", q [B, H, D]: (bound, mass), each [B, Hkv, m] fp32. bound: the per-token
+    def token_scores(self, layer: int, q: torch.Tensor, scaling: float | None, per_token: bool = False):
+        """kind "token", q [B, H, D]: (bound, mass), each [B, Hkv, m] fp32 (per_token: [B, Hkv, m*C],
+        each token's own, for selections of single tokens). bound: the per-token
         upper bound, max over the chunk's tokens and the group (invariant 5). mass (None when
         scaling is None): the attention mass each chunk would get if every key were its low-rank
         part P P^T k — softmax over the layer's body of scaling * q~ . k^, per query head, summed
@@ -188,11 +189,13 @@ class ChunkAbstracts:
         s = torch.matmul(qa, toks.transpose(-1, -2))  # [B, Hkv, G or 2G, N]
         # reductions over contiguous dims (group first, then the chunk's C tokens): a strided
         # amax over (G, C) at once costs several times more on CPU
-        bound = s[:, :, :g].amax(2).view(b, self.n_kv, m, c).amax(-1)
+        bound = s[:, :, :g].amax(2)  # [B, Hkv, N]
+        if not per_token:
+            bound = bound.view(b, self.n_kv, m, c).amax(-1)
         if scaling is None:
             return bound, None
         mass = torch.softmax(s[:, :, g:], dim=-1).sum(2)  # [B, Hkv, N]: per head, summed over the group
-        return bound, mass.view(b, self.n_kv, m, c).sum(-1)
+        return bound, mass if per_token else mass.view(b, self.n_kv, m, c).sum(-1)
 
     def truncate(self, layer: int, m: int) -> None:
         """Forget abstracts of chunks >= m (the basis stays)."""

@@ -84,6 +84,15 @@ class GpuPool:
         flat = self.kv.view(-1, lay.chunk * lay.head_dim)
         return flat.index_select(0, rows.view(-1)).view(parts, lay.rows, slots.shape[1], -1)
 
+    def gather_tokens(self, slots: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Each row's own tokens: out[t, i, j] = kv[slots[i, j], t, i, offsets[i, j]], [D], for k and
+        v; slots [R, k] int64 global slots, offsets [R, k] token within the chunk -> [2, R, k, D].
+        One index_select of kv viewed [S*2*R*C, D] (as `gather_rows`, one token per index)."""
+        lay = self.layout
+        rows = (slots.unsqueeze(0) * (2 * lay.rows) + self._row_off) * lay.chunk + offsets  # [2, R, k]
+        flat = self.kv.view(-1, lay.head_dim)
+        return flat.index_select(0, rows.view(-1)).view(2, lay.rows, slots.shape[1], lay.head_dim)
+
     @property
     def nbytes(self) -> int:
         """Bytes preallocated for the pool."""

@@ -72,7 +72,7 @@ class TieredKVStore:
         self._closed = False
         self._sel = self._ws = None  # sparse decode: selection state, CPU working set
         if config.sparse:
-            self._ws = WorkingSet(n_layers) if self.device.type == "cpu" else None
+            self._ws = WorkingSet(n_layers) if self.device.type == "cpu" or config.selects_tokens else None
             self._sel = Selector(lay, n_kv_heads, batch, config, self.device, list(self.limits.budgets),
                                  kv_dtype=dtype)  # fmt: skip
 
@@ -140,8 +140,9 @@ class TieredKVStore:
         queries' own, causal bottom-right). Returns [B, Lq, H, D].
 
         select: None = the sparse selection when the store is sparse and Lq == 1, else every body
-        chunk (exact); or int [Hkv, k] (or [B*Hkv, k]) chunk ids per KV head, -1 = padding: each head
-        then sees sinks + window + its own chunks."""
+        chunk (exact); or int [Hkv, k] (or [B*Hkv, k]) ids per KV head, -1 = padding — of chunks, or
+        of body tokens when the selector picks tokens (config.select_unit): each head then sees
+        sinks + window + its own."""
         self._check_open()
         sel = self._sel
         # sliding-window layers (Gemma 3) read at most their window: nothing to select there

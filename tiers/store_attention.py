@@ -15,7 +15,10 @@ in the store's `BlockTable`; on CPU through the store's `WorkingSet` (the select
 while the selector keeps it, then one SDPA per step). When every chunk of the layer has a GPU copy
 nothing is fetched or pinned and Python never sees the ids (no host sync); otherwise the union of the
 ids is fetched first (the misses must be known on the host), or the step falls back to rounds when
-the union exceeds the layer's slots.
+the union exceeds the layer's slots. A selection of single tokens (config.select_unit, ids of body
+tokens) makes the chunks that hold them resident the same way, then the `WorkingSet` gathers the
+tokens, on every device; when those chunks outgrow the slots, rounds over them mask each row to its
+own tokens.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ def attend_selected(store, layer: int, q: torch.Tensor, scaling: float, select: 
     mgr = store._mgr
     b, h, _, d = q.shape
     k = select.shape[1]
+    if store._sel.tokens:
+        return _attend_tokens(store, layer, q, scaling, select)
     if mgr.all_resident(layer):
         mgr.note_hits(select.numel())  # one per (row, chunk) read: counting distinct ids would sync
         pinned = False
@@ -47,7 +52,9 @@ def attend_selected(store, layer: int, q: torch.Tensor, scaling: float, select: 
         pinned = True
     store._xfer.ready(layer)  # copies an earlier prefetch issued into this layer's slots
     if store._ws is not None and not pinned and not want_mass:  # CPU: gathered once per selection
-        out = store._ws.attend(store, layer, q, scaling, select, lambda: store._table.slots(layer, mgr, select))
+        out = store._ws.attend(store, layer, q, scaling, select,
+                               lambda: store._gpu.gather_rows(store._table.slots(layer, mgr, select)),
+                               store.layout.chunk)  # fmt: skip
         store._xfer.mark_used(layer)
         return out
     slots = store._table.slots(layer, mgr, select)  # [R, k] global pool slots
@@ -58,6 +65,31 @@ def attend_selected(store, layer: int, q: torch.Tensor, scaling: float, select: 
         mgr.release(layer)
     res = out.view(b, 1, h, d)
     return (res, (select, mass)) if want_mass else res
+
+
+def _attend_tokens(store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor):
+    """q [B, H, 1, D] over sinks + window + the body tokens select [R, k] names: the chunks holding
+    them made resident (as chunk ids), the tokens gathered by the `WorkingSet`. [B, 1, H, D]."""
+    mgr, c = store._mgr, store.layout.chunk
+    chunks = torch.div(select, c, rounding_mode="floor")  # [R, k] the chunk of each token
+    pinned = not mgr.all_resident(layer)
+    if pinned:
+        ids = sorted(set(chunks.reshape(-1).tolist()))  # host sync: misses are fetched by Python
+        if len(ids) > mgr.budgets[layer]:  # in rounds of at most the slots, still these tokens only
+            return attend_rounds(store, layer, q, scaling, None, select)
+        store._fetch(layer, ids)
+    else:
+        mgr.note_hits(select.numel())  # one per (row, token) read
+    store._xfer.ready(layer)
+
+    def gather():  # [2, R, k, D]
+        return store._gpu.gather_tokens(store._table.slots(layer, mgr, chunks), select - chunks * c)
+
+    out = store._ws.attend(store, layer, q, scaling, select, gather, 1)
+    store._xfer.mark_used(layer)
+    if pinned:
+        mgr.release(layer)
+    return out
 
 
 def kernel_args(store, layer: int, q: torch.Tensor, slots: torch.Tensor) -> tuple:
@@ -91,7 +123,8 @@ def _chunk_mass(store, q, slots, lse, scaling):
 
 def attend_rounds(store, layer, q, scaling, sliding_window, select, want_mass: bool = False):
     """Exact attention of q [B, H, Lq, D] over sinks + window + the chunks `select` names (None =
-    every body chunk) in rounds (module doc). Returns [B, Lq, H, D]; want_mass (one query, a
+    every body chunk; ids of body tokens when the selector picks tokens) in rounds (module doc).
+    Returns [B, Lq, H, D]; want_mass (one query, a
     selection given) also returns (ids [R, n] long, mass per row on each of them [R, n]) for h2o."""
     lay, n, lq, mgr = store.layout, store._n[layer], q.shape[2], store._mgr
     dev = store.device
@@ -138,8 +171,13 @@ def attend_rounds(store, layer, q, scaling, sliding_window, select, want_mass: b
             starts = torch.tensor([lay.chunk_start(j) for j in chunks], device=dev)
             ks, vs = [*ks, k], [*vs, v]
             pos.append((starts[:, None] + torch.arange(lay.chunk, device=dev)).reshape(-1))
-            if row_has is not None:
-                masks.append(row_has[:, idx].repeat_interleave(lay.chunk, dim=1))  # [R, len*C]
+            if row_has is not None:  # [R, len*C], from per-chunk or (token selection) per-token rows
+                per_token = row_has.shape[1] != len(ids)
+                cols = torch.tensor(idx, device=dev)
+                if per_token:
+                    cols = (cols[:, None] * lay.chunk + torch.arange(lay.chunk, device=dev)).reshape(-1)
+                has = row_has[:, cols]
+                masks.append(has if per_token else has.repeat_interleave(lay.chunk, dim=1))
         mask = torch.cat(masks, dim=1) if row_has is not None and chunks else None
         o, l_ = partial_attention(qr, torch.cat(ks, dim=1), torch.cat(vs, dim=1), torch.cat(pos),
                                   qpos, scaling, sliding_window, mask)  # fmt: skip
@@ -168,7 +206,8 @@ def _chunk_lse(store, qr, k, scaling, row_mask):
 
 
 def _union(store, layer: int, select):
-    """(chunk ids to fetch, per-row membership bool [R, len(ids)] or None)."""
+    """(chunk ids to fetch, per-row membership bool [R, len(ids)] or None; a token selection's
+    membership is per token, [R, len(ids) * C])."""
     m = store._mgr.n_chunks(layer)
     if select is None:
         return list(range(m)), None
@@ -177,8 +216,19 @@ def _union(store, layer: int, select):
         raise ValueError(f"select must be [Hkv, k] or [B*Hkv, k], got {tuple(sel.shape)}")
     if sel.shape[0] != store.layout.rows:
         sel = sel.repeat(store.batch, 1)  # same selection for every sequence of the batch
-    ids = sorted(set(sel[sel >= 0].tolist()))
+    c = store.layout.chunk
+    tokens = store._sel is not None and store._sel.tokens
+    chunk_of = torch.where(sel >= 0, torch.div(sel, c, rounding_mode="floor"), -1) if tokens else sel
+    ids = sorted(set(chunk_of[chunk_of >= 0].tolist()))
     if ids and ids[-1] >= m:
-        raise IndexError(f"select names chunk {ids[-1]}, layer {layer} has {m}")
-    row_has = (sel[:, :, None] == torch.tensor(ids, dtype=torch.long)).any(dim=1)
+        what = f"token {int(sel.max())} (chunk {ids[-1]})" if tokens else f"chunk {ids[-1]}"
+        raise IndexError(f"select names {what}, layer {layer} has {m} chunks")
+    union = torch.tensor(ids, dtype=torch.long)
+    if not tokens:
+        return ids, (sel[:, :, None] == union).any(dim=1).to(store.device)
+    # token t of chunk ids[i] is column i*C + t % C
+    col = torch.searchsorted(union, chunk_of.clamp(min=0)) * c + sel.clamp(min=0) % c
+    row_has = torch.zeros(sel.shape[0], len(ids) * c, dtype=torch.bool)
+    valid = sel >= 0
+    row_has[torch.arange(sel.shape[0])[:, None].expand_as(sel)[valid], col[valid]] = True
     return ids, row_has.to(store.device)

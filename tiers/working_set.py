@@ -4,7 +4,8 @@ On a CPU a small torch op costs 10-40 us whatever its size, and the block-table 
 (`kernels/sparse_decode_cpu.py`) gathers the selected chunks out of the pool at every call, with a
 cat, two matmuls and a softmax around it. Here each layer keeps one contiguous buffer
 
-    buf[layer]: [2, R, k*C + E, D]   (k selected chunks per row, then sinks + window, E tokens)
+    buf[layer]: [2, R, k*U + E, D]   (k selected units of U tokens per row — chunks of C, or single
+                                      tokens (config.select_unit) — then sinks + window, E tokens)
 
 filled with the selected chunks when the selection changes (one indexed read of the pool) and with
 the store's edges (sinks + window, which grow by a token per step) at every step (one copy). The
@@ -15,8 +16,8 @@ Chunk contents never change once in the body, so a copy stays right while the se
 same — the same tensor (kept by the `Selector`, `OffloadConfig.select_every`) or equal ids (snapkv
 and quest often choose the same chunks again) — and the layer's chunks are (the manager's version
 moves when one is added, evicted or truncated); otherwise it is gathered afresh. Mechanism only:
-which chunks, and for how long, is the `Selector`'s business. CPU only — on CUDA the Triton kernel
-reads the pool through the block table, with no copy.
+which chunks, and for how long, is the `Selector`'s business. On CUDA a chunk selection skips it (the
+Triton kernel reads the pool through the block table, with no copy); a token selection uses it.
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ class WorkingSet:
         self._ver = [-1] * n_layers  # the manager's version of the layer when it was gathered
 
     def attend(self, store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
-               slots) -> torch.Tensor:  # fmt: skip
-        """q [B, H, 1, D] over sinks + window + chunks select [R, k] of `layer`, every one resident.
-        slots: callable () -> [R, k] global pool slots, called only when the selection is new.
-        Returns [B, 1, H, D]."""
+               gather, unit: int) -> torch.Tensor:  # fmt: skip
+        """q [B, H, 1, D] over sinks + window + the units (of `unit` tokens) select [R, k] of `layer`
+        names, every one resident. gather: callable () -> their K/V, [2, R, k, unit * D], called
+        only when the selection is new. Returns [B, 1, H, D]."""
         lay = store.layout
         b, h, _, d = q.shape
         r, k = select.shape
-        body = k * lay.chunk
+        body = k * unit
         n = store.layer_len(layer)
         ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks
         buf = self._buf[layer]
@@ -55,8 +56,8 @@ class WorkingSet:
                 size = body + body // 4 + lay.edge_capacity  # layer's selection gains a chunk per C steps
                 buf = torch.empty(2, r, size, d, dtype=lay.dtype, device=store.device)
                 self._buf[layer] = buf
-            if k:  # [2, R, k, C*D]: each row's k chunks, keys then values
-                buf[:, :, :body].view(2, r, k, lay.chunk * d).copy_(store._gpu.gather_rows(slots()))
+            if k:  # [2, R, k, U*D]: each row's k units, keys then values
+                buf[:, :, :body].view(2, r, k, unit * d).copy_(gather())
             self._sel[layer], self._ver[layer] = select, version
         buf[:, :, body : body + ext] = store._edge[layer, :, :, :ext]
         kv = buf[:, :, : body + ext].view(2, b, r // b, body + ext, d)

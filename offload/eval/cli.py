@@ -201,14 +201,16 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
 
 
 def _sparse_chunks(config, modes, policies):
-    """What the sparse modes select in (meta "kv_chunk", checked on --resume): one chunk size when
-    every policy uses the same (--kv-chunk, or policies of one default), else {policy: chunk}
-    (`token` defaults to 8 tokens, the others to 16); None without sparse modes."""
+    """What the sparse modes select in, tokens per selected unit (meta "kv_chunk", checked on
+    --resume): one size when every policy uses the same (--kv-chunk, or policies of one default),
+    else {policy: size} (`token` picks single tokens: 1; the others chunks of 16 tokens by default);
+    None without sparse modes."""
     from .modes import split_policy
 
     if not any(m.kind == "sparse" for m in modes) or not policies:
         return None
-    chunks = {p: config.replace(budget=1, policy=split_policy(p)[0]).chunk for p in policies}
+    configs = {p: config.replace(budget=1, policy=split_policy(p)[0]) for p in policies}
+    chunks = {p: 1 if c.selects_tokens else c.chunk for p, c in configs.items()}
     sizes = set(chunks.values())
     return sizes.pop() if len(sizes) == 1 else chunks
 

@@ -9,7 +9,8 @@ the budget first; the rest buys top-scoring chunks (k = rest // C). Abstracts co
 prompt's keys), as at prefill.
 
 `oracle` (recall only, not a store policy): the top chunks by their exact attention mass at this
-step — the ceiling of any chunk selection at the budget, against which the others are read.
+step — the ceiling of any chunk selection at the budget, against which the others are read. `token`
+selects single tokens (a "chunk" of 1), as the store does by default; `token8` in 8-token chunks.
 
 Differences to the store, forced by the interface (one query, all keys): `snapkv` observes the
 first decode step's query instead of the prompt's last 32 queries; `h2o` starts from that query's
@@ -140,10 +141,19 @@ def _factory(name: str, kind: str, chunk: int):
     return make
 
 
-# each store policy at the chunk the store gives it by default (OffloadConfig.chunk: `token` 8, the
-# rest 16); `oracle` at 16 tokens and `oracle8` at 8, the ceilings of the two
+def _unit(policy: str) -> int:
+    """Tokens per unit the store selects for `policy` by default: 1 when it picks single tokens
+    (`token`, OffloadConfig.select_unit), else its chunk (OffloadConfig.chunk: 16)."""
+    cfg = OffloadConfig(budget=1, policy=policy)
+    return 1 if cfg.selects_tokens else cfg.chunk
+
+
+# each store policy at the unit the store gives it by default; `token8` is `token` picking 8-token
+# chunks (select_unit="chunk"); `oracle` (16 tokens), `oracle8` and `oracle1` (single tokens) the
+# ceilings of those units
 for _name, _kind in (("bound", "lowrank"), ("token", "token"), ("quest", "quest"), ("landmark", "mean"),
                      ("snapkv", "snapkv"), ("h2o", "h2o")):  # fmt: skip
-    register_policy(_name)(_factory(_name, _kind, OffloadConfig(budget=1, policy=_name).chunk))
-for _name, _chunk in (("oracle", CHUNK), ("oracle8", TOKEN_CHUNK)):
+    register_policy(_name)(_factory(_name, _kind, _unit(_name)))
+register_policy("token8")(_factory("token8", "token", TOKEN_CHUNK))
+for _name, _chunk in (("oracle", CHUNK), ("oracle8", TOKEN_CHUNK), ("oracle1", 1)):
     register_policy(_name)(_factory(_name, "oracle", _chunk))

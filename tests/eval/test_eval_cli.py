@@ -160,7 +160,8 @@ def test_sparse_chunks_name_each_policys_chunk_when_they_differ():
     full, sparse = parse_modes("full,dense"), parse_modes("full,sparse@1/16")
     cfg = OffloadConfig()
     assert _sparse_chunks(cfg, full, ["token"]) is None  # no sparse mode: nothing selects
-    assert _sparse_chunks(cfg, sparse, ["token"]) == 8
+    assert _sparse_chunks(cfg, sparse, ["token"]) == 1  # single tokens
     assert _sparse_chunks(cfg, sparse, ["bound", "quest+squeeze"]) == 16
-    assert _sparse_chunks(cfg, sparse, ["token", "bound+squeeze"]) == {"token": 8, "bound+squeeze": 16}
-    assert _sparse_chunks(cfg.replace(kv_chunk=16), sparse, ["token", "bound"]) == 16
+    assert _sparse_chunks(cfg, sparse, ["token", "bound+squeeze"]) == {"token": 1, "bound+squeeze": 16}
+    assert _sparse_chunks(cfg.replace(kv_chunk=8), sparse, ["quest", "bound"]) == 8
+    assert _sparse_chunks(cfg.replace(kv_chunk=16, select_unit="chunk"), sparse, ["token", "bound"]) == 16

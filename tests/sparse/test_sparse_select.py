@@ -51,16 +51,23 @@ def _filled_store(cfg, n_layers=4, n_kv=2, d=16, n=600, seed=0):
     return st, g
 
 
-@pytest.mark.parametrize("policy", ["bound", "token", "quest", "landmark", "snapkv", "h2o"])
+# (policy, select_unit): `token` picks single tokens by default, whole chunks when asked
+UNITS = [("bound", None), ("token", None), ("token", "chunk"), ("quest", None), ("landmark", None),
+         ("snapkv", None), ("h2o", None)]  # fmt: skip
+
+
+@pytest.mark.parametrize("policy,unit", UNITS)
 @pytest.mark.parametrize("layer_budget", ["uniform", "squeeze"])
-def test_budgets_respected_per_layer(policy, layer_budget):
+def test_budgets_respected_per_layer(policy, unit, layer_budget):
     cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy,
-                        layer_budget=layer_budget, rank=4, whole_below=0)  # fmt: skip
+                        layer_budget=layer_budget, rank=4, whole_below=0, select_unit=unit)  # fmt: skip
     st, g = _filled_store(cfg)
     sel, lay = st.selector, st.layout
+    assert sel.tokens == (policy == "token" and unit is None)
+    size = 1 if sel.tokens else lay.chunk  # tokens a selected id stands for
     n = st.layer_len(0)
     tokens = math.ceil(0.25 * n)
-    per_layer = [sel.chunk_budget(layer, n) * lay.chunk for layer in range(4)]
+    per_layer = [sel.token_budget(layer, n) // size * size for layer in range(4)]
     assert all(b <= tokens * (2 if layer_budget == "squeeze" else 1) for b in per_layer)
     want = layer_budgets(tokens, 4, layer_budget, [0.99, 0.5, 0.98, 0.6])
     assert all(p <= w for p, w in zip(per_layer, want))
@@ -70,9 +77,9 @@ def test_budgets_respected_per_layer(policy, layer_budget):
         m = st._mgr.n_chunks(layer)
         q = torch.randn(1, 4, 16, generator=g)
         ids = sel.select(layer, q, m, n)
-        assert ids.shape == (2, per_layer[layer] // lay.chunk)
+        assert ids.shape == (2, per_layer[layer] // size)
         for row in ids:
-            assert len(set(row.tolist())) == len(row) and ((row >= 0) & (row < m)).all()
+            assert len(set(row.tolist())) == len(row) and ((row >= 0) & (row < m * lay.chunk // size)).all()
         out = st.attend(layer, q[:, :, None], 16**-0.5)
         assert out.shape == (1, 1, 4, 16) and torch.isfinite(out).all()
     st.close()
@@ -94,11 +101,12 @@ def test_h2o_evicts_for_good():
     st.close()
 
 
-def test_budget_over_context_is_exact():
-    """A budget covering every chunk attends densely: bitwise the store without a budget."""
+@pytest.mark.parametrize("policy", ["bound", "token"])
+def test_budget_over_context_is_exact(policy):
+    """A budget covering every chunk (every token) attends densely: bitwise the store without one."""
     dense_cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16)
     outs = []
-    for cfg in (dense_cfg, dense_cfg.replace(budget=10**6, policy="bound")):
+    for cfg in (dense_cfg, dense_cfg.replace(budget=10**6, policy=policy)):
         st, g = _filled_store(cfg, n_layers=2)
         q = torch.randn(1, 4, 1, 16, generator=g)
         outs.append(st.attend(1, q, 0.25))
@@ -127,11 +135,12 @@ def test_truncate_then_refill_rebuilds_the_same_abstracts(policy):
     a.close(), b.close()
 
 
-@pytest.mark.parametrize("policy", ["bound", "token", "quest", "landmark", "snapkv"])
-def test_sparse_attend_is_exact_attention_over_its_selection(policy):
+@pytest.mark.parametrize("policy,unit", [u for u in UNITS if u[0] != "h2o"])
+def test_sparse_attend_is_exact_attention_over_its_selection(policy, unit):
     """What decode computes: per KV head, softmax attention over sinks + that head's selected chunks
-    + window, and nothing else (the store's rounds, gathers and masks against a plain reference)."""
-    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy, rank=4, whole_below=0)
+    (or tokens) + window, and nothing else (the store's gathers and masks against a plain reference)."""
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy, rank=4, whole_below=0,
+                        select_unit=unit)  # fmt: skip
     st, g = _filled_store(cfg)
     lay, n = st.layout, st.layer_len(0)
     for layer in range(4):
@@ -145,10 +154,41 @@ def test_sparse_attend_is_exact_attention_over_its_selection(policy):
         keep[:, lay.chunk_start(m) :] = True  # the window: tokens after the last body chunk
         for h in range(2):
             for j in ids[h].tolist():
-                keep[h, lay.chunk_start(j) : lay.chunk_start(j + 1)] = True
+                if st.selector.tokens:  # body token j sits at sinks + j
+                    keep[h, lay.sinks + j] = True
+                else:
+                    keep[h, lay.chunk_start(j) : lay.chunk_start(j + 1)] = True
         for head in range(4):
             kv = head // 2
             s = (k[0, kv] @ q[0, head]) * 16**-0.5
             p = torch.softmax(s.masked_fill(~keep[kv], float("-inf")), dim=-1)
             torch.testing.assert_close(out[0, 0, head], p @ v[0, kv], atol=1e-5, rtol=1e-5)
+    st.close()
+
+
+@pytest.mark.parametrize("slots", [None, 3], ids=["resident", "rounds"])
+def test_a_token_selection_with_padding_is_exact_over_its_tokens(slots):
+    """`attend(select=...)` of a store that picks tokens takes body token ids per head (-1 = none),
+    in one round or (3 GPU slots: the chunks that hold them do not fit) in several, each head masked
+    to its own tokens — against plain attention over sinks + those tokens + window."""
+    per_chunk = 2 * 2 * 16 * 16 * 4
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, rank=4, whole_below=0,
+                        gpu_mem=None if slots is None else slots * 4 * per_chunk)  # fmt: skip
+    st, g = _filled_store(cfg)
+    assert st.selector.tokens
+    lay, n = st.layout, st.layer_len(1)
+    m = st._mgr.n_chunks(1)
+    select = torch.tensor([[5, 17, 18, 3 * 16 + 15, m * 16 - 1, -1], [0, 40, -1, 41, 100, -1]])
+    k, v = st.read_layer(1)
+    q = torch.randn(1, 4, 1, 16, generator=g)
+    out = st.attend(1, q, 0.25, select=select)
+    for head in range(4):
+        kv = head // 2
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[: lay.sinks] = keep[lay.chunk_start(m) :] = True
+        keep[lay.sinks + select[kv][select[kv] >= 0]] = True
+        p = torch.softmax((k[0, kv] @ q[0, head, 0] * 0.25).masked_fill(~keep, float("-inf")), -1)
+        torch.testing.assert_close(out[0, 0, head], p @ v[0, kv], atol=1e-5, rtol=1e-5)
+    with pytest.raises(IndexError, match="token"):
+        st.attend(1, q, 0.25, select=torch.tensor([[m * 16]] * 2))
     st.close()

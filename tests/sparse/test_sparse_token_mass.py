@@ -66,9 +66,11 @@ def test_bad_bound_share(share):
         OffloadConfig(budget=0.1, bound_share=share)
 
 
-def test_store_ranks_by_the_bound_share():
+@pytest.mark.parametrize("unit", [None, "chunk"], ids=["tokens", "chunks"])
+def test_store_ranks_by_the_bound_share(unit):
     """The store's selection: share 1 = the k best bounds; share 0 = the k largest mass estimates;
-    the default lies between and always holds the ceil(share k) best bounds."""
+    the default lies between and always holds the ceil(share k) best bounds — of single tokens
+    (the default unit) or of whole chunks."""
     g = torch.Generator().manual_seed(3)
     n_kv, d, n = 2, 64, 700
     keys = _low_rank_keys(n_kv, n, d, 20, g)[None]  # above the rank: the bound has a residual
@@ -78,12 +80,12 @@ def test_store_ranks_by_the_bound_share():
     picks = {}
     for share in (0.0, 0.25, 1.0):
         cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=128, policy="token", whole_below=0,
-                            bound_share=share)  # fmt: skip
+                            bound_share=share, select_unit=unit)  # fmt: skip
         st = TieredKVStore(1, n_kv, d, torch.float32, "cpu", config=cfg)
         st.append(0, keys, vals)
         m, ab = st._mgr.n_chunks(0), st.selector.abstracts
         ids = st.selector.select(0, q, m, n, d**-0.5)
-        bound, mass = ab.token_scores(0, q, d**-0.5)
+        bound, mass = ab.token_scores(0, q, d**-0.5, per_token=unit is None)
         k = ids.shape[1]
         by_bound, by_mass = bound[0].topk(k).indices, mass[0].topk(k).indices
         for h in range(n_kv):

@@ -39,12 +39,12 @@ def test_bad_whole_below(w):
         OffloadConfig(budget=0.1, whole_below=w)
 
 
-def _store(whole_below, slots=None, seed=0):
+def _store(whole_below, slots=None, seed=0, unit=None):
     """Layer 2's keys are all equal (its attention is uniform: no chunk choice keeps much); every
     other layer's last queries point at one key each (a chunk choice keeps nearly all)."""
     per_chunk = 2 * HKV * C * D * 4
     cfg = OffloadConfig(kv_chunk=C, sinks=4, window=8, budget=0.1, rank=4, whole_below=whole_below,
-                        gpu_mem=None if slots is None else slots * L * per_chunk)  # fmt: skip
+                        gpu_mem=None if slots is None else slots * L * per_chunk, select_unit=unit)  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     st = TieredKVStore(L, HKV, D, torch.float32, "cpu", config=cfg)
     for layer in range(L):
@@ -57,21 +57,24 @@ def _store(whole_below, slots=None, seed=0):
     return st
 
 
-def test_a_diffuse_layer_is_attended_whole_and_exactly():
-    st = _store(0.5)
+@pytest.mark.parametrize("unit", [None, "chunk"], ids=["tokens", "chunks"])
+def test_a_diffuse_layer_is_attended_whole_and_exactly(unit):
+    st = _store(0.5, unit=unit)
     sel = st.selector
     assert sel.ceiling[2] < 0.5 < min(c for i, c in enumerate(sel.ceiling) if i != 2)
     m = st._mgr.n_chunks(2)
+    units = m * C if sel.tokens else m  # the body in the selector's unit
     q = torch.randn(1, 2 * HKV, 1, D)
-    every = torch.arange(m).expand(HKV, m)
-    assert torch.equal(sel.select(2, q[:, :, 0], m, N), every)  # whole: all its chunks
+    every = torch.arange(units).expand(HKV, units)
+    assert torch.equal(sel.select(2, q[:, :, 0], m, N), every)  # whole: all of its body
     picked = sel.select(3, q[:, :, 0], m, N)
-    assert picked.shape[1] == sel.chunk_budget(3, N) < m  # sparse
+    want_k = sel.token_budget(3, N) if sel.tokens else sel.chunk_budget(3, N)
+    assert picked.shape[1] == want_k < units  # sparse
     got = st.attend(2, q, D**-0.5)
-    want = st.attend(2, q, D**-0.5, select=torch.arange(m).expand(HKV, -1))  # every chunk, exact
+    want = st.attend(2, q, D**-0.5, select=every)  # every chunk (token), exact
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
-    off = _store(0.0)
-    assert off.selector.select(2, q[:, :, 0], m, N).shape[1] < m and off.selector.ceiling == [None] * L
+    off = _store(0.0, unit=unit)
+    assert off.selector.select(2, q[:, :, 0], m, N).shape[1] < units and off.selector.ceiling == [None] * L
     st.close(), off.close()
 
 

@@ -140,3 +140,19 @@ def test_gpu_pool_gather_rows_reads_each_rows_own_chunks(parts):
         for i in range(3):
             for j in range(3):
                 assert torch.equal(out[t, i, j], gpu.kv[slots[i, j], t, i].reshape(-1))
+
+
+def test_gpu_pool_gather_tokens_reads_each_rows_own_tokens():
+    """gather_tokens(slots, offsets)[t, i, j] is token offsets[i, j] of slot slots[i, j]'s part t
+    (k or v) of row i: the flat-row arithmetic against plain indexing of the pool."""
+    layout = ChunkLayout(2, rows=3, chunk=4, head_dim=8, dtype=torch.float32)
+    gpu = GpuPool(layout, [3, 4], "cpu")
+    gpu.kv.copy_(torch.randn(gpu.kv.shape, generator=torch.Generator().manual_seed(0)))
+    slots = torch.tensor([[0, 6, 2, 6], [5, 5, 1, 0], [3, 4, 0, 6]])  # [R, k] global slots
+    offsets = torch.tensor([[0, 3, 1, 2], [2, 2, 3, 0], [1, 0, 3, 3]])  # [R, k] token in its chunk
+    out = gpu.gather_tokens(slots, offsets)
+    assert out.shape == (2, 3, 4, 8)
+    for t in range(2):
+        for i in range(3):
+            for j in range(4):
+                assert torch.equal(out[t, i, j], gpu.kv[slots[i, j], t, i, offsets[i, j]])
