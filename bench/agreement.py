@@ -127,6 +127,7 @@ def main():
         each = round((time.perf_counter() - t0) / len(todo), 1)  # the rows ran as one batch
         for (p, lb, b, tokens), m, s in zip(todo, models, scores):
             row = {**base, "policy": p, "layer_budget": lb if b is not None else None, "kv_chunk": m.config.chunk,
+                   "select_unit": "token" if m.config.selects_tokens else "chunk",
                    "budget": None if b is None else str(b), "budget_tokens": tokens, **s, "seconds": each}
             name = p if lb == "uniform" else f"{p}+{lb}"
             print(f"{name:>14} | {row['budget'] or '-':>6} | {tokens or '-':>6} | {s['forced_agreement']:>6.3f} | "

@@ -103,6 +103,7 @@ def main():
         acc = vt / max(1, vn)
         row = {**base, "config": name, "value_tokens": vt, "value_total": vn, "needles_exact": ne,
                "needles_total": nn, "value_acc": round(acc, 4), "kv_chunk": specs[name][0].chunk,
+               "select_unit": "token" if specs[name][0].selects_tokens else "chunk",
                "ratio_to_dense": round(acc / ref, 4) if ref else None}  # fmt: skip
         print(f"{name:>34} | {acc:>9.3f} | {ne / max(1, nn):>7.3f} | {row['ratio_to_dense'] or 0:>5.2f}", flush=True)
         if a.json:

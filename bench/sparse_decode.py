@@ -106,6 +106,9 @@ def main():
                     help="comma list of OffloadConfig.select_every values (default: the config's)")
     ap.add_argument("--kv-chunks", default=None,
                     help="comma list of OffloadConfig.kv_chunk values, sparse rows (default: the config's)")
+    ap.add_argument("--select-units", default=None,
+                    help="comma list of OffloadConfig.select_unit values (token, chunk), sparse rows "
+                         "(default: each policy's)")
     add_sparse_args(ap, "bound,quest", "1/16", "(length, variant)")
     a = parse_with_threads(ap)
     import offload
@@ -121,9 +124,13 @@ def main():
     model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
     everies = [int(e) for e in a.select_every.split(",")] if a.select_every else [model.config.select_every]
     chunks = [int(c) for c in a.kv_chunks.split(",")] if a.kv_chunks else [None]
-    for p, lb in policies:  # fail on a bad name or chunk before minutes of prefill
-        for c in chunks:
-            model.config.replace(budget=1, policy=p, layer_budget=lb, kv_chunk=c)
+    units = [u.strip() for u in a.select_units.split(",")] if a.select_units else [None]
+    for p, lb in policies:  # fail on a bad name, chunk or unit before minutes of prefill
+        for c, u in [(c, u) for c in chunks for u in units]:
+            try:
+                model.config.replace(budget=1, policy=p, layer_budget=lb, kv_chunk=c, select_unit=u)
+            except offload.ConfigError as e:
+                raise SystemExit(f"error: {e}") from None
     hf = load_reference(model)
     base = {
         "bench": "sparse_decode", "new_tokens": a.new, "repeats": a.repeats, "seed": a.seed,
@@ -139,11 +146,13 @@ def main():
         variants = [("full", None, None, None, None), ("dense", model, None, None, None)]
         for p, lb in policies:
             for b in budgets:
-                for e, c in [(e, c) for e in everies for c in chunks]:
+                for e, c, u in [(e, c, u) for e in everies for c in chunks for u in units]:
                     tokens = Mode("sparse", b).budget_tokens(n)
-                    cfg = model.config.replace(budget=tokens, policy=p, layer_budget=lb, select_every=e, kv_chunk=c)
+                    cfg = model.config.replace(budget=tokens, policy=p, layer_budget=lb, select_every=e, kv_chunk=c,
+                                               select_unit=u)  # fmt: skip
                     name = (p if lb == "uniform" else f"{p}+{lb}") + f"@{b}" + (f"/{e}" if len(everies) > 1 else "")
                     name += f":c{cfg.chunk}" if len(chunks) > 1 else ""
+                    name += (":tok" if cfg.selects_tokens else ":chk") if len(units) > 1 else ""
                     variants.append((name, dataclasses.replace(model, config=cfg), p, lb, (b, tokens)))
         best = {v[0]: None for v in variants}  # name -> (seconds, tokens, counters) of the fastest round
         try:
@@ -168,6 +177,7 @@ def main():
                 "budget_tokens": None if budget is None else budget[1],
                 "select_every": None if m is None or budget is None else m.config.select_every,
                 "kv_chunk": None if m is None else m.config.chunk,
+                "select_unit": None if m is None or budget is None else ("token" if m.config.selects_tokens else "chunk"),
                 "decode_tps": round(a.new / s, 2), "ratio_to_full": round(full_s / s, 3),
                 "agree_with_full": _agree(toks, full_toks), **counters,
             }

@@ -47,7 +47,8 @@ def _opt(*names, env, **kw):
 @_opt("--policy", env="POLICY", type=click.Choice(SELECTION_POLICIES), default="token", show_default=True, help="With --budget: how chunks are chosen (token, bound = ours: a low-rank bound per token or per chunk; the rest are baselines).")
 @_opt("--layer-budget", env="LAYER_BUDGET", type=click.Choice(LAYER_BUDGETS), default="uniform", show_default=True, help="With --budget: per-layer split (squeeze = SqueezeAttention).")
 @_opt("--select-every", env="SELECT_EVERY", type=click.IntRange(min=1), default=None, help="With --budget: decode steps a layer keeps its chunk selection (1 = choose at every step; more is faster on CPU, may miss what a later step needs).")
-@_opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of selection and transfer (default with --budget: 8 for --policy token, 16 for the others; 64 without).")
+@_opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of placement and transfer (default with --budget: 8 for --policy token, 16 for the others; 64 without).")
+@_opt("--select-unit", env="SELECT_UNIT", type=click.Choice(["token", "chunk"]), default=None, help="With --budget: what a selection picks (default: single tokens for --policy token, whole chunks for the others, which score chunks).")
 @_opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection).")
 @_opt("--prefill-chunk", env="PREFILL_CHUNK", type=click.IntRange(min=1), default=512, show_default=True)
 @_opt("--gpu-mem", env="GPU_MEM", type=BytesType(), default=None, help="GPU memory to plan for (e.g. 24G).")
@@ -79,8 +80,9 @@ def _config(o, offload):
                   disk_dir=o["disk_dir"], kv_store="tiered" if tiered else "dense", kv_chunk=o["kv_chunk"])
     if o["budget"] is not None and not o["dense"]:
         fields.update(budget=o["budget"], policy=o["policy"], layer_budget=o["layer_budget"])
-        if o["select_every"] is not None:
-            fields.update(select_every=o["select_every"])
+        for key in ("select_every", "select_unit"):
+            if o[key] is not None:
+                fields[key] = o[key]
     return offload.OffloadConfig(**fields)
 
 

@@ -97,6 +97,28 @@ def test_help_documents_exit_codes(runner):
         assert code in r.output
 
 
+@pytest.mark.parametrize("args,tokens", [
+    (["--budget", "1/8"], True),  # the default policy, token: single tokens
+    (["--budget", "1/8", "--select-unit", "chunk"], False),
+    (["--budget", "1/8", "--policy", "bound"], False),
+])
+def test_select_unit_reaches_the_config(args, tokens):
+    import offload
+    from offload.cli.chat import _config
+
+    config = _config(main.make_context("offload-chat", list(args)).params, offload)
+    assert config.selects_tokens is tokens
+
+
+def test_select_unit_token_with_a_chunk_policy_is_a_clear_error(tmp_path):
+    doc = tmp_path / "d.txt"
+    doc.write_text("hello")
+    r = CliRunner().invoke(main, ["-f", str(doc), "-p", "hi", "--budget", "1/8", "--policy", "quest",
+                                  "--select-unit", "token"])  # fmt: skip
+    assert r.exit_code != 0 and "select_unit='token' needs policy 'token'" in r.output
+    assert "Traceback" not in r.output
+
+
 @pytest.mark.parametrize("args,chunk,store", [
     (["--budget", "1/8", "--kv-chunk", "16"], 16, "tiered"),
     (["--budget", "1/8"], 8, "tiered"),  # the default policy, token: 8-token chunks
