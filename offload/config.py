@@ -49,7 +49,7 @@ class OffloadConfig:
     dtype: "auto" (bf16 on CUDA, fp32 on CPU: bf16 matmuls are 4-5x slower on CPU) or a dtype name.
     kv_store: "dense" keeps every KV entry on the compute device; "tiered" spreads chunks over the
         GPU pool, the pinned host pool and the disk store.
-    kv_chunk: tokens per KV chunk, the unit of placement, transfer and (sparse decode) selection;
+    kv_chunk: tokens per KV chunk, the unit of placement, transfer and (select_unit "chunk") selection;
         None = with a budget 8 for policy "token", 16 for the others (their abstracts are per chunk:
         halving the chunk doubles them), 64 without (`chunk`). Measured on SmolLM2 at 4k, budget
         1/16: the best possible choice of 16-token chunks keeps 0.887 of the attention mass, of
@@ -68,10 +68,10 @@ class OffloadConfig:
         anyway (`store_kind`), since selection, abstracts and fetching live there.
     rank: r of the low-rank abstracts (policies "token", "bound"); capped at the head dim, and for
         "token" at head_dim / 4 - 2 so that they stay within 1/8 of bf16 KV (14 for SmolLM2).
-    policy: chunk-selection policy: "token" (default, ours: per-token low-rank sketches of the keys;
-        picks chunks by their upper bound of q.k — finds the one key a per-chunk summary hides —
-        and by the attention mass they estimate, see bound_share), "bound" (ours: the same
-        bound per chunk, a box), "quest" (per-channel min/max), "landmark" (ShadowKV-style mean
+    policy: selection policy: "token" (default, ours: per-token low-rank sketches of the keys;
+        picks single tokens (select_unit) by their upper bound of q.k — the one key a per-chunk
+        summary hides — and by the attention mass they estimate, see bound_share), "bound" (ours:
+        the same bound per chunk, a box), "quest" (per-channel min/max), "landmark" (ShadowKV-style mean
         key), "snapkv" (static, from the prompt's last queries), "h2o" (accumulated attention,
         evicting). SmolLM2, 4k, 1/16, 5 RULER tasks x 10 samples: score vs full 1.11 (token), 0.86
         (bound), 1.05 (snapkv), 1.02 (landmark); bench/results/sparse-smollm2.md.

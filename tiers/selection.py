@@ -206,9 +206,10 @@ class Selector:
     def select(self, layer: int, q: torch.Tensor, n_chunks: int, n_tokens: int,
                scaling: float | None = None) -> torch.Tensor | None:  # fmt: skip
         """Chunk ids per row [B*Hkv, k] for q [B, H, D] (one decode query) — body token ids when
-        `tokens` — or None = the budget covers every chunk (attend densely). A whole layer selects all. A selection is
-        kept — the same tensor returned — for `select_every` calls (a whole layer's for as long) while
-        the layer's chunk count and budget stay put (a chunk leaving the window is considered at once).
+        `tokens` — or None = the budget covers every chunk (attend densely). A whole layer selects
+        all. A selection is kept — the same tensor returned — for `select_every` calls (a whole
+        layer's for as long) while the layer's chunk count and budget stay put (a chunk leaving the
+        window is considered at once).
         scaling: the attention's logit scale (default D^-0.5), for `token`'s mass estimate."""
         if self.tokens:
             k, units = self.token_budget(layer, n_tokens), n_chunks * self.layout.chunk
