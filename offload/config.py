@@ -66,8 +66,9 @@ class OffloadConfig:
         tokens, a float in (0, 1) a fraction of the current context; None = everything (dense
         attention). A budget needs the tiered store: with kv_store="dense" the tiered store is used
         anyway (`store_kind`), since selection, abstracts and fetching live there.
-    rank: r of the low-rank abstracts (policies "token", "bound"); capped at the head dim, and for
-        "token" at head_dim / 4 - 2 so that they stay within 1/8 of bf16 KV (14 for SmolLM2).
+    rank: r of the low-rank abstracts (policies "token", "bound"); None = 16 for "bound", and for
+        "token" the most its int8 sketches can have within 1/8 of bf16 KV: head_dim / 2 - 4 (28 for
+        SmolLM2, 60 for head dim 128), also the cap of a larger r.
     policy: selection policy: "token" (default, ours: per-token low-rank sketches of the keys;
         picks single tokens (select_unit) by their upper bound of q.k — the one key a per-chunk
         summary hides — and by the attention mass they estimate, see bound_share), "bound" (ours:
@@ -118,7 +119,7 @@ class OffloadConfig:
     disk_dir: str | None = None
     compress: bool | None = None
     budget: int | float | None = None
-    rank: int = 16
+    rank: int | None = None
     policy: str = "token"
     layer_budget: str = "uniform"
     whole_below: float = 0.5
@@ -151,7 +152,7 @@ class OffloadConfig:
                 raise ConfigError(f"budget in tokens must be >= 1, got {b!r}")
             if isinstance(b, float) and not 0.0 < b < 1.0:
                 raise ConfigError(f"budget as a fraction must be in (0, 1), got {b!r}")
-        _positive_int("rank", self.rank)
+        _positive_int("rank", self.rank, allow_none=True)
         _positive_int("select_every", self.select_every)
         if self.policy not in SELECTION_POLICIES:
             raise ConfigError(f"policy must be one of {SELECTION_POLICIES}, got {self.policy!r}")

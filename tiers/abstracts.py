@@ -9,13 +9,16 @@ Kinds (one per store, chosen by the selection policy):
       sum_i max(q~_i lo_i, q~_i hi_i) + ||q - P q~|| max||k_res||  >=  max_k q.k
   for *any* orthonormal P: a good P only makes it tight. Unlike a mean landmark (ShadowKV), an
   outlier key that holds a needle widens its chunk's box and raises the bound instead of vanishing.
-- "token" (policy `token`): the same basis P, but per *token* instead of per chunk: P^T k in fp16
-  and two per-token terms (the residual norm, and the slack that covers fp16 rounding), rounded up;
-      score = max over the chunk's tokens of  q~ . k^ + ||q_res|| res + max|q~| slack  >=  max_k q.k
+- "token" (policy `token`): the same basis P, but per *token* instead of per chunk: P^T k in int8
+  with one scale per token (absmax / 127, rounded up) and the residual norm, rounded up; with the
+  rounding error of each coordinate at most half a scale step,
+      score = max over the chunk's tokens of  q~ . k^ + ||q_res|| res + ||q~||_1 (scale / 2)  >=  max_k q.k
   A box mixes the extremes of different keys, so a chunk whose one key matters (an induction/copy
   head's target) ranks behind chunks whose boxes are merely wide; a per-token bound does not. On the
   demo document, layer 18's copy head puts 0.85 of its attention on one key: box bounds rank its
-  chunk 55th-350th (rank 8..48 alike), the per-token bound (r 16) 5th. Costs r + 2 halves per token.
+  chunk 55th-350th (rank 8..48 alike), the per-token bound (r 16) 5th. Costs r + 4 bytes per token
+  (bf16 KV; r + 8 beside fp32 KV). int8 buys twice the rank of fp16 in the same bytes: SmolLM2 4k,
+  1/16, token selection recall 0.947 at r 28 int8 vs 0.933 at r 14 fp16 (sparse-smollm2.md, session 9).
   The same sketches also estimate each chunk's attention mass (`token_scores`: softmax of q~ . k^):
   a bound ranks a chunk by its one best key, which in diffuse layers is not where the mass is.
 - "quest": per-channel min/max of the keys (Quest): also an upper bound, 2D numbers per chunk.
@@ -31,9 +34,9 @@ Size (fp32 abstracts, per KV head, C = 16 tokens per chunk: the default with a b
   (D 128, r 32): 16.25 B vs 512 B = 1/31; at 200k tokens 32 layers x 8 heads x 12.5k chunks x 260 B
   = 832 MB next to 24.4 GiB of KV.
 - quest: 2D * 4 / C = 32 B/token for D 64: 1/8 of bf16 K+V, the issue's ceiling (1/16 of fp32).
-- token: (r + 2) * 2 B/token, whatever C: r 14 for D 64 (32 B = 1/8), r 30 for D 128 (64 B = 1/8);
-  scoring reads every token's r + 2 halves, not one box per chunk (tokens/C times more). Beside fp32
-  KV (CPU) the same fp16 values sit in fp32: twice the bytes, the same 1/8 of that KV.
+- token: r + 4 B/token (int8 P^T k, fp16 scale and residual), whatever C: r 28 for D 64 (32 B = 1/8),
+  r 60 for D 128 (64 B = 1/8); scoring reads every token's sketch, not one box per chunk (tokens/C
+  times more). Beside fp32 KV (CPU) scale and residual sit in fp32: r + 8 B, 36 B = 1/14 of fp32 K+V.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ KINDS = ("lowrank", "token", "quest", "mean")
 _BASIS_KINDS = ("lowrank", "token")  # kinds that project on a per-(layer, KV head) basis
 _FP16_UP = 1 + 2**-10  # x * _FP16_UP rounded to fp16 is >= x (round-to-nearest errs by <= 2^-11)
 _RES_SLACK = 1e-5  # relative slack on the residual norm: fp32 rounding must not break the bound
+_Q8 = 127  # token sketches: int8 levels each side of 0
+_HALF_STEP = 0.5 + 2**-12  # |P^T k - scale * int8| / scale: half a step, plus fp32 division error
+_MIN_SCALE = 2**-14  # smallest normal fp16: a zero projection still gets a usable scale
+DEFAULT_RANK = 16  # "lowrank" when no rank is given ("token": the most that fits 1/8 of the KV)
 
 
 class ChunkAbstracts:
@@ -56,18 +63,21 @@ class ChunkAbstracts:
     rows are B*Hkv (the store's layout); `add` takes a chunk's keys [R, C, D] on the device."""
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, kind: str,
-                 rank: int, device, capacity: int = 64, chunk: int = 16,
+                 rank: int | None, device, capacity: int = 64, chunk: int = 16,
                  kv_dtype: torch.dtype = torch.bfloat16):  # fmt: skip
         if kind not in KINDS:
             raise ValueError(f"abstract kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.n_layers, self.batch, self.n_kv = kind, n_layers, batch, n_kv_heads
         self.head_dim, self.device = head_dim, torch.device(device)
+        cap = head_dim // 2 - 4  # token: r int8 + 2 halves per token <= 1/8 of bf16 K+V (4D bytes)
+        if rank is None:
+            rank = cap if kind == "token" else DEFAULT_RANK
         self.rank = min(rank, head_dim)
-        if kind == "token":  # (r + 2) halves per token <= 1/8 of bf16 K+V (4D bytes): r <= D/4 - 2
-            self.rank = max(1, min(rank, head_dim // 4 - 2))
+        if kind == "token":
+            self.rank = max(1, min(rank, cap))
         self.chunk = chunk
-        # token sketches hold fp16 values; beside 32-bit KV (fp32 on CPU) they are kept in fp32 —
-        # the same values, still 1/8 of that KV, and scoring reads them without a conversion
+        # token sketches' scale and residual: fp16 beside 16-bit KV, fp32 beside fp32 KV (CPU: read
+        # without a conversion, and still 1/14 of that KV)
         self.sketch_dtype = torch.float16 if kv_dtype.itemsize <= 2 else torch.float32
         self.width = self.rank if kind in _BASIS_KINDS else head_dim
         self.n = [0] * n_layers
@@ -80,10 +90,11 @@ class ChunkAbstracts:
         """(Re)allocate the buffers for `capacity` chunks per layer, keeping what they hold."""
         shape = (self.n_layers, self.batch, self.n_kv, capacity, self.width)
         old = (getattr(self, "lo", None), getattr(self, "hi", None), getattr(self, "res", None))
-        if self.kind == "token":  # lo: per token [.., cap, C, r + 2] = (P^T k, residual, slack); see add
-            dt = self.sketch_dtype
-            self.lo = torch.zeros((*shape[:-1], self.chunk, self.width + 2), dtype=dt, device=self.device)
-            self.hi = self.res = None
+        if self.kind == "token":  # per token: lo [.., cap, C, r] int8 P^T k / scale, hi [.., C, 2] (scale, res)
+            per_token = (*shape[:-1], self.chunk)
+            self.lo = torch.zeros((*per_token, self.width), dtype=torch.int8, device=self.device)
+            self.hi = torch.zeros((*per_token, 2), dtype=self.sketch_dtype, device=self.device)
+            self.res = None
         else:
             self.lo = torch.zeros(shape, device=self.device)  # lowrank/quest: min; mean: the mean key
             self.hi = torch.zeros(shape, device=self.device) if self.kind != "mean" else None
@@ -130,11 +141,13 @@ class ChunkAbstracts:
             proj = torch.matmul(kf, p)  # [B, Hkv, n, C, r]
             resid = (kf - torch.matmul(proj, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, n, C]
             resid = resid * (1 + _RES_SLACK) + _RES_SLACK * kf.norm(dim=-1)
-        if self.kind == "token":
-            low = proj.half()  # |proj - low| <= 2^-11 |low| (1 + 2^-11) per element, summed into slack
-            slack = 2**-10 * low.float().abs().sum(-1)
-            self.lo[layer, :, :, dst, :, : self.rank] = low
-            self.lo[layer, :, :, dst, :, self.rank :] = (torch.stack([resid, slack], -1) * _FP16_UP).half()
+        if self.kind == "token":  # scale >= absmax / 127 once stored (rounded up): |P^T k / scale| <= 127
+            up = _FP16_UP if self.sketch_dtype == torch.float16 else 1.0
+            amax = proj.abs().amax(-1, keepdim=True)  # [B, Hkv, n, C, 1]
+            scale = (amax * (up / _Q8)).clamp(min=_MIN_SCALE).to(self.sketch_dtype)
+            levels = (proj / scale.float()).round().clamp(-_Q8, _Q8)  # error <= _HALF_STEP * scale
+            self.lo[layer, :, :, dst] = levels.to(torch.int8)
+            self.hi[layer, :, :, dst] = torch.cat([scale, (resid * up)[..., None].to(self.sketch_dtype)], -1)
         elif self.kind == "lowrank":
             self.lo[layer, :, :, dst] = proj.amin(3)
             self.hi[layer, :, :, dst] = proj.amax(3)
@@ -166,35 +179,31 @@ class ChunkAbstracts:
         """kind "token", q [B, H, D]: (bound, mass), each [B, Hkv, m] fp32 (per_token: [B, Hkv, m*C],
         each token's own, for selections of single tokens). bound: the per-token
         upper bound, max over the chunk's tokens and the group (invariant 5). mass (None when
-        scaling is None): the attention mass each chunk would get if every key were its low-rank
-        part P P^T k — softmax over the layer's body of scaling * q~ . k^, per query head, summed
+        scaling is None): the attention mass each chunk would get if every key were its sketch
+        k^ = P scale int8 — softmax over the layer's body of scaling * q~ . k^, per query head, summed
         over the chunk and the group: an estimate, not a bound, that sees mass spread over many
         keys (diffuse layers), which a max over single keys does not. Torch on every device (one
         matmul over the layer's tokens; no Triton twin yet)."""
-        m = self.n[layer]
+        m, c = self.n[layer], self.chunk
         b, h, d = q.shape
         g = h // self.n_kv
         qg = q.float().reshape(b, self.n_kv, g, d)  # [B, Hkv, G, D]
         p = self.basis[layer]  # [Hkv, D, r]
         q_low = torch.matmul(qg, p)  # [B, Hkv, G, r]
         q_res = (qg - torch.matmul(q_low, p.transpose(-1, -2))).norm(dim=-1, keepdim=True)  # [B, Hkv, G, 1]
-        # one matmul against the sketches (q~, ||q_res||, max|q~|) . (k^, res, slack) = the bound;
-        # with scaling, G more rows (q~, 0, 0) give the low-rank logits q~ . k^ for the mass
-        rows = [torch.cat([q_low, q_res, q_low.abs().amax(-1, keepdim=True)], -1)]  # [B, Hkv, G, r+2]
-        if scaling is not None:
-            rows.append(torch.nn.functional.pad(q_low * scaling, (0, 2)))
-        qa = torch.cat(rows, 2) if len(rows) > 1 else rows[0]
-        c = self.chunk
-        toks = self.lo[layer, :, :, :m].reshape(b, self.n_kv, m * c, -1).to(qa.dtype)  # [B, Hkv, N, r+2]
-        s = torch.matmul(qa, toks.transpose(-1, -2))  # [B, Hkv, G or 2G, N]
+        levels = self.lo[layer, :, :, :m].reshape(b, self.n_kv, m * c, -1).float()  # [B, Hkv, N, r]
+        aux = self.hi[layer, :, :, :m].reshape(b, self.n_kv, m * c, 2).float()  # [B, Hkv, N, (scale, res)]
+        est = torch.matmul(q_low, levels.transpose(-1, -2)) * aux[..., 0].unsqueeze(2)  # q~ . k^ [B, Hkv, G, N]
+        # what the sketch may miss: rounding (half a step per coordinate) and the residual
+        miss = torch.cat([_HALF_STEP * q_low.abs().sum(-1, keepdim=True), q_res], -1)  # [B, Hkv, G, 2]
         # reductions over contiguous dims (group first, then the chunk's C tokens): a strided
         # amax over (G, C) at once costs several times more on CPU
-        bound = s[:, :, :g].amax(2)  # [B, Hkv, N]
+        bound = (est + torch.matmul(miss, aux.transpose(-1, -2))).amax(2)  # [B, Hkv, N]
         if not per_token:
             bound = bound.view(b, self.n_kv, m, c).amax(-1)
         if scaling is None:
             return bound, None
-        mass = torch.softmax(s[:, :, g:], dim=-1).sum(2)  # [B, Hkv, N]: per head, summed over the group
+        mass = torch.softmax(est * scaling, dim=-1).sum(2)  # [B, Hkv, N]: per head, summed over the group
         return bound, mass if per_token else mass.view(b, self.n_kv, m, c).sum(-1)
 
     def truncate(self, layer: int, m: int) -> None:

@@ -129,7 +129,8 @@ def test_bound_on_real_keys(model, policy):
 
 @pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("head_dim, rank, kind", [(64, 16, "lowrank"), (128, 32, "lowrank"), (64, 64, "quest"),
-                                                  (64, 16, "token"), (128, 32, "token")])  # fmt: skip
+                                                  (64, None, "token"), (128, None, "token"),
+                                                  (64, 200, "token")])  # fmt: skip
 def test_abstracts_are_at_most_an_eighth_of_the_kv(head_dim, rank, kind, kv_dtype):
     """Issue budget: abstract bytes per token <= 1/8 of K+V bytes per token (bf16, or the fp32 KV of
     CPU runs), with the chunk the kind's policy gets by default; the per-layer basis is counted apart (it does
@@ -143,5 +144,6 @@ def test_abstracts_are_at_most_an_eighth_of_the_kv(head_dim, rank, kind, kv_dtyp
     per_token = (ab.nbytes - basis) / (chunks * c * n_kv)
     kv = 2 * head_dim * kv_dtype.itemsize
     assert per_token <= kv / 8
-    if kind == "token":  # the rank cap spends exactly the eighth (fp32 KV: fp16 values kept in fp32)
-        assert per_token == kv / 8
+    if kind == "token":  # the default rank, and the cap of a larger one, spend the eighth of bf16 KV
+        assert ab.rank == head_dim // 2 - 4
+        assert per_token == (kv / 8 if kv_dtype == torch.bfloat16 else ab.rank + 8)  # fp32: scale, res
