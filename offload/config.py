@@ -24,7 +24,7 @@ _DTYPES = {
 _STORES = ("dense", "tiered")
 # Chunk-selection policies of sparse decode (offload/tiers/selection.py): ours first, then baselines.
 SELECTION_POLICIES = ("bound", "token", "quest", "landmark", "snapkv", "h2o")
-LAYER_BUDGETS = ("uniform", "squeeze")
+LAYER_BUDGETS = ("uniform", "squeeze", "adaptive")
 
 
 def _positive_int(name: str, value, allow_none: bool = False) -> None:
@@ -76,8 +76,10 @@ class OffloadConfig:
         key), "snapkv" (static, from the prompt's last queries), "h2o" (accumulated attention,
         evicting). SmolLM2, 4k, 1/16, 5 RULER tasks x 10 samples: score vs full 1.11 (token), 0.86
         (bound), 1.05 (snapkv), 1.02 (landmark); bench/results/sparse-smollm2.md.
-    layer_budget: "uniform" (every layer the same budget) or "squeeze" (SqueezeAttention: the third
-        of layers whose attention changes the hidden state least gets less, total unchanged).
+    layer_budget: "uniform" (every layer the same budget), "squeeze" (SqueezeAttention: the third
+        of layers whose attention changes the hidden state least gets less) or "adaptive" (the split
+        that keeps the most of the prompt's last queries' attention, each layer at least a quarter
+        of the uniform budget: tiers/adaptive_budgets.py); the total is unchanged.
     whole_below: a layer whose best possible chunk selection at the budget keeps less than this
         share of the prompt's last queries' attention (measured at prefill) is attended whole while
         it fits in its GPU slots — at most max(1, layers // 8) of them (tiers/whole_layers.py);

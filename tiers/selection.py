@@ -34,8 +34,9 @@ selection keeps nearly as much attention (SmolLM2 4k, 1/16: recall 0.788 fresh, 
 0.772 fifteen), but not the needle a later query turns to (sparse-smollm2.md, session 5).
 
 GQA: scores are the max (bounds) or sum (masses) over the KV head's query group. Layer budgets:
-`squeeze.layer_budgets` (uniform, or SqueezeAttention from prefill's cos(h, h + attn(h))).
-snapkv/h2o/squeeze need prefill statistics: a store reopened from a session (no prefill) falls back
+`squeeze.layer_budgets` (uniform, or SqueezeAttention from prefill's cos(h, h + attn(h))), or
+`adaptive_budgets` (the split that keeps the most of the prompt's last queries' attention).
+snapkv/h2o/squeeze/adaptive need prefill statistics: a store reopened from a session (no prefill) falls back
 to uniform budgets, and snapkv/h2o to recency (the latest chunks).
 """
 
@@ -48,6 +49,7 @@ import torch
 from offload.kernels import top_chunks
 
 from .abstracts import ChunkAbstracts
+from .adaptive_budgets import adaptive_budgets, mass_curve
 from .squeeze import layer_budgets
 from .whole_layers import oracle_recall, whole_layers
 
@@ -107,6 +109,7 @@ class Selector:
         self._m = [0] * n_layers
         self._observed = [False] * n_layers  # snapkv/h2o: prefill statistics arrived for the layer
         self.attn_cos: list[float | None] = [None] * n_layers
+        self.curves: list[torch.Tensor | None] = [None] * n_layers  # adaptive: prefill's recall curves
         self._budgets_cache: tuple | None = None
         # kept selections, per layer: (ids [R, k], (n_chunks, k) they were made for, calls served)
         self.every = config.select_every
@@ -156,7 +159,8 @@ class Selector:
             self.attn_cos[layer] = float(attn_cos)
             self._budgets_cache = None
         stateful = self.policy in ("snapkv", "h2o")
-        if q_tail is None or not (stateful or self.whole_below > 0):
+        adaptive = self.layer_policy == "adaptive"
+        if q_tail is None or not (stateful or adaptive or self.whole_below > 0):
             return
         lay, m = self.layout, self._m[layer]
         b, h, t, d = q_tail.shape
@@ -166,11 +170,15 @@ class Selector:
         qpos = torch.arange(n - t, n, device=s.device)[:, None]
         s = s.masked_fill(torch.arange(n, device=s.device)[None, :] > qpos, float("-inf"))
         mass = torch.softmax(s, dim=-1).sum(dim=(2, 3))  # [B, Hkv, n]
+        if adaptive:
+            self.curves[layer] = mass_curve(mass, lay.sinks, m * lay.chunk)
         if self.whole_below > 0:  # the ceiling of this selector's unit: single tokens or chunks
             unit = 1 if self.tokens else lay.chunk
-            k = self.token_budget(layer, n) // unit
+            # adaptive: at the uniform budget (which layers are whole decides the split, not back)
+            k = (self._uniform(n) if adaptive else self.token_budget(layer, n)) // unit
             self.ceiling[layer] = oracle_recall(mass, lay.sinks, unit, m * lay.chunk // unit, k)
             self._whole = None  # recomputed at the next select
+        self._budgets_cache = None
         if not stateful:
             return
         body = mass[:, :, lay.sinks : lay.sinks + m * lay.chunk].reshape(b, self.n_kv, m, lay.chunk)
@@ -194,14 +202,24 @@ class Selector:
 
     def token_budget(self, layer: int, n_tokens: int) -> int:
         """Body tokens `layer` may attend to at a step over n_tokens tokens (its layer budget)."""
+        tokens = self._uniform(n_tokens)
+        if self._budgets_cache is not None and self._budgets_cache[0] == tokens:
+            return self._budgets_cache[1][layer]
+        n_layers = self.layout.n_layers
+        if self.layer_policy == "adaptive":  # until every layer's curve is in (prefill): uniform
+            ready = all(c is not None for c in self.curves)
+            whole = whole_layers(self.ceiling, self.whole_below) if ready else frozenset()
+            per_layer = adaptive_budgets(tokens, self.curves if ready else [None] * n_layers, whole)
+        else:
+            stats = self.attn_cos if all(c is not None for c in self.attn_cos) else None
+            per_layer = layer_budgets(tokens, n_layers, self.layer_policy, stats)
+        self._budgets_cache = (tokens, per_layer)
+        return per_layer[layer]
+
+    def _uniform(self, n_tokens: int) -> int:
+        """The budget in tokens of every layer at a step over n_tokens tokens, before the layer split."""
         b = self.budget
-        tokens = b if isinstance(b, int) else max(1, math.ceil(b * n_tokens))
-        stats = self.attn_cos if all(c is not None for c in self.attn_cos) else None
-        key = (tokens, stats is not None)
-        if self._budgets_cache is None or self._budgets_cache[0] != key:
-            per_layer = layer_budgets(tokens, self.layout.n_layers, self.layer_policy, stats)
-            self._budgets_cache = (key, per_layer)
-        return self._budgets_cache[1][layer]
+        return b if isinstance(b, int) else max(1, math.ceil(b * n_tokens))
 
     def select(self, layer: int, q: torch.Tensor, n_chunks: int, n_tokens: int,
                scaling: float | None = None) -> torch.Tensor | None:  # fmt: skip

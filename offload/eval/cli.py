@@ -231,12 +231,12 @@ def _run_recall(model_path, policies, budgets, length, seed, select_every=None):
     from offload.loading import load_reference
 
     from .policies import get_policy
-    from .recall import attention_recall, format_recall_table
+    from .recall import attention_recall, format_recall_table, split_name
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
     for name in names:
         try:
-            get_policy(name)
+            get_policy(split_name(name)[0])
         except ValueError as e:
             raise EvalError(str(e)) from None
     model = offload.load_model(model_path)

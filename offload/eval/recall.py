@@ -11,6 +11,10 @@ Whole layers (`whole_below`, as the store's `Selector`): a chunk policy reads wh
 no choice of its chunks at the budget could keep `whole_below` of the attention — measured, as the
 harness's snapkv observes, on the first step's query (the store: the prompt's last 32 queries) — at
 most max(1, L // 8) of them, the lowest first. There recall is 1 and every token is read.
+
+`policy+adaptive` splits the budget over layers as the store's `adaptive` layer budgets do
+(tiers/adaptive_budgets.py): from the attention of the prompt's last `OBS_WINDOW` queries (captured
+with the steps), whole layers apart, the total unchanged.
 """
 
 from __future__ import annotations
@@ -22,11 +26,25 @@ from typing import Sequence
 
 import torch
 
+from ..tiers.adaptive_budgets import adaptive_budgets, mass_curve
+from ..tiers.selection import OBS_WINDOW
 from .corpus import natural_sentences
 from .policies import fixed_mask, get_policy, selection_mask
 from .sample import make_rng
 
-__all__ = ["RecallResult", "natural_ids", "capture_qk", "attention_recall", "format_recall_table"]
+__all__ = ["RecallResult", "natural_ids", "capture_qk", "attention_recall", "format_recall_table",
+           "split_name", "LAYER_SPLITS"]
+
+LAYER_SPLITS = ("adaptive",)  # `policy+split` names the recall harness takes
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """"token+adaptive" -> ("token", "adaptive"); ValueError for an unknown split."""
+    base, plus, split = name.partition("+")
+    if plus and split not in LAYER_SPLITS:
+        raise ValueError(f"{name!r}: the recall harness splits budgets over layers only by "
+                         f"{', '.join(LAYER_SPLITS)}")
+    return base, split or None
 
 CAPTURE_ATTN = "offload_eval_capture"
 
@@ -130,27 +148,40 @@ def attention_recall(
     is scored on later queries, with the sinks + window of their own step. Stateful policies (h2o)
     then see only the queries they select for."""
     ids = natural_ids(tokenizer, n_context + n_steps, seed)
-    captured, _ = capture_qk(hf_model, ids, n_steps)
+    obs = OBS_WINDOW  # the prompt's last queries, before the steps: what `adaptive` splits by
+    captured, _ = capture_qk(hf_model, ids, n_steps + obs)
     layers = sorted(captured)
-    insts = [get_policy(name, sinks=sinks, window=window) for name in policies]
-    combos = [(p, b, _budget_tokens(b, n_context)) for p in insts for b in budgets]
+    names = [split_name(name) for name in policies]
+    insts = [(get_policy(base, sinks=sinks, window=window), split) for base, split in names]
+    combos = [(p, b, _budget_tokens(b, n_context), split) for p, split in insts for b in budgets]
     sums = torch.zeros(len(combos), len(layers), dtype=torch.float64)
     read = torch.zeros(len(combos), dtype=torch.float64)
     kept: dict[tuple[int, int], tuple] = {}  # (combo, layer) -> (mask, body chunks, step)
-    first = _first_step_mass(captured, n_context) if whole_below > 0 else {}
-    whole = [_whole_layers(first, n_context, p, b, whole_below) for p, _, b in combos]
+    first = _first_step_mass(captured, n_context, obs) if whole_below > 0 else {}
+    whole = [_whole_layers(first, n_context, p, b, whole_below) for p, _, b, _ in combos]
+    curves = {}
+    per_layer = []  # [combo][layer index]: the layer's budget in tokens
+    for ci, (p, _, b, split) in enumerate(combos):
+        if split is None:
+            per_layer.append([b] * len(layers))
+            continue
+        key = (getattr(p, "chunk", 1), p.sinks, p.window)
+        if key not in curves:
+            curves[key] = [_prompt_curve(captured[layer], n_context, obs, *key) for layer in layers]
+        per_layer.append(adaptive_budgets(b, curves[key], whole[ci]))
     for li, layer in enumerate(layers):
-        q, k, scaling = captured[layer]  # q [H, n, D]; k [Hkv, T, D]
+        q, k, scaling = captured[layer]  # q [H, obs + n, D]; k [Hkv, T, D]
         n_kv = k.shape[0]
         groups = q.shape[0] // n_kv
         for j in range(n_steps):
             t = n_context + j + 1  # tokens visible to this step, itself included
-            keys, query = k[:, :t], q[:, j]
+            keys, query = k[:, :t], q[:, obs + j]
             probs = torch.softmax(
                 torch.einsum("hd,htd->ht", query, keys.repeat_interleave(groups, 0)) * scaling, dim=-1
             )  # [H, t]
             fixed = fixed_mask(n_kv, t, sinks, window, device=keys.device)
-            for ci, (policy, _, budget) in enumerate(combos):
+            for ci, (policy, *_) in enumerate(combos):
+                budget = per_layer[ci][li]
                 if layer in whole[ci]:  # every token read: all the mass kept
                     sums[ci, li] += 1.0
                     read[ci] += t
@@ -171,22 +202,36 @@ def attention_recall(
                 sums[ci, li] += float((probs * keep).sum(-1).mean())
                 read[ci] += float((sel | fixed).sum(-1).float().mean())
     out = []
-    for ci, (policy, budget, tokens) in enumerate(combos):
+    for ci, (policy, budget, tokens, split) in enumerate(combos):
         out.append(RecallResult(
-            policy=policy.name, budget=str(budget), budget_tokens=tokens, n_context=n_context,
+            policy=policy.name + (f"+{split}" if split else ""), budget=str(budget), budget_tokens=tokens, n_context=n_context,
             n_steps=n_steps, per_layer=tuple((sums[ci] / n_steps).tolist()),
             read=float(read[ci] / (n_steps * len(layers))),
         ))
     return out
 
 
-def _first_step_mass(captured: dict, n_context: int) -> dict[int, torch.Tensor]:
+def _prompt_curve(captured_layer, n_context: int, obs: int, chunk: int, sinks: int, window: int):
+    """`mass_curve` of one layer as the store's Selector measures it at prefill: the attention of the
+    prompt's last `obs` queries (causal) over the prompt, the body laid out in chunks of `chunk`."""
+    q, k, scaling = captured_layer
+    n_kv, groups = k.shape[0], q.shape[0] // k.shape[0]
+    qt = q[:, :obs].reshape(n_kv, groups, obs, -1)
+    s = torch.einsum("kgtd,knd->kgtn", qt, k[:, :n_context]) * scaling
+    qpos = torch.arange(n_context - obs, n_context)[:, None]
+    s = s.masked_fill(torch.arange(n_context)[None, :] > qpos, float("-inf"))
+    mass = torch.softmax(s, dim=-1).sum(dim=(1, 2))[None]  # [1, Hkv, n_context]
+    body = max(0, (n_context - sinks - window) // chunk) * chunk
+    return mass_curve(mass, sinks, body)
+
+
+def _first_step_mass(captured: dict, n_context: int, obs: int) -> dict[int, torch.Tensor]:
     """Per layer, the first step's attention mass per key summed over each query group: [1, Hkv, t]
-    (t = n_context + 1: the prompt and the step itself)."""
+    (t = n_context + 1: the prompt and the step itself; the step's query follows `obs` prompt ones)."""
     t, out = n_context + 1, {}
     for layer, (q, k, scaling) in captured.items():
         n_kv, groups = k.shape[0], q.shape[0] // k.shape[0]
-        s = torch.einsum("hd,htd->ht", q[:, 0], k[:, :t].repeat_interleave(groups, 0)) * scaling
+        s = torch.einsum("hd,htd->ht", q[:, obs], k[:, :t].repeat_interleave(groups, 0)) * scaling
         out[layer] = torch.softmax(s, dim=-1).view(n_kv, groups, t).sum(1)[None]
     return out
 

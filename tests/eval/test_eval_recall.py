@@ -151,3 +151,19 @@ def test_recall_reads_whole_the_layers_no_chunk_choice_serves(model, hf_model):
     assert all(chosen.per_layer[i] == none.per_layer[i] for i in range(n_layers) if i not in ones)
     assert len([r for r in all_.per_layer if r == 1.0]) == max(1, n_layers // 8)  # capped
     assert chosen.mean > none.mean and chosen.read > none.read
+
+
+def test_recall_splits_budgets_by_the_prompts_attention(model, hf_model):
+    """`oracle1+adaptive`: the store's adaptive split, from the prompt's last queries — every layer's
+    budget checked by the harness (a policy over its layer's budget raises), the oracle keeps more
+    on average than at the uniform split, tokens read stay ~ the same; unknown splits are refused."""
+    from offload.eval.recall import split_name
+
+    kw = dict(n_context=512, n_steps=2, sinks=4, window=16)
+    uni, ada = attention_recall(hf_model, model.tokenizer, ["oracle1", "oracle1+adaptive"], [Fraction(1, 16)], **kw)
+    assert ada.policy == "oracle1+adaptive" and ada.budget_tokens == uni.budget_tokens
+    assert ada.mean > uni.mean
+    assert ada.read == pytest.approx(uni.read, rel=0.02)  # the same total, split differently
+    assert split_name("token+adaptive") == ("token", "adaptive") and split_name("token") == ("token", None)
+    with pytest.raises(ValueError, match="adaptive"):
+        split_name("token+squeeze")
