@@ -19,7 +19,7 @@ def machine() -> str:
 
 def add_sparse_args(ap, policies: str, budgets: str, json_rows: str) -> None:
     """The options every sparse-decode bench takes (policies, budgets, prompt seed, threads, JSON)."""
-    ap.add_argument("--policies", default=policies, help="comma list; POLICY+squeeze sets layer_budget='squeeze'")
+    ap.add_argument("--policies", default=policies, help="comma list; POLICY+LAYERS sets layer_budget (uniform, squeeze; default adaptive)")
     ap.add_argument("--budgets", default=budgets, help="fractions of the context (or token counts)")
     ap.add_argument("--seed", type=int, default=0, help="start of the natural-text prompt")
     ap.add_argument("--threads", type=int, default=None)

@@ -117,7 +117,7 @@ def main():
           f"{'1st miss':>8} | {'s':>6}")
 
     # dense first: if it is not exact, the sparse rows measure our bugs, not sparsity
-    todo = [("dense", "uniform", None, None)] + configs
+    todo = [("dense", offload.OffloadConfig().layer_budget, None, None)] + configs
     models = [model if b is None else dataclasses.replace(
         model, config=model.config.replace(budget=tokens, policy=p, layer_budget=lb))
         for p, lb, b, tokens in todo]  # fmt: skip
@@ -129,7 +129,7 @@ def main():
             row = {**base, "policy": p, "layer_budget": lb if b is not None else None, "kv_chunk": m.config.chunk,
                    "select_unit": "token" if m.config.selects_tokens else "chunk",
                    "budget": None if b is None else str(b), "budget_tokens": tokens, **s, "seconds": each}
-            name = p if lb == "uniform" else f"{p}+{lb}"
+            name = p if lb == offload.OffloadConfig().layer_budget else f"{p}+{lb}"
             print(f"{name:>14} | {row['budget'] or '-':>6} | {tokens or '-':>6} | {s['forced_agreement']:>6.3f} | "
                   f"{s['free_prefix']:>6} | {s['free_match']:>6.3f} | "
                   f"{'-' if s['first_forced_miss'] is None else s['first_forced_miss']:>8} | "

@@ -150,7 +150,7 @@ def main():
                     tokens = Mode("sparse", b).budget_tokens(n)
                     cfg = model.config.replace(budget=tokens, policy=p, layer_budget=lb, select_every=e, kv_chunk=c,
                                                select_unit=u)  # fmt: skip
-                    name = (p if lb == "uniform" else f"{p}+{lb}") + f"@{b}" + (f"/{e}" if len(everies) > 1 else "")
+                    name = (p if lb == offload.OffloadConfig().layer_budget else f"{p}+{lb}") + f"@{b}" + (f"/{e}" if len(everies) > 1 else "")
                     name += f":c{cfg.chunk}" if len(chunks) > 1 else ""
                     name += (":tok" if cfg.selects_tokens else ":chk") if len(units) > 1 else ""
                     variants.append((name, dataclasses.replace(model, config=cfg), p, lb, (b, tokens)))

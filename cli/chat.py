@@ -45,7 +45,7 @@ def _opt(*names, env, **kw):
 @_opt("--seed", env="SEED", type=click.IntRange(min=0), default=None)
 @_opt("--budget", env="BUDGET", type=BudgetType(), default=None, help="KV tokens per layer (2048) or a fraction of the context (1/16, 0.05).")
 @_opt("--policy", env="POLICY", type=click.Choice(SELECTION_POLICIES), default="token", show_default=True, help="With --budget: how chunks are chosen (token, bound = ours: a low-rank bound per token or per chunk; the rest are baselines).")
-@_opt("--layer-budget", env="LAYER_BUDGET", type=click.Choice(LAYER_BUDGETS), default="uniform", show_default=True, help="With --budget: per-layer split (squeeze = SqueezeAttention; adaptive = where the prompt's attention says it keeps the most).")
+@_opt("--layer-budget", env="LAYER_BUDGET", type=click.Choice(LAYER_BUDGETS), default="adaptive", show_default=True, help="With --budget: per-layer split (squeeze = SqueezeAttention; adaptive = where the prompt's attention says it keeps the most).")
 @_opt("--select-every", env="SELECT_EVERY", type=click.IntRange(min=1), default=None, help="With --budget: decode steps a layer keeps its chunk selection (1 = choose at every step; more is faster on CPU, may miss what a later step needs).")
 @_opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of placement and transfer (default with --budget: 8 for --policy token, 16 for the others; 64 without).")
 @_opt("--select-unit", env="SELECT_UNIT", type=click.Choice(["token", "chunk"]), default=None, help="With --budget: what a selection picks (default: single tokens for --policy token, whole chunks for the others, which score chunks).")

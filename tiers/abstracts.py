@@ -34,7 +34,7 @@ Size (fp32 abstracts, per KV head, C = 16 tokens per chunk: the default with a b
   (D 128, r 32): 16.25 B vs 512 B = 1/31; at 200k tokens 32 layers x 8 heads x 12.5k chunks x 260 B
   = 832 MB next to 24.4 GiB of KV.
 - quest: 2D * 4 / C = 32 B/token for D 64: 1/8 of bf16 K+V, the issue's ceiling (1/16 of fp32).
-- token: r + 4 B/token (int8 P^T k, fp16 scale and residual), whatever C: r 28 for D 64 (32 B = 1/8),
+- token: r + 4 B/token (int8 P^T k, fp16 scale and residual; stored tokens last), whatever C: r 28 for D 64 (32 B = 1/8),
   r 60 for D 128 (64 B = 1/8); scoring reads every token's sketch, not one box per chunk (tokens/C
   times more). Beside fp32 KV (CPU) scale and residual sit in fp32: r + 8 B, 36 B = 1/14 of fp32 K+V.
 """
@@ -90,10 +90,11 @@ class ChunkAbstracts:
         """(Re)allocate the buffers for `capacity` chunks per layer, keeping what they hold."""
         shape = (self.n_layers, self.batch, self.n_kv, capacity, self.width)
         old = (getattr(self, "lo", None), getattr(self, "hi", None), getattr(self, "res", None))
-        if self.kind == "token":  # per token: lo [.., cap, C, r] int8 P^T k / scale, hi [.., C, 2] (scale, res)
-            per_token = (*shape[:-1], self.chunk)
-            self.lo = torch.zeros((*per_token, self.width), dtype=torch.int8, device=self.device)
-            self.hi = torch.zeros((*per_token, 2), dtype=self.sketch_dtype, device=self.device)
+        if self.kind == "token":  # per token, tokens last (scoring is one [G, r] x [r, N] matmul):
+            # lo [L, B, Hkv, r, cap*C] int8 P^T k / scale; hi [L, B, Hkv, 2, cap*C] (scale, res)
+            tokens = capacity * self.chunk
+            self.lo = torch.zeros((*shape[:3], self.width, tokens), dtype=torch.int8, device=self.device)
+            self.hi = torch.zeros((*shape[:3], 2, tokens), dtype=self.sketch_dtype, device=self.device)
             self.res = None
         else:
             self.lo = torch.zeros(shape, device=self.device)  # lowrank/quest: min; mean: the mean key
@@ -101,7 +102,10 @@ class ChunkAbstracts:
             self.res = torch.zeros(shape[:-1], device=self.device) if self.kind == "lowrank" else None
         for new, prev in zip((self.lo, self.hi, self.res), old):
             if new is not None and prev is not None:
-                new[:, :, :, : prev.shape[3]] = prev
+                if self.kind == "token":
+                    new[..., : prev.shape[-1]] = prev
+                else:
+                    new[:, :, :, : prev.shape[3]] = prev
         self.capacity = capacity
 
     def _grow(self, need: int) -> None:
@@ -146,8 +150,11 @@ class ChunkAbstracts:
             amax = proj.abs().amax(-1, keepdim=True)  # [B, Hkv, n, C, 1]
             scale = (amax * (up / _Q8)).clamp(min=_MIN_SCALE).to(self.sketch_dtype)
             levels = (proj / scale.float()).round().clamp(-_Q8, _Q8)  # error <= _HALF_STEP * scale
-            self.lo[layer, :, :, dst] = levels.to(torch.int8)
-            self.hi[layer, :, :, dst] = torch.cat([scale, (resid * up)[..., None].to(self.sketch_dtype)], -1)
+            cols = slice(j * c, (j + n) * c)
+            b, h = self.batch, self.n_kv
+            self.lo[layer, :, :, :, cols] = levels.to(torch.int8).reshape(b, h, n * c, -1).transpose(-1, -2)
+            aux = torch.cat([scale, (resid * up)[..., None].to(self.sketch_dtype)], -1)  # [B, Hkv, n, C, 2]
+            self.hi[layer, :, :, :, cols] = aux.reshape(b, h, n * c, 2).transpose(-1, -2)
         elif self.kind == "lowrank":
             self.lo[layer, :, :, dst] = proj.amin(3)
             self.hi[layer, :, :, dst] = proj.amax(3)
@@ -191,14 +198,16 @@ class ChunkAbstracts:
         p = self.basis[layer]  # [Hkv, D, r]
         q_low = torch.matmul(qg, p)  # [B, Hkv, G, r]
         q_res = (qg - torch.matmul(q_low, p.transpose(-1, -2))).norm(dim=-1, keepdim=True)  # [B, Hkv, G, 1]
-        levels = self.lo[layer, :, :, :m].reshape(b, self.n_kv, m * c, -1).float()  # [B, Hkv, N, r]
-        aux = self.hi[layer, :, :, :m].reshape(b, self.n_kv, m * c, 2).float()  # [B, Hkv, N, (scale, res)]
-        est = torch.matmul(q_low, levels.transpose(-1, -2)) * aux[..., 0].unsqueeze(2)  # q~ . k^ [B, Hkv, G, N]
+        n = m * c
+        levels = self.lo[layer, :, :, :, :n].float()  # [B, Hkv, r, N]
+        aux = self.hi[layer, :, :, :, :n].float()  # [B, Hkv, 2, N]: (scale, res); a view when fp32
+        scale, res = aux[:, :, :1], aux[:, :, 1:]  # [B, Hkv, 1, N] each
+        est = torch.matmul(q_low, levels) * scale  # q~ . k^ [B, Hkv, G, N]
         # what the sketch may miss: rounding (half a step per coordinate) and the residual
-        miss = torch.cat([_HALF_STEP * q_low.abs().sum(-1, keepdim=True), q_res], -1)  # [B, Hkv, G, 2]
+        half_steps = _HALF_STEP * q_low.abs().sum(-1, keepdim=True)  # [B, Hkv, G, 1]
         # reductions over contiguous dims (group first, then the chunk's C tokens): a strided
         # amax over (G, C) at once costs several times more on CPU
-        bound = (est + torch.matmul(miss, aux.transpose(-1, -2))).amax(2)  # [B, Hkv, N]
+        bound = torch.addcmul(torch.addcmul(est, half_steps, scale), q_res, res).amax(2)  # [B, Hkv, N]
         if not per_token:
             bound = bound.view(b, self.n_kv, m, c).amax(-1)
         if scaling is None:

@@ -6,14 +6,13 @@ exceeded). A budget that covers every body chunk selects nothing away: the store
 so output equals dense (invariant 1). Policies:
 
 - `bound` (ours): low-rank upper bound of the chunk's best q.k (`ChunkAbstracts` "lowrank").
-- `token` (ours): per-token sketches (`ChunkAbstracts` "token"). ceil(bound_share * k) chunks by the
-  per-token bound, max over the chunk (a lone key that matters), the rest by the attention mass the
-  sketches estimate (softmax of the low-rank logits, summed per chunk: mass spread over many keys,
-  which a max misses). SmolLM2 4k, 1/16: recall 0.798 (share 0.25) vs 0.736 (bound alone).
-  By default (config.select_unit) `token` picks single tokens the same way — k = the budget in
-  tokens, ids [R, k] of body tokens, read out of the chunks that hold them: a chunk mixes the
-  token that matters with seven that do not (4k, 1/16: recall 0.93 vs 0.86, needle probe 1.00 vs
-  0.98 of full attention).
+- `token` (ours): per-token sketches (`ChunkAbstracts` "token"), ranked by `token_ranking.py`
+  (a share by the per-token bound, the rest by estimated mass). By default (config.select_unit) it
+  picks single tokens — k = the budget in tokens, ids [R, k] of body tokens, read out of the chunks
+  that hold them: a chunk mixes the token that matters with seven that do not (4k, 1/16: recall
+  0.93 vs 0.86). With `adaptive` layer budgets (the default) a token selection's budget is split
+  per row (KV head): ids [R, k] for the largest row budget k, each row its best first and -1 past
+  its own budget (`padded`).
 - `quest`: per-channel min/max bound (Quest). `landmark`: mean key (ShadowKV), not a bound.
 - `snapkv`: static — attention mass of the prompt's last `OBS_WINDOW` queries per chunk, summed over
   the query group, measured at prefill; chunks decoded later are always kept (SnapKV keeps every
@@ -29,15 +28,14 @@ fit its GPU slots. SmolLM2 at 4k: layer 0 (ceiling 0.44 at 1/16; others >= 0.70)
 
 Kept selections (config.select_every, default 1 = none): a layer's selection is returned again, the
 same tensor, for that many steps, and made afresh at once when a chunk leaves the window, the budget
-moves or the layer is truncated. Scoring every chunk is most of a CPU step's cost, and a kept
-selection keeps nearly as much attention (SmolLM2 4k, 1/16: recall 0.788 fresh, 0.779 one step old,
-0.772 fifteen), but not the needle a later query turns to (sparse-smollm2.md, session 5).
+moves or the layer is truncated. Cheaper on a CPU, but a kept selection misses the needle a later
+query turns to (sparse-smollm2.md, sessions 5 and 7).
 
 GQA: scores are the max (bounds) or sum (masses) over the KV head's query group. Layer budgets:
 `squeeze.layer_budgets` (uniform, or SqueezeAttention from prefill's cos(h, h + attn(h))), or
 `adaptive_budgets` (the split that keeps the most of the prompt's last queries' attention).
-snapkv/h2o/squeeze/adaptive need prefill statistics: a store reopened from a session (no prefill) falls back
-to uniform budgets, and snapkv/h2o to recency (the latest chunks).
+snapkv/h2o/squeeze/adaptive need prefill statistics: a store reopened from a session (no prefill)
+falls back to uniform budgets, and snapkv/h2o to recency (the latest chunks).
 """
 
 from __future__ import annotations
@@ -51,6 +49,7 @@ from offload.kernels import top_chunks
 from .abstracts import ChunkAbstracts
 from .adaptive_budgets import adaptive_budgets, mass_curve
 from .squeeze import layer_budgets
+from .token_ranking import hybrid_scores, token_ranking
 from .whole_layers import oracle_recall, whole_layers
 
 __all__ = ["Selector", "OBS_WINDOW", "ABSTRACT_KIND", "hybrid_scores", "token_ranking"]
@@ -58,26 +57,6 @@ __all__ = ["Selector", "OBS_WINDOW", "ABSTRACT_KIND", "hybrid_scores", "token_ra
 OBS_WINDOW = 32  # prompt queries whose attention snapkv/h2o observe at prefill
 ABSTRACT_KIND = {"bound": "lowrank", "token": "token", "quest": "quest", "landmark": "mean"}
 _KEEP = 1e30  # snapkv score of a decoded chunk: always kept before any prompt chunk
-
-
-def hybrid_scores(bound: torch.Tensor, mass: torch.Tensor, k: int, share: float) -> torch.Tensor:
-    """`token`'s ranking, [B, Hkv, m]: its top k are the ceil(share * k) best chunks by the upper
-    bound (a lone outlier key: a needle, a copy head's target), then the best of the rest by the
-    estimated mass (attention spread over many keys). bound, mass [B, Hkv, m]."""
-    first = math.ceil(share * k)
-    if first == 0:
-        return mass
-    return mass.scatter(-1, top_chunks(bound, first).long(), float("inf"))
-
-
-def token_ranking(abstracts: ChunkAbstracts, layer: int, q: torch.Tensor, k: int, share: float,
-                  scaling: float, per_token: bool = False) -> torch.Tensor:  # fmt: skip
-    """`hybrid_scores` of the layer's chunks (per_token: of its body tokens) for q [B, H, D] (the
-    store's and the recall harness's one path); when the bound's share covers all k, the bound
-    alone — no mass computed."""
-    if math.ceil(share * k) >= k:
-        return abstracts.token_scores(layer, q, None, per_token)[0]
-    return hybrid_scores(*abstracts.token_scores(layer, q, scaling, per_token), k, share)
 
 
 class Selector:
@@ -115,6 +94,7 @@ class Selector:
         self.every = config.select_every
         self._kept: list[tuple | None] = [None] * n_layers
         self.counters = {"selections": 0, "selections_kept": 0}  # made afresh / served again
+        self.padded = [False] * n_layers  # the layer's selection has -1 past some rows' budgets
 
     # -- building ----------------------------------------------------------------------------------
     def before_chunks(self, layer: int, keys: torch.Tensor) -> None:
@@ -170,8 +150,8 @@ class Selector:
         qpos = torch.arange(n - t, n, device=s.device)[:, None]
         s = s.masked_fill(torch.arange(n, device=s.device)[None, :] > qpos, float("-inf"))
         mass = torch.softmax(s, dim=-1).sum(dim=(2, 3))  # [B, Hkv, n]
-        if adaptive:
-            self.curves[layer] = mass_curve(mass, lay.sinks, m * lay.chunk)
+        if adaptive:  # token selections split per row (KV head), chunk selections per layer
+            self.curves[layer] = mass_curve(mass, lay.sinks, m * lay.chunk, per_row=self.tokens)
         if self.whole_below > 0:  # the ceiling of this selector's unit: single tokens or chunks
             unit = 1 if self.tokens else lay.chunk
             # adaptive: at the uniform budget (which layers are whole decides the split, not back)
@@ -201,20 +181,31 @@ class Selector:
         return self.token_budget(layer, n_tokens) // self.layout.chunk
 
     def token_budget(self, layer: int, n_tokens: int) -> int:
-        """Body tokens `layer` may attend to at a step over n_tokens tokens (its layer budget)."""
+        """Body tokens `layer` may attend to at a step over n_tokens tokens (its layer budget; with
+        budgets per row, the largest row's: the width of its selection)."""
+        return max(self._split(n_tokens)[layer])
+
+    def row_budgets(self, layer: int, n_tokens: int) -> list[int] | None:
+        """Body tokens each row (B*Hkv) of `layer` may attend to, when they differ (adaptive splits of
+        token selections); None = every row has `token_budget`."""
+        rows = self._split(n_tokens)[layer]
+        return rows if len(rows) > 1 and min(rows) != max(rows) else None
+
+    def _split(self, n_tokens: int) -> list[list[int]]:
+        """Per layer, its budget in tokens — one per row when the adaptive split is per row."""
         tokens = self._uniform(n_tokens)
         if self._budgets_cache is not None and self._budgets_cache[0] == tokens:
-            return self._budgets_cache[1][layer]
+            return self._budgets_cache[1]
         n_layers = self.layout.n_layers
         if self.layer_policy == "adaptive":  # until every layer's curve is in (prefill): uniform
             ready = all(c is not None for c in self.curves)
             whole = whole_layers(self.ceiling, self.whole_below) if ready else frozenset()
-            per_layer = adaptive_budgets(tokens, self.curves if ready else [None] * n_layers, whole)
+            split = adaptive_budgets(tokens, self.curves if ready else [None] * n_layers, whole)
         else:
             stats = self.attn_cos if all(c is not None for c in self.attn_cos) else None
-            per_layer = layer_budgets(tokens, n_layers, self.layer_policy, stats)
-        self._budgets_cache = (tokens, per_layer)
-        return per_layer[layer]
+            split = [[b] for b in layer_budgets(tokens, n_layers, self.layer_policy, stats)]
+        self._budgets_cache = (tokens, split)
+        return split
 
     def _uniform(self, n_tokens: int) -> int:
         """The budget in tokens of every layer at a step over n_tokens tokens, before the layer split."""
@@ -243,21 +234,28 @@ class Selector:
             self.counters["selections_kept"] += 1
             return kept[0]
         self.counters["selections"] += 1
-        chosen = self._choose(layer, q, n_chunks, units, k, scaling)
+        rows_k = self.row_budgets(layer, n_tokens) if self.tokens else None
+        chosen = self._choose(layer, q, n_chunks, units, k, scaling, rows_k)
         self._kept[layer] = (chosen, (n_chunks, k), 1)
+        self.padded[layer] = rows_k is not None and not self.is_whole(layer, n_chunks)
         return chosen
 
-    def _choose(self, layer, q, n_chunks, units, k, scaling) -> torch.Tensor:
+    def _choose(self, layer, q, n_chunks, units, k, scaling, rows_k=None) -> torch.Tensor:
         rows = self.batch * self.n_kv
         if self.is_whole(layer, n_chunks):  # every unit (chunk, or token) of the body
             return torch.arange(units, device=self.device).expand(rows, units)
         if k == 0:
             return torch.full((rows, 0), -1, dtype=torch.long, device=self.device)
+        rk = None if rows_k is None else torch.tensor(rows_k, device=self.device).view(self.batch, self.n_kv, 1)
         if self.policy == "token":
             scale = q.shape[-1] ** -0.5 if scaling is None else scaling
-            scores = token_ranking(self.abstracts, layer, q, k, self.bound_share, scale, self.tokens)
+            scores = token_ranking(self.abstracts, layer, q, k, self.bound_share, scale, self.tokens, rk)
         else:
             scores = self.scores(layer, q, n_chunks)  # [B, Hkv, m]
+        if rk is not None:  # each row its own k: its best first (sorted), -1 past its budget
+            idx = torch.topk(scores, k, dim=-1).indices
+            idx = idx.masked_fill(torch.arange(k, device=self.device) >= rk, -1)
+            return idx.reshape(rows, k)
         idx = top_chunks(scores, k).long()  # [B, Hkv, k]
         if self.policy == "h2o" and self._observed[layer]:
             alive = self._alive[layer][:, :, :n_chunks]

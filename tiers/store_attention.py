@@ -18,7 +18,8 @@ ids is fetched first (the misses must be known on the host), or the step falls b
 the union exceeds the layer's slots. A selection of single tokens (config.select_unit, ids of body
 tokens) makes the chunks that hold them resident the same way, then the `WorkingSet` gathers the
 tokens, on every device; when those chunks outgrow the slots, rounds over them mask each row to its
-own tokens.
+own tokens. Rows with budgets below the selection's width (adaptive splits per KV head) end in -1:
+a real token of the row stands in for the gather and the working set masks it out.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ __all__ = ["attend_rounds", "attend_selected", "kernel_args"]
 
 def attend_selected(store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
                     want_mass: bool = False):  # fmt: skip
-    """q [B, H, 1, D] over sinks + window + chunks select [R, k] (long, on the device, no padding).
+    """q [B, H, 1, D] over sinks + window + chunks select [R, k] (long, on the device; -1 padding
+    only in token selections).
     Returns [B, 1, H, D]; with want_mass also (select, mass [R, k]) for h2o."""
     mgr = store._mgr
     b, h, _, d = q.shape
@@ -71,12 +73,16 @@ def _attend_tokens(store, layer: int, q: torch.Tensor, scaling: float, select: t
     """q [B, H, 1, D] over sinks + window + the body tokens select [R, k] names: the chunks holding
     them made resident (as chunk ids), the tokens gathered by the `WorkingSet`. [B, 1, H, D]."""
     mgr, c = store._mgr, store.layout.chunk
+    kept, valid = select, None  # kept: the selector's tensor (the working set knows a selection by it)
+    if store._sel.padded[layer]:  # rows with budgets below k end in -1: a real token stands in, masked
+        valid = select >= 0
+        select = torch.where(valid, select, select[:, :1].clamp(min=0))
     chunks = torch.div(select, c, rounding_mode="floor")  # [R, k] the chunk of each token
     pinned = not mgr.all_resident(layer)
     if pinned:
         ids = sorted(set(chunks.reshape(-1).tolist()))  # host sync: misses are fetched by Python
         if len(ids) > mgr.budgets[layer]:  # in rounds of at most the slots, still these tokens only
-            return attend_rounds(store, layer, q, scaling, None, select)
+            return attend_rounds(store, layer, q, scaling, None, select if valid is None else select.masked_fill(~valid, -1))
         store._fetch(layer, ids)
     else:
         mgr.note_hits(select.numel())  # one per (row, token) read
@@ -85,7 +91,7 @@ def _attend_tokens(store, layer: int, q: torch.Tensor, scaling: float, select: t
     def gather():  # [2, R, k, D]
         return store._gpu.gather_tokens(store._table.slots(layer, mgr, chunks), select - chunks * c)
 
-    out = store._ws.attend(store, layer, q, scaling, select, gather, 1)
+    out = store._ws.attend(store, layer, q, scaling, kept, gather, 1, valid)
     store._xfer.mark_used(layer)
     if pinned:
         mgr.release(layer)

@@ -35,12 +35,14 @@ class WorkingSet:
         self._buf: list[torch.Tensor | None] = [None] * n_layers
         self._sel: list[torch.Tensor | None] = [None] * n_layers  # the selection each buf holds
         self._ver = [-1] * n_layers  # the manager's version of the layer when it was gathered
+        self._mask: list[torch.Tensor | None] = [None] * n_layers  # [B, H, 1, k*U]: padded selections
 
     def attend(self, store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
-               gather, unit: int) -> torch.Tensor:  # fmt: skip
+               gather, unit: int, valid: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """q [B, H, 1, D] over sinks + window + the units (of `unit` tokens) select [R, k] of `layer`
         names, every one resident. gather: callable () -> their K/V, [2, R, k, unit * D], called
-        only when the selection is new. Returns [B, 1, H, D]."""
+        only when the selection is new. valid [R, k] bool: the units each row attends to (rows
+        with budgets below k: the rest are stand-ins, masked out); None = all. Returns [B, 1, H, D]."""
         lay = store.layout
         b, h, _, d = q.shape
         r, k = select.shape
@@ -59,9 +61,16 @@ class WorkingSet:
             if k:  # [2, R, k, U*D]: each row's k units, keys then values
                 buf[:, :, :body].view(2, r, k, unit * d).copy_(gather())
             self._sel[layer], self._ver[layer] = select, version
+            self._mask[layer] = None
+            if valid is not None:  # per query head: [B, Hkv, 1, k*U] -> [B, H, 1, k*U]
+                rows = valid.repeat_interleave(unit, 1).view(b, r // b, 1, body)
+                self._mask[layer] = rows.repeat_interleave(h // (r // b), 1)
         buf[:, :, body : body + ext] = store._edge[layer, :, :, :ext]
         kv = buf[:, :, : body + ext].view(2, b, r // b, body + ext, d)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=scaling, enable_gqa=True)
+        mask = self._mask[layer]
+        if mask is not None:  # sinks + window: every row
+            mask = torch.cat([mask, mask.new_ones(b, h, 1, ext)], -1)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, scale=scaling, enable_gqa=True)
         return out.transpose(1, 2)  # [B, 1, H, D]
 
     @property

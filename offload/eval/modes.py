@@ -122,9 +122,10 @@ def _parts(text: str, what: str) -> list[str]:
 
 
 def split_policy(spec: str) -> tuple[str, str]:
-    """`quest` -> ("quest", "uniform"); `quest+squeeze` -> ("quest", "squeeze") (layer budgets)."""
+    """`quest` -> ("quest", the config's default layer budgets: "adaptive"); `quest+uniform` ->
+    ("quest", "uniform")."""
     name, _, layers = str(spec).partition("+")
-    return name, layers or "uniform"
+    return name, layers or OffloadConfig().layer_budget
 
 
 def sparse_config(base: OffloadConfig, mode: Mode, policy: str | None, n_context: int) -> OffloadConfig:

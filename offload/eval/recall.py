@@ -163,12 +163,13 @@ def attention_recall(
     per_layer = []  # [combo][layer index]: the layer's budget in tokens
     for ci, (p, _, b, split) in enumerate(combos):
         if split is None:
-            per_layer.append([b] * len(layers))
+            per_layer.append([[b]] * len(layers))
             continue
-        key = (getattr(p, "chunk", 1), p.sinks, p.window)
+        # a policy that picks single tokens (a "chunk" of 1, as the store's `token`) splits per KV head
+        key = (getattr(p, "chunk", 1), p.sinks, p.window, getattr(p, "chunk", None) == 1)
         if key not in curves:
             curves[key] = [_prompt_curve(captured[layer], n_context, obs, *key) for layer in layers]
-        per_layer.append(adaptive_budgets(b, curves[key], whole[ci]))
+        per_layer.append(adaptive_budgets(b, curves[key], whole[ci]))  # per KV head when single tokens
     for li, layer in enumerate(layers):
         q, k, scaling = captured[layer]  # q [H, obs + n, D]; k [Hkv, T, D]
         n_kv = k.shape[0]
@@ -181,7 +182,9 @@ def attention_recall(
             )  # [H, t]
             fixed = fixed_mask(n_kv, t, sinks, window, device=keys.device)
             for ci, (policy, *_) in enumerate(combos):
-                budget = per_layer[ci][li]
+                budget = per_layer[ci][li]  # [tokens], or tokens per KV head
+                allowed = torch.tensor(budget * (n_kv if len(budget) == 1 else 1))
+                budget = budget[0] if len(budget) == 1 else budget
                 if layer in whole[ci]:  # every token read: all the mass kept
                     sums[ci, li] += 1.0
                     read[ci] += t
@@ -192,11 +195,11 @@ def attention_recall(
                     held = (selection_mask(policy.select(layer, query, keys, budget), n_kv, t), body, j)
                     kept[(ci, layer)] = held
                 sel = torch.nn.functional.pad(held[0], (0, t - held[0].shape[1]))  # [Hkv, t]
-                extra = int((sel & ~fixed).sum(-1).max())
-                if policy.respects_budget and extra > budget:
+                extra = (sel & ~fixed).sum(-1)  # [Hkv]
+                if policy.respects_budget and bool((extra > allowed).any()):
                     raise ValueError(
-                        f"policy {policy.name!r} picked {extra} tokens beyond sinks+window at layer "
-                        f"{layer}, over its budget of {budget}"
+                        f"policy {policy.name!r} picked {extra.tolist()} tokens beyond sinks+window at "
+                        f"layer {layer}, over its budget of {allowed.tolist()}"
                     )
                 keep = (sel | fixed).repeat_interleave(groups, 0)
                 sums[ci, li] += float((probs * keep).sum(-1).mean())
@@ -211,7 +214,8 @@ def attention_recall(
     return out
 
 
-def _prompt_curve(captured_layer, n_context: int, obs: int, chunk: int, sinks: int, window: int):
+def _prompt_curve(captured_layer, n_context: int, obs: int, chunk: int, sinks: int, window: int,
+                  per_row: bool):  # fmt: skip
     """`mass_curve` of one layer as the store's Selector measures it at prefill: the attention of the
     prompt's last `obs` queries (causal) over the prompt, the body laid out in chunks of `chunk`."""
     q, k, scaling = captured_layer
@@ -222,7 +226,7 @@ def _prompt_curve(captured_layer, n_context: int, obs: int, chunk: int, sinks: i
     s = s.masked_fill(torch.arange(n_context)[None, :] > qpos, float("-inf"))
     mass = torch.softmax(s, dim=-1).sum(dim=(1, 2))[None]  # [1, Hkv, n_context]
     body = max(0, (n_context - sinks - window) // chunk) * chunk
-    return mass_curve(mass, sinks, body)
+    return mass_curve(mass, sinks, body, per_row=per_row)
 
 
 def _first_step_mass(captured: dict, n_context: int, obs: int) -> dict[int, torch.Tensor]:

@@ -53,7 +53,13 @@ class ChunkPolicy:
         return m, self.sinks + m * self.chunk
 
     def select(self, layer, query, keys, budget):
+        """budget: tokens, or a list of tokens per KV head (the store's adaptive split of token
+        selections): each head its best k_h, as the store ranks them."""
         n_kv, t, d = keys.shape
+        rows = None
+        if isinstance(budget, (list, tuple)):
+            rows = budget if len(set(budget)) > 1 else None
+            budget = max(budget)
         if t < self._last_t.get(layer, 0):  # a new sequence: forget per-layer state
             for state in (self._basis, self._score, self._alive):
                 state.pop(layer, None)
@@ -66,16 +72,21 @@ class ChunkPolicy:
         if m == 0:
             return mask
         body = keys[:, self.sinks : wstart].reshape(n_kv, m, self.chunk, d)
-        scores = self._scores(layer, query, keys, body, k)  # [Hkv, m]
+        rows_k = None
+        if rows is not None:  # [1, Hkv, 1]: each head's k
+            rows_k = torch.tensor([min(m, max(0, b - tail) // self.chunk) for b in rows]).view(1, n_kv, 1)
+        scores = self._scores(layer, query, keys, body, k, rows_k)  # [Hkv, m]
         if k:
-            idx = scores.topk(k, dim=-1).indices  # [Hkv, k]
+            idx = scores.topk(k, dim=-1).indices  # [Hkv, k], best first
             tok = (self.sinks + idx[..., None] * self.chunk + torch.arange(self.chunk, device=keys.device))
+            if rows_k is not None:  # past a head's own k: token 0 (a sink, kept anyway)
+                tok = tok.masked_fill((torch.arange(k) >= rows_k[0])[..., None], 0)
             mask.scatter_(1, tok.reshape(n_kv, -1), True)
         if self.kind == "h2o":
             self._h2o_step(layer, query, keys, mask, m, idx if k else None)
         return mask
 
-    def _scores(self, layer, query, keys, body, k):
+    def _scores(self, layer, query, keys, body, k, rows_k=None):
         n_kv, m, c, d = body.shape
         if self.kind == "oracle":  # the chunks' true attention mass: the best any chunk choice can do
             return self._mass(query, keys)[:, self.sinks : self.sinks + m * c].reshape(n_kv, m, c).sum(-1)
@@ -89,7 +100,7 @@ class ChunkPolicy:
             if m:
                 ab.add(0, 0, body.reshape(n_kv, m * c, d))  # every chunk in one pass, as prefill
             if self.kind == "token":  # as Selector.select
-                return token_ranking(ab, 0, query[None], k, self.bound_share, d**-0.5)[0]
+                return token_ranking(ab, 0, query[None], k, self.bound_share, d**-0.5, rows_k=rows_k)[0]
             return ab.scores(0, query[None])[0]
         score = self._score.get(layer)
         if score is None:  # first step: this query's full attention, summed per chunk and group

@@ -28,6 +28,12 @@ def test_curve_is_the_token_oracle(seed):
         assert r == pytest.approx(oracle_recall(mass, sinks, 1, body, k), abs=1e-6)
     steps = rec[1:] - rec[:-1]
     assert (steps >= -1e-7).all() and (steps[1:] <= steps[:-1] + 1e-7).all()
+    rows = mass_curve(mass, sinks, body, per_row=True)  # one curve per row (KV head), same ks
+    assert rows.shape == (1 + 3, len(ks)) and torch.equal(rows[0], ks)
+    for r in range(3):
+        want = [oracle_recall(mass[:, r : r + 1], sinks, 1, body, k) for k in ks.long().tolist()]
+        assert rows[1 + r].tolist() == pytest.approx(want, abs=1e-6)
+    assert rows[1:].mean(0).tolist() == pytest.approx(rec.tolist(), abs=1e-6)
 
 
 def test_split_is_the_best_and_keeps_the_total():
@@ -39,54 +45,72 @@ def test_split_is_the_best_and_keeps_the_total():
     def total(split):
         return sum(float(c[1][int(k)]) for c, k in zip(curves, split))
 
-    got = adaptive_budgets(base, curves, floor_share=0.0)
+    got = [b for (b,) in adaptive_budgets(base, curves, floor_share=0.0)]
     assert sum(got) == 3 * base
     best = max(total(s) for s in itertools.product(range(body + 1), repeat=3) if sum(s) == 3 * base)
     assert total(got) == pytest.approx(best, abs=1e-6)
     assert total(got) > total([base] * 3)
+    # the same three curves as the rows of one layer: the same split
+    rows = torch.cat([curves[0], curves[1][1:], curves[2][1:]])
+    assert adaptive_budgets(base, [rows], floor_share=0.0) == [got]
 
 
 def test_floor_whole_and_missing_layers():
     curves = [mass_curve(_mass(s, peak=p), 4, 40) for s, p in ((0, 3.0), (1, 0.1), (2, 0.1), (3, 3.0))]
     base = 16
-    got = adaptive_budgets(base, curves)
+
+    def split(*a, **kw):
+        return [b for (b,) in adaptive_budgets(*a, **kw)]
+
+    got = split(base, curves)
     assert sum(got) == 4 * base and min(got) >= int(base * FLOOR_SHARE)
     assert got[1] > base and got[2] > base  # the diffuse layers get more
-    got = adaptive_budgets(base, curves, whole=frozenset({1}))
+    got = split(base, curves, whole=frozenset({1}))
     assert got[1] == base and sum(got) == 4 * base  # a whole layer keeps the uniform budget
-    assert adaptive_budgets(base, [None, *curves[1:]])[0] == base
-    assert adaptive_budgets(base, [None] * 4) == [base] * 4
+    assert split(base, [None, *curves[1:]])[0] == base
+    assert split(base, [None] * 4) == [base] * 4
     # a total the curves cannot take (context grown past the prompt): the rest evenly, total kept
-    got = adaptive_budgets(50, curves)
+    got = split(50, curves)
     assert sum(got) == 200 and max(got) - min(got) <= 40
 
 
-def test_store_splits_by_prefill_attention():
-    """A store with adaptive layer budgets: before prefill statistics every layer has the uniform
-    budget; after, the split follows the prompt's attention (a layer whose tail queries look at one
-    key gives budget to one whose queries spread), the total is kept and every selection fits its
-    layer's budget; a budget over the context is still dense."""
+@pytest.mark.parametrize("unit", ["token", "chunk"])
+def test_store_splits_by_prefill_attention(unit):
+    """A store with adaptive budgets: before prefill statistics every layer has the uniform budget;
+    after, the split follows the prompt's attention (the KV head whose tail queries look at one key
+    gives budget to those whose queries spread) — per row (KV head) for token selections, per layer
+    for chunk selections — the total is kept, and each row's selection fits its own budget."""
     n_kv, d, n, layers = 2, 16, 300, 3
     cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, layer_budget="adaptive", rank=4,
-                        whole_below=0)  # fmt: skip
+                        whole_below=0, select_unit=unit)  # fmt: skip
     st = TieredKVStore(layers, n_kv, d, torch.float32, "cpu", config=cfg)
     g = torch.Generator().manual_seed(0)
     sel = st.selector
     tokens = math.ceil(0.25 * n)
+    floor = int(tokens * FLOOR_SHARE)
     for layer in range(layers):
         k, v = torch.randn(1, n_kv, n, d, generator=g), torch.randn(1, n_kv, n, d, generator=g)
         st.append(layer, k, v)
-        q_tail = torch.randn(1, 2 * n_kv, 8, d, generator=g) * 0.01  # layers 0, 2: near uniform
-        if layer == 1:  # every tail query points at key 100 of each head
-            q_tail = k[:, :, 100:101].repeat_interleave(2, 1).expand(-1, -1, 8, -1) * 4
+        q_tail = torch.randn(1, 2 * n_kv, 8, d, generator=g) * 0.01  # near uniform attention
+        if layer == 1:  # the tail queries of KV head 0 (query heads 0, 1) point at its key 100
+            q_tail[:, :2] = k[:, :1, 100:101].expand(-1, 2, 8, -1) * 4
         assert [sel.token_budget(i, n) for i in range(layers)] == [tokens] * layers  # not all in yet
         st.prefill_observer(layer, q_tail, k, d**-0.5, None)
-    budgets = [sel.token_budget(i, n) for i in range(layers)]
-    assert sum(budgets) == layers * tokens and budgets[1] == int(tokens * FLOOR_SHARE)
+    split = sel._split(n)
+    assert sum(map(sum, split)) == layers * tokens * (n_kv if unit == "token" else 1)
+    if unit == "token":
+        assert split[1][0] == floor and split[1][1] > 2 * floor  # per KV head
+        assert sel.row_budgets(1, n) == split[1]
+    else:
+        assert [len(s) for s in split] == [1] * layers and split[1][0] < tokens  # per layer
+        assert sel.row_budgets(1, n) is None
     for layer in range(layers):
         m = st._mgr.n_chunks(layer)
         ids = sel.select(layer, torch.randn(1, 2 * n_kv, d, generator=g), m, n)
-        assert ids.shape == (n_kv, budgets[layer])
+        size = 1 if unit == "token" else 16
+        assert ids.shape == (n_kv, max(split[layer]) // size)
+        rows = split[layer] * (n_kv if len(split[layer]) == 1 else 1)
+        assert [int((r >= 0).sum()) for r in ids] == [b // size for b in rows]
         out = st.attend(layer, torch.randn(1, 2 * n_kv, 1, d, generator=g), d**-0.5)
         assert torch.isfinite(out).all()
     st.close()

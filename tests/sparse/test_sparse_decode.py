@@ -38,7 +38,7 @@ def test_bound_finds_the_needle(model):
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     at = sample.prompt.index(f"The pass key is {key}")
     needle = [i for i, (a, b) in enumerate(offsets) if a >= at and b <= at + len(f"The pass key is {key}")]
-    cfg = model.config.replace(budget=0.125, policy="bound")
+    cfg = model.config.replace(budget=0.125, policy="bound", layer_budget="uniform")  # 1/8 in every layer
     sparse = dataclasses.replace(model, config=cfg)
     store = sparse.new_store()
     try:
