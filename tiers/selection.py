@@ -49,7 +49,7 @@ from offload.kernels import top_chunks
 from .abstracts import ChunkAbstracts
 from .adaptive_budgets import adaptive_budgets, mass_curve
 from .squeeze import layer_budgets
-from .token_ranking import hybrid_scores, token_ranking
+from .token_ranking import best_first, hybrid_scores, token_ranking
 from .whole_layers import oracle_recall, whole_layers
 
 __all__ = ["Selector", "OBS_WINDOW", "ABSTRACT_KIND", "hybrid_scores", "token_ranking"]
@@ -253,8 +253,7 @@ class Selector:
         else:
             scores = self.scores(layer, q, n_chunks)  # [B, Hkv, m]
         if rk is not None:  # each row its own k: its best first (sorted), -1 past its budget
-            idx = torch.topk(scores, k, dim=-1).indices
-            idx = idx.masked_fill(torch.arange(k, device=self.device) >= rk, -1)
+            idx = best_first(scores, k).masked_fill(torch.arange(k, device=self.device) >= rk, -1)
             return idx.reshape(rows, k)
         idx = top_chunks(scores, k).long()  # [B, Hkv, k]
         if self.policy == "h2o" and self._observed[layer]:

@@ -16,7 +16,14 @@ from offload.kernels import top_chunks
 
 from .abstracts import ChunkAbstracts
 
-__all__ = ["hybrid_scores", "token_ranking"]
+__all__ = ["hybrid_scores", "token_ranking", "best_first"]
+
+
+def best_first(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [B, Hkv, k] of the k highest scores [B, Hkv, n], highest first: an unsorted top-k,
+    then a sort of those k only (a sorted top-k of 8k tokens costs ~3x more on a CPU, in situ)."""
+    top = torch.topk(scores, k, dim=-1, sorted=False)
+    return top.indices.gather(-1, top.values.argsort(dim=-1, descending=True))
 
 
 def hybrid_scores(bound: torch.Tensor, mass: torch.Tensor, k: int, share: float,
@@ -30,7 +37,7 @@ def hybrid_scores(bound: torch.Tensor, mass: torch.Tensor, k: int, share: float,
         return mass
     if rows_k is None:
         return mass.scatter(-1, top_chunks(bound, first).long(), float("inf"))
-    top = torch.topk(bound, first, dim=-1).indices  # sorted: a row's best bounds first
+    top = best_first(bound, first)  # a row's best bounds first
     mine = torch.arange(first, device=bound.device) < torch.ceil(share * rows_k)
     return mass.scatter(-1, top, torch.where(mine, float("inf"), mass.gather(-1, top)))
 
