@@ -34,8 +34,8 @@ Size (fp32 abstracts, per KV head, C = 16 tokens per chunk: the default with a b
   (D 128, r 32): 16.25 B vs 512 B = 1/31; at 200k tokens 32 layers x 8 heads x 12.5k chunks x 260 B
   = 832 MB next to 24.4 GiB of KV.
 - quest: 2D * 4 / C = 32 B/token for D 64: 1/8 of bf16 K+V, the issue's ceiling (1/16 of fp32).
-- token: r + 4 B/token (int8 P^T k, fp16 scale and residual; stored tokens last), whatever C: r 28 for D 64 (32 B = 1/8),
-  r 60 for D 128 (64 B = 1/8); scoring reads every token's sketch, not one box per chunk (tokens/C
+- token: r + 4 B/token (int8 P^T k, fp16 scale and residual; stored tokens last), whatever C:
+  r 28 for D 64 (32 B = 1/8), r 60 for D 128 (64 B = 1/8); scoring reads every token's sketch, not one box per chunk (tokens/C
   times more). Beside fp32 KV (CPU) scale and residual sit in fp32: r + 8 B, 36 B = 1/14 of fp32 K+V.
 """
 

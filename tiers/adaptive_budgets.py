@@ -54,7 +54,8 @@ def adaptive_budgets(base: int, curves: list[torch.Tensor | None], whole=frozens
     gets floor(base * floor_share), then the rest of the total goes to the steepest pieces of all
     curves, and what the curves cannot take (a context grown past the prompt's) evenly."""
     out: list[list[int]] = [[base] for _ in curves]
-    live = [(i, u) for i, c in enumerate(curves) if c is not None and i not in whole for u in range(len(c) - 1)]
+    live = [(i, u) for i, c in enumerate(curves) if c is not None and i not in whole
+            for u in range(len(c) - 1)]  # (layer, unit) pairs that take part
     if not live:
         return out
     floor = int(base * floor_share)

@@ -246,7 +246,8 @@ class Selector:
             return torch.arange(units, device=self.device).expand(rows, units)
         if k == 0:
             return torch.full((rows, 0), -1, dtype=torch.long, device=self.device)
-        rk = None if rows_k is None else torch.tensor(rows_k, device=self.device).view(self.batch, self.n_kv, 1)
+        rk = None if rows_k is None else torch.tensor(rows_k, device=self.device)  # each row's budget
+        rk = None if rk is None else rk.view(self.batch, self.n_kv, 1)
         if self.policy == "token":
             scale = q.shape[-1] ** -0.5 if scaling is None else scaling
             scores = token_ranking(self.abstracts, layer, q, k, self.bound_share, scale, self.tokens, rk)

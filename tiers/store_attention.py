@@ -82,7 +82,8 @@ def _attend_tokens(store, layer: int, q: torch.Tensor, scaling: float, select: t
     if pinned:
         ids = sorted(set(chunks.reshape(-1).tolist()))  # host sync: misses are fetched by Python
         if len(ids) > mgr.budgets[layer]:  # in rounds of at most the slots, still these tokens only
-            return attend_rounds(store, layer, q, scaling, None, select if valid is None else select.masked_fill(~valid, -1))
+            own = select if valid is None else select.masked_fill(~valid, -1)
+            return attend_rounds(store, layer, q, scaling, None, own)
         store._fetch(layer, ids)
     else:
         mgr.note_hits(select.numel())  # one per (row, token) read

@@ -42,8 +42,8 @@ def hybrid_scores(bound: torch.Tensor, mass: torch.Tensor, k: int, share: float,
     return mass.scatter(-1, top, torch.where(mine, float("inf"), mass.gather(-1, top)))
 
 
-def token_ranking(abstracts: ChunkAbstracts, layer: int, q: torch.Tensor, k: int, share: float,
-                  scaling: float, per_token: bool = False, rows_k: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def token_ranking(abstracts: ChunkAbstracts, layer: int, q: torch.Tensor, k: int, share: float, scaling: float,
+                  per_token: bool = False, rows_k: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """`hybrid_scores` of the layer's chunks (per_token: of its body tokens) for q [B, H, D] (the
     store's and the recall harness's one path); when the bound's share covers all k, the bound
     alone — no mass computed."""

@@ -207,8 +207,8 @@ def attention_recall(
     out = []
     for ci, (policy, budget, tokens, split) in enumerate(combos):
         out.append(RecallResult(
-            policy=policy.name + (f"+{split}" if split else ""), budget=str(budget), budget_tokens=tokens, n_context=n_context,
-            n_steps=n_steps, per_layer=tuple((sums[ci] / n_steps).tolist()),
+            policy=policy.name + (f"+{split}" if split else ""), budget=str(budget), budget_tokens=tokens,
+            n_context=n_context, n_steps=n_steps, per_layer=tuple((sums[ci] / n_steps).tolist()),
             read=float(read[ci] / (n_steps * len(layers))),
         ))
     return out
