@@ -35,7 +35,7 @@ class WorkingSet:
         self._buf: list[torch.Tensor | None] = [None] * n_layers
         self._sel: list[torch.Tensor | None] = [None] * n_layers  # the selection each buf holds
         self._ver = [-1] * n_layers  # the manager's version of the layer when it was gathered
-        self._mask: list[torch.Tensor | None] = [None] * n_layers  # [B, H, 1, k*U]: padded selections
+        self._mask: list[torch.Tensor | None] = [None] * n_layers  # padded selections: [B, H, 1, size]
 
     def attend(self, store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
                gather, unit: int, valid: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
@@ -62,14 +62,16 @@ class WorkingSet:
                 buf[:, :, :body].view(2, r, k, unit * d).copy_(gather())
             self._sel[layer], self._ver[layer] = select, version
             self._mask[layer] = None
-            if valid is not None:  # per query head: [B, Hkv, 1, k*U] -> [B, H, 1, k*U]
+            if valid is not None:  # per query head [B, H, 1, size]; sinks + window (after body): all
+                mask = torch.ones(b, h, 1, buf.shape[2], dtype=torch.bool, device=store.device)
                 rows = valid.repeat_interleave(unit, 1).view(b, r // b, 1, body)
-                self._mask[layer] = rows.repeat_interleave(h // (r // b), 1)
+                mask[..., :body] = rows.repeat_interleave(h // (r // b), 1)
+                self._mask[layer] = mask
         buf[:, :, body : body + ext] = store._edge[layer, :, :, :ext]
         kv = buf[:, :, : body + ext].view(2, b, r // b, body + ext, d)
         mask = self._mask[layer]
-        if mask is not None:  # sinks + window: every row
-            mask = torch.cat([mask, mask.new_ones(b, h, 1, ext)], -1)
+        if mask is not None:
+            mask = mask[..., : body + ext]
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, scale=scaling, enable_gqa=True)
         return out.transpose(1, 2)  # [B, 1, H, D]
 
