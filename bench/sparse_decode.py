@@ -14,10 +14,13 @@ Offload variants share one prefill (`Prefilled.capture`); each round copies it i
 other jobs hits them alike. tok/s = new / (seconds of the --new decode steps), the same for all.
 "agree" = tokens equal to full's before the first difference (dense must reach --new); "fresh" =
 share of (layer, step) selections made afresh rather than kept (OffloadConfig.select_every).
---lengths uses bench/prefill_decode.py's units: 8k = 8000 tokens. `--budgets 1` (one token: no body
-chunk fits, every layer attends to sinks + window only, whole layers excepted) is the floor: the speed
-no selection policy can beat on this machine — what the rest of the step (weights, norms, the
-engine) costs, so its ratio to full bounds every sparse variant's (Amdahl).
+--lengths uses bench/prefill_decode.py's units: 8k = 8000 tokens. `--budgets 1` (one token per layer
+beyond sinks + window, whole layers excepted) is the floor of a selecting store: it still scores
+every token of every layer each step, but attends to almost nothing. `--ceiling S` adds a row
+`full@S`: the stock model decoding after only the prompt's first S tokens — the same weights, norms
+and MLPs with next to no attention. Its ratio to full bounds what *any* method that runs these
+weights can reach at this length on this machine (Amdahl): 2 CPU cores spend most of a SmolLM2 step
+reading the weights, not the KV.
 
     python bench/sparse_decode.py --lengths 8k --new 32 --policies bound,quest --budgets 1/16 --repeats 2 \
         --json bench/results/sparse_decode-cpu.jsonl
@@ -109,6 +112,8 @@ def main():
     ap.add_argument("--select-units", default=None,
                     help="comma list of OffloadConfig.select_unit values (token, chunk), sparse rows "
                          "(default: each policy's)")
+    ap.add_argument("--ceiling", type=int, default=None, metavar="S",
+                    help="also time the stock model after the prompt's first S tokens (row full@S)")
     add_sparse_args(ap, "bound,quest", "1/16", "(length, variant)")
     a = parse_with_threads(ap)
     import offload
@@ -119,6 +124,8 @@ def main():
     from offload.loading import load_reference
 
     lengths = [parse_count(x) for x in a.lengths.split(",")]
+    if a.ceiling is not None and not 0 < a.ceiling < min(lengths):
+        raise SystemExit(f"error: --ceiling must be in (0, {min(lengths)}), got {a.ceiling}")
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
     policies = [split_policy(x.strip()) for x in a.policies.split(",")]
     model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
@@ -141,9 +148,14 @@ def main():
           f"{'hits':>6} | {'misses':>6} | {'fresh':>5}")
     for n in lengths:
         ids = natural_ids(model.tokenizer, n, a.seed)
-        cache, hf_logits = _hf_prefill(hf, ids)
+        hf_runs = {"full": (n, *_hf_prefill(hf, ids))}  # name -> (prompt length, cache, last logits)
+        variants = [("full", None, None, None, None)]
+        ceiling = f"full@{a.ceiling}" if a.ceiling else None
+        if a.ceiling:
+            hf_runs[f"full@{a.ceiling}"] = (a.ceiling, *_hf_prefill(hf, ids[: a.ceiling]))
+            variants.append((f"full@{a.ceiling}", None, None, None, None))
         pf = Prefilled.capture(model, ids)
-        variants = [("full", None, None, None, None), ("dense", model, None, None, None)]
+        variants.append(("dense", model, None, None, None))
         for p, lb in policies:
             for b in budgets:
                 for e, c, u in [(e, c, u) for e in everies for c in chunks for u in units]:
@@ -159,7 +171,8 @@ def main():
             for _ in range(a.repeats):
                 for name, m, *_ in variants:
                     if m is None:
-                        s, toks = _hf_decode(hf, cache, n, int(hf_logits.argmax()), a.new)
+                        n_hf, cache, hf_logits = hf_runs[name]
+                        s, toks = _hf_decode(hf, cache, n_hf, int(hf_logits.argmax()), a.new)
                         res = (s, toks, {})
                     else:
                         res = _offload_decode(m, pf, a.new)
@@ -167,24 +180,26 @@ def main():
                         best[name] = res
         finally:
             pf.close()
-            del cache
+            hf_runs.clear()  # the caches: ~0.4 GB at 8k
         full_s, full_toks, _ = best["full"]
         for name, m, p, lb, budget in variants:
             s, toks, counters = best[name]
             row = {
-                **base, "ctx": n, "variant": name, "policy": p, "layer_budget": lb,
+                **base, "ctx": a.ceiling if name == ceiling else n, "variant": name, "policy": p,
+                "layer_budget": lb,
                 "budget": None if budget is None else str(budget[0]),
                 "budget_tokens": None if budget is None else budget[1],
                 "select_every": None if m is None or budget is None else m.config.select_every,
                 "kv_chunk": None if m is None else m.config.chunk,
                 "select_unit": None if m is None or budget is None else ("token" if m.config.selects_tokens else "chunk"),
                 "decode_tps": round(a.new / s, 2), "ratio_to_full": round(full_s / s, 3),
-                "agree_with_full": _agree(toks, full_toks), **counters,
+                "agree_with_full": None if name == ceiling else _agree(toks, full_toks),
+                **counters,
             }
             made = counters.get("selections", 0) + counters.get("selections_kept", 0)
             fresh = f"{counters['selections'] / made:.2f}" if made else "-"
             print(f"{n:>6} | {name:>20} | {row['budget_tokens'] or '-':>6} | {row['decode_tps']:>6.2f} | "
-                  f"{row['ratio_to_full']:>7.2f} | {row['agree_with_full']:>5} | "
+                  f"{row['ratio_to_full']:>7.2f} | {'-' if name == ceiling else row['agree_with_full']:>5} | "
                   f"{counters.get('hits', '-'):>6} | {counters.get('misses', '-'):>6} | {fresh:>5}", flush=True)
             if name == "dense" and row["agree_with_full"] != a.new:
                 print("WARNING: dense offload decoded other tokens than HF full", flush=True)
