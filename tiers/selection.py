@@ -28,12 +28,11 @@ fit its GPU slots. SmolLM2 at 4k: layer 0 (ceiling 0.44 at 1/16; others >= 0.70)
 
 Kept selections (config.select_every, default 1 = none): a layer's selection is returned again, the
 same tensor, for that many steps, and made afresh at once when a chunk leaves the window, the budget
-moves or the layer is truncated. Cheaper on a CPU, but a kept selection misses the needle a later
-query turns to (sparse-smollm2.md, sessions 5 and 7).
+moves or the layer is truncated. Cheaper on a CPU, but misses the needle a later query turns to.
 
 GQA: scores are the max (bounds) or sum (masses) over the KV head's query group. Layer budgets:
 `squeeze.layer_budgets` (uniform, or SqueezeAttention from prefill's cos(h, h + attn(h))), or
-`adaptive_budgets` (the split that keeps the most of the prompt's last queries' attention).
+`adaptive_split` (the most of the prompt's last queries' attention; too wide a layer is read whole).
 snapkv/h2o/squeeze/adaptive need prefill statistics: a store reopened from a session (no prefill)
 falls back to uniform budgets, and snapkv/h2o to recency (the latest chunks).
 """
@@ -47,7 +46,7 @@ import torch
 from offload.kernels import top_chunks
 
 from .abstracts import ChunkAbstracts
-from .adaptive_budgets import adaptive_budgets, mass_curve
+from .adaptive_budgets import adaptive_split, mass_curve
 from .squeeze import layer_budgets
 from .token_ranking import best_first, hybrid_scores, token_ranking
 from .whole_layers import oracle_recall, whole_layers
@@ -198,9 +197,10 @@ class Selector:
             return self._budgets_cache[1]
         n_layers = self.layout.n_layers
         if self.layer_policy == "adaptive":  # until every layer's curve is in (prefill): uniform
-            ready = all(c is not None for c in self.curves)
-            whole = whole_layers(self.ceiling, self.whole_below) if ready else frozenset()
-            split = adaptive_budgets(tokens, self.curves if ready else [None] * n_layers, whole)
+            split = [[tokens] for _ in range(n_layers)]
+            if all(c is not None for c in self.curves):  # whole: also the layers too wide to select
+                whole = whole_layers(self.ceiling, self.whole_below)
+                split, self._whole = adaptive_split(tokens, self.curves, whole, self.whole_below > 0)
         else:
             stats = self.attn_cos if all(c is not None for c in self.attn_cos) else None
             split = [[b] for b in layer_budgets(tokens, n_layers, self.layer_policy, stats)]

@@ -14,7 +14,8 @@ most max(1, L // 8) of them, the lowest first. There recall is 1 and every token
 
 `policy+adaptive` splits the budget over layers as the store's `adaptive` layer budgets do
 (tiers/adaptive_budgets.py): from the attention of the prompt's last `OBS_WINDOW` queries (captured
-with the steps), whole layers apart, the total unchanged.
+with the steps), whole layers apart — with those the split would give a quarter of their body — the
+total unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from ..tiers.adaptive_budgets import adaptive_budgets, mass_curve
+from ..tiers.adaptive_budgets import adaptive_split, mass_curve
 from ..tiers.selection import OBS_WINDOW
 from .corpus import natural_sentences
 from .policies import fixed_mask, get_policy, selection_mask
@@ -169,7 +170,8 @@ def attention_recall(
         key = (getattr(p, "chunk", 1), p.sinks, p.window, getattr(p, "chunk", None) == 1)
         if key not in curves:
             curves[key] = [_prompt_curve(captured[layer], n_context, obs, *key) for layer in layers]
-        per_layer.append(adaptive_budgets(b, curves[key], whole[ci]))  # per KV head when single tokens
+        split, whole[ci] = adaptive_split(b, curves[key], whole[ci], whole_below > 0)  # as the store's
+        per_layer.append(split)  # per KV head when single tokens
     for li, layer in enumerate(layers):
         q, k, scaling = captured[layer]  # q [H, obs + n, D]; k [Hkv, T, D]
         n_kv = k.shape[0]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from offload.config import OffloadConfig
-from offload.tiers.adaptive_budgets import FLOOR_SHARE, adaptive_budgets, mass_curve
+from offload.tiers.adaptive_budgets import FLOOR_SHARE, WIDE_SHARE, adaptive_budgets, adaptive_split, mass_curve
 from offload.tiers.store import TieredKVStore
 from offload.tiers.whole_layers import oracle_recall
 
@@ -72,6 +72,52 @@ def test_floor_whole_and_missing_layers():
     # a total the curves cannot take (context grown past the prompt): the rest evenly, total kept
     got = split(50, curves)
     assert sum(got) == 200 and max(got) - min(got) <= 40
+
+
+def test_a_layer_too_wide_to_select_is_read_whole():
+    """A layer the split would give at least WIDE_SHARE of its body joins the whole layers (the
+    widest first, within whole_layers' cap of L // 8) and the split is made again without it: the
+    rest share the same per-layer total; wide=False or no room under the cap leaves the split."""
+    body, base = 40, 4  # uniform: a tenth of the body
+    peaks = [3.0] * 8 + [0.02, 0.05] + [3.0] * 6  # 16 layers: cap 2; layers 8 and 9 nearly flat
+    curves = [mass_curve(_mass(s, peak=p), 4, body) for s, p in enumerate(peaks)]
+    plain = adaptive_budgets(base, curves)
+    assert plain[8][0] >= WIDE_SHARE * body and plain[9][0] >= WIDE_SHARE * body
+    split, whole = adaptive_split(base, curves)
+    assert whole == {8, 9}
+    assert split == adaptive_budgets(base, curves, whole) and split[8] == split[9] == [base]
+    assert all(max(b) < WIDE_SHARE * body for i, b in enumerate(split) if i not in whole)
+    assert sum(map(sum, split)) == 16 * base  # each remaining layer keeps its share of the total
+    one_left = adaptive_split(base, curves, frozenset({3}))[1]  # room for one: 8 or 9 (a tie)
+    assert len(one_left) == 2 and 3 in one_left and one_left & {8, 9}
+    assert adaptive_split(base, curves, frozenset({3, 5})) == (adaptive_budgets(base, curves, {3, 5}), {3, 5})
+    assert adaptive_split(base, curves, wide=False) == (plain, frozenset())
+    narrow = adaptive_split(2, curves)  # a small total: nobody is wide
+    assert narrow == (adaptive_budgets(2, curves), frozenset())
+
+
+def test_store_reads_a_too_wide_layer_whole():
+    """Near-uniform attention in every layer and a budget of a quarter of the context: each layer's
+    split would read a quarter of its body, so (one layer allowed whole of 3) the widest is read
+    whole — every body token selected — and the others keep selecting; whole_below=0 turns it off."""
+    n_kv, d, n, layers = 2, 16, 300, 3
+    for whole_below, n_whole in ((1e-6, 1), (0.0, 0)):
+        cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.3, layer_budget="adaptive", rank=4,
+                            whole_below=whole_below)  # fmt: skip
+        st = TieredKVStore(layers, n_kv, d, torch.float32, "cpu", config=cfg)
+        g = torch.Generator().manual_seed(1)
+        for layer in range(layers):
+            k, v = torch.randn(1, n_kv, n, d, generator=g), torch.randn(1, n_kv, n, d, generator=g)
+            st.append(layer, k, v)
+            st.prefill_observer(layer, torch.randn(1, 2 * n_kv, 8, d, generator=g) * 0.01, k, d**-0.5, None)
+        sel, m = st.selector, st._mgr.n_chunks(0)
+        sel._split(n)
+        whole = [i for i in range(layers) if sel.is_whole(i, m)]
+        assert len(whole) == n_whole
+        for layer in range(layers):
+            ids = sel.select(layer, torch.randn(1, 2 * n_kv, d, generator=g), m, n)
+            assert (ids.shape[1] == m * 16) == (layer in whole)  # whole: every body token
+        st.close()
 
 
 @pytest.mark.parametrize("unit", ["token", "chunk"])
