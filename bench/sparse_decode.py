@@ -151,9 +151,9 @@ def main():
         hf_runs = {"full": (n, *_hf_prefill(hf, ids))}  # name -> (prompt length, cache, last logits)
         variants = [("full", None, None, None, None)]
         ceiling = f"full@{a.ceiling}" if a.ceiling else None
-        if a.ceiling:
-            hf_runs[f"full@{a.ceiling}"] = (a.ceiling, *_hf_prefill(hf, ids[: a.ceiling]))
-            variants.append((f"full@{a.ceiling}", None, None, None, None))
+        if ceiling:
+            hf_runs[ceiling] = (a.ceiling, *_hf_prefill(hf, ids[: a.ceiling]))
+            variants.append((ceiling, None, None, None, None))
         pf = Prefilled.capture(model, ids)
         variants.append(("dense", model, None, None, None))
         for p, lb in policies:

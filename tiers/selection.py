@@ -168,7 +168,7 @@ class Selector:
 
     def is_whole(self, layer: int, n_chunks: int) -> bool:
         """`layer` is attended whole at this step: chosen at prefill and its chunks fit its slots."""
-        if self._whole is None:
+        if self._whole is None:  # adaptive budgets: `_split` (called first by select) adds wide layers
             self._whole = whole_layers(self.ceiling, self.whole_below)
         if layer not in self._whole:
             return False
