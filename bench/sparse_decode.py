@@ -40,12 +40,14 @@ import time
 import torch
 from _common import add_sparse_args, machine, parse_with_threads
 
+from offload.hf_compat import cache_keyword, output_cache
+
 
 @torch.inference_mode()
 def _hf_prefill(hf, ids: list[int]):
     """One HF forward over the prompt: (DynamicCache, last-position logits [V])."""
     out = hf(torch.tensor([ids], device=hf.device), use_cache=True)
-    return out.past_key_values, out.logits[0, -1]
+    return output_cache(out), out.logits[0, -1]
 
 
 @torch.inference_mode()
@@ -54,17 +56,17 @@ def _hf_decode(hf, cache, n_prompt: int, first: int, new: int) -> tuple[float, l
 
     Why by hand and not `generate`: `generate` re-runs the prompt's prefill every call (about 36 s at
     8k on 2 cores, bench/results/cpu-2core.md), and subtracting a 1-token run from an N-token run
-    would leave prefill noise larger than the decode itself. Stepping `hf(token, past_key_values=...)`
+    would leave prefill noise larger than the decode itself. Stepping `hf(token, cache=...)`
     is what `generate`'s greedy loop does per token, minus its logits processors and stopping checks
     (small next to a 30-layer forward), and lets every round reuse one prefill: the cache is cropped
     back to the prompt before each round."""
     extra = cache.get_seq_length() - n_prompt
     if extra:
         cache.crop(-extra)  # transformers 5: a negative count removes that many trailing tokens
-    tok, tokens = first, []
+    tok, tokens, kw = first, [], {cache_keyword(hf): cache}
     t0 = time.perf_counter()
     for _ in range(new):
-        logits = hf(torch.tensor([[tok]], device=hf.device), past_key_values=cache, use_cache=True).logits
+        logits = hf(torch.tensor([[tok]], device=hf.device), use_cache=True, **kw).logits
         tok = int(logits[0, -1].argmax())
         tokens.append(tok)
     return time.perf_counter() - t0, tokens

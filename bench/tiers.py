@@ -30,6 +30,7 @@ import time
 import torch
 
 from offload.config import OffloadConfig
+from offload.hf_compat import cache_keyword, output_cache
 from offload.tiers.codec import ChunkCodec
 from offload.tiers.disk import DiskStore
 from offload.tiers.eviction import POLICIES
@@ -208,10 +209,10 @@ def bench_capture(args):
         t0 = time.perf_counter()
         out = model(prompt, use_cache=True)
         print(f"prefill {prompt.shape[1]} tokens: {time.perf_counter() - t0:.1f} s")
-        cache = out.past_key_values
+        cache = output_cache(out)
         kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
         model.set_attn_implementation("eager")
-        out = model(steps, past_key_values=cache, output_attentions=True)  # teacher-forced decode
+        out = model(steps, output_attentions=True, **{cache_keyword(model): cache})  # teacher-forced decode
     g = model.config.num_attention_heads // model.config.num_key_value_heads
     # per layer: [H, steps, keys] -> mean over each KV head's query group: [Hkv, steps, keys]
     att = torch.stack([a[0].unflatten(0, (-1, g)).mean(1) for a in out.attentions]).half()

@@ -1,9 +1,10 @@
 """The seam between transformers' attention modules and offload's engine.
 
-HF's attention module projects q/k/v and applies RoPE, calls `past_key_values.update(k, v, layer_idx)`
-and then the registered attention function. The engine passes one *pass object* both as
-`past_key_values` and as the `offload_pass` keyword (HF forwards unknown keywords from the decoder layer
-down to the attention function), so runtime state reaches the attention without any module global:
+HF's attention module projects q/k/v and applies RoPE, calls the cache's `update(k, v, layer_idx)` (from
+transformers 5.25 with `kwargs=...` too) and then the registered attention function. The engine passes
+one *pass object* both as the cache (`cache=` or `past_key_values=`, see `hf_compat.cache_keyword`) and
+as the `offload_pass` keyword (HF forwards unknown keywords from the decoder layer down to the attention
+function), so runtime state reaches the attention without any module global:
 
 - `PrefillPass`: layer-major prefill. `update` writes the chunk's k/v into the layer's working buffer
   (prior tokens + this prompt) and returns everything so far; `attend` is exact causal attention.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import causal_prefill_attention
+from .kernels.dispatch import causal_prefill_attention
 from .kvstore import KVStore
 
 __all__ = ["ATTN_NAME", "register_attention", "PrefillPass", "DecodePass", "RowsPass"]
@@ -72,7 +73,7 @@ class PrefillPass:
         # stores score chunks by the prompt's last queries: snapkv, h2o)
         self.keep_tail, self.q_tail, self.scaling = keep_tail, None, None
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int):
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args, **kwargs):
         t = k.shape[2]
         self.k_buf[:, :, self.n : self.n + t] = k
         self.v_buf[:, :, self.n : self.n + t] = v
@@ -96,7 +97,7 @@ class DecodePass:
     def __init__(self, store: KVStore):
         self.store = store
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int):
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args, **kwargs):
         self.store.append(layer_idx, k, v)
         return k, v
 
@@ -113,7 +114,7 @@ class RowsPass:
     def __init__(self, stores: list[KVStore]):
         self.stores = stores
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int):
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args, **kwargs):
         for j, store in enumerate(self.stores):
             store.append(layer_idx, k[j : j + 1], v[j : j + 1])
         return k, v

@@ -13,6 +13,7 @@ import inspect
 import torch
 
 from .attention import DecodePass, PrefillPass, RowsPass
+from .hf_compat import cache_keyword
 from .kvstore import KVStore
 from .model import OffloadModel
 from .prefill_stats import OBS_TAIL, AttentionCosine
@@ -33,6 +34,7 @@ class Engine:
         # Hybrid models (Gemma 3) keep one rotary table per layer type.
         self._rope_by_type = "layer_type" in inspect.signature(self._rotary.forward).parameters
         self._softcap = getattr(cfg, "final_logit_softcapping", None)
+        self._cache_kw = cache_keyword(self._layers[0])  # `cache` from transformers 5.25, else `past_key_values`
         n_layers, self._n_kv, self._head_dim = model.kv_shape()
 
     @property
@@ -84,9 +86,9 @@ class Engine:
                     if cos is not None:
                         cos.h_in = h[:, s:e]  # the layer's input: read by the hook before it is replaced
                     out = layer(
-                        h[:, s:e], attention_mask=None, position_ids=pos[:, s:e], past_key_values=p,
-                        use_cache=True, position_embeddings=self._rope(h, pos[:, s:e], li, ropes[ci]),
-                        offload_pass=p,
+                        h[:, s:e], attention_mask=None, position_ids=pos[:, s:e], use_cache=True,
+                        position_embeddings=self._rope(h, pos[:, s:e], li, ropes[ci]), offload_pass=p,
+                        **{self._cache_kw: p},
                     )
                     h[:, s:e] = out[0] if isinstance(out, tuple) else out
             finally:  # the hook must go even if a layer raises
@@ -121,8 +123,8 @@ class Engine:
         h, ropes = self._embed(ids), {}  # [J, 1, hidden]
         for li, layer in enumerate(self._layers):
             out = layer(
-                h, attention_mask=None, position_ids=pos, past_key_values=p, use_cache=True,
-                position_embeddings=self._rope(h, pos, li, ropes), offload_pass=p,
+                h, attention_mask=None, position_ids=pos, use_cache=True,
+                position_embeddings=self._rope(h, pos, li, ropes), offload_pass=p, **{self._cache_kw: p},
             )
             h = out[0] if isinstance(out, tuple) else out
         return self._logits(h[:, -1])
