@@ -37,7 +37,7 @@ def main():
     ap.add_argument("--json", default=None, help="append one JSON row per (policy, chunk) to this file")
     a = parse_with_threads(ap)
     from offload import OffloadConfig
-    from offload.tiers import TieredKVStore
+    from offload.tiers.store import TieredKVStore
 
     dev = torch.device(a.device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

@@ -139,3 +139,7 @@ def _run(**o):
             repl(chat, documents, opts)
             if o["session"] is not None and chat.n_tokens:
                 chat.save_session(o["session"])
+
+
+if __name__ == "__main__":
+    main()

@@ -62,7 +62,7 @@ def check_device(tensors: dict, allow_host: tuple = ()) -> torch.device:
             continue
         if not t.is_cuda:
             raise ValueError(f"{name} must be a CUDA tensor (Triton kernels), got device {t.device}; "
-                             "use the dispatch in offload.kernels, which runs the torch reference off CUDA")
+                             "use offload.kernels.dispatch, which runs the torch reference off CUDA")
         if dev is not None and t.device != dev:
             raise ValueError(f"{name} is on {t.device}, other tensors on {dev}")
         dev = t.device

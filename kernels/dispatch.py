@@ -4,7 +4,10 @@ decode a CPU path with fewer ops in the case the store hands it, `sparse_decode_
 The Triton interpreter never runs here, whatever TRITON_INTERPRET says: CPU tensors always take the
 reference (which is what the CPU engine wants: vectorised torch, fp32). Triton modules are imported
 on first CUDA use, so machines without Triton (it ships for Linux only) still import this package.
-Shapes and layouts: see each reference function in `reference.py`, the spec.
+Shapes and layouts: see each reference function in `reference.py`, the spec. The Triton launchers
+(`*_triton` in sparse_decode.py, chunk_score.py, prefill_attention.py, chunk_gather.py) are importable
+from their modules for tests and benchmarks. `offload.kernels` itself is a namespace (no `__init__.py`,
+so the top-level folder never shadows Hugging Face's `kernels` package): import the ops from here.
 """
 
 from __future__ import annotations

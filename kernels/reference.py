@@ -2,7 +2,7 @@
 
 Each function here is the definition its Triton twin is tested against (invariant 3) and is itself
 tested against a brute-force loop. They are vectorised (no Python loop over tokens or heads), so the
-CPU engine runs them in production through `offload.kernels` dispatch.
+CPU engine runs them in production through `offload.kernels.dispatch`.
 
 Shapes: B batch, H query heads, Hkv KV heads, G = H // Hkv query heads per KV head (head h reads KV
 head h // G, as HF's repeat_kv), D head dim, S pool slots, C tokens per chunk, M block-table width,

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .kernels import causal_prefill_attention
+from .kernels.dispatch import causal_prefill_attention
 
 __all__ = ["KVStore", "DenseKVStore"]
 

@@ -91,7 +91,7 @@ class OffloadModel:
         """An empty KV store of the kind the config asks for."""
         n_layers, n_kv, head_dim = self.kv_shape()
         if self.config.store_kind == "tiered":  # a sparse budget implies the tiered store
-            from .tiers import TieredKVStore
+            from .tiers.store import TieredKVStore
 
             return TieredKVStore(
                 n_layers=n_layers, n_kv_heads=n_kv, head_dim=head_dim,

@@ -185,7 +185,7 @@ def load_session(path, fingerprint: str, config=None, device=None, dtype=None):
     Raises SessionError for any bad input; nothing else escapes for a bad file."""
     from offload.config import OffloadConfig
     from offload.kvstore import DenseKVStore
-    from offload.tiers import TieredKVStore
+    from offload.tiers.store import TieredKVStore
     from offload.tiers.codec import CorruptChunkError
 
     info = read_session_info(path)

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from offload.kernels import chunk_scores
+from offload.kernels.dispatch import chunk_scores
 
 __all__ = ["ChunkAbstracts", "KINDS"]
 

@@ -43,7 +43,7 @@ import math
 
 import torch
 
-from offload.kernels import top_chunks
+from offload.kernels.dispatch import top_chunks
 
 from .abstracts import ChunkAbstracts
 from .adaptive_budgets import adaptive_split, mass_curve

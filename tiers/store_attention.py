@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from offload.kernels import causal_prefill_attention, sparse_decode_attention
+from offload.kernels.dispatch import causal_prefill_attention, sparse_decode_attention
 
 from .attention import from_rows, merge_partials, partial_attention, to_rows
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from offload.kernels import top_chunks
+from offload.kernels.dispatch import top_chunks
 
 from .abstracts import ChunkAbstracts
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import offload.kernels as K
+import offload.kernels.dispatch as K
 from offload.kernels import reference as ref
 
 

@@ -150,7 +150,7 @@ def test_what_the_store_hands_the_kernel(dtype, batch, k, error_rule):
     and v interleaved per slot, sinks + window from the edge buffer, global slots as the block table):
     the kernel must read them as the reference does, a zero-width selection included."""
     from offload import OffloadConfig
-    from offload.tiers import TieredKVStore
+    from offload.tiers.store import TieredKVStore
     from offload.tiers.store_attention import kernel_args
 
     g = torch.Generator().manual_seed(7)

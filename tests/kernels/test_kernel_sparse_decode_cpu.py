@@ -4,7 +4,7 @@ fallback) where it does not, and the dispatcher's answer equals the reference's 
 import pytest
 import torch
 
-from offload.kernels import sparse_decode_attention
+from offload.kernels.dispatch import sparse_decode_attention
 from offload.kernels.reference import sparse_decode_attention_ref
 from offload.kernels.sparse_decode_cpu import sparse_decode_attention_cpu
 

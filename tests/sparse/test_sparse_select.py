@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from offload import ConfigError, OffloadConfig
-from offload.tiers import TieredKVStore
+from offload.tiers.store import TieredKVStore
 from offload.tiers.squeeze import kmeans_1d, layer_budgets
 
 

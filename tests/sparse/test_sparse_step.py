@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from offload import OffloadConfig
-from offload.tiers import TieredKVStore
+from offload.tiers.store import TieredKVStore
 
 L, HKV, D, C, N = 3, 2, 16, 8, 300
 

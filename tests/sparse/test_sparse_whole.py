@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from offload import ConfigError, OffloadConfig
-from offload.tiers import TieredKVStore
+from offload.tiers.store import TieredKVStore
 from offload.tiers.whole_layers import oracle_recall, whole_layers
 
 L, HKV, D, C, N = 8, 2, 16, 8, 400

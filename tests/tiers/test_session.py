@@ -13,7 +13,7 @@ from offload.config import OffloadConfig
 from offload.errors import SessionError
 from offload.kvstore import DenseKVStore
 from offload.session import load_session, model_fingerprint, read_session_info, save_session
-from offload.tiers import TieredKVStore
+from offload.tiers.store import TieredKVStore
 
 L, HKV, D = 3, 2, 8
 FP = "f" * 64

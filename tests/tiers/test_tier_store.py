@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from offload.config import OffloadConfig
-from offload.kernels import causal_prefill_attention
+from offload.kernels.dispatch import causal_prefill_attention
 from offload.kvstore import DenseKVStore, KVStore
-from offload.tiers import TieredKVStore
+from offload.tiers.store import TieredKVStore
 
 L, HKV, D = 2, 2, 16
 
