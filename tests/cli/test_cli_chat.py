@@ -103,10 +103,9 @@ def test_help_documents_exit_codes(runner):
     (["--budget", "1/8", "--policy", "bound"], False),
 ])
 def test_select_unit_reaches_the_config(args, tokens):
-    import offload
-    from offload.cli.chat import _config
+    from offload.cli.options import offload_config
 
-    config = _config(main.make_context("offload-chat", list(args)).params, offload)
+    config = offload_config(main.make_context("offload-chat", list(args)).params)
     assert config.selects_tokens is tokens
 
 
@@ -126,9 +125,8 @@ def test_select_unit_token_with_a_chunk_policy_is_a_clear_error(tmp_path):
     (["--kv-chunk", "32"], 32, "dense"),
 ])
 def test_kv_chunk_reaches_the_config(args, chunk, store):
-    import offload
-    from offload.cli.chat import _config
+    from offload.cli.options import offload_config
 
     params = main.make_context("offload-chat", list(args)).params
-    config = _config(params, offload)
+    config = offload_config(params)
     assert (config.chunk, config.kv_store) == (chunk, store)

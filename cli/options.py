@@ -1,0 +1,146 @@
+"""The options `offload-chat` and `offload-serve` share: which model, how much context, the sparse
+budget and the memory limits, each with its `OFFLOAD_*` variable; and the steps both take with them
+before serving a token (build the config, plan memory, refuse what does not fit, load the model).
+
+One definition keeps the two commands from drifting: `offload-serve --ctx 200k --budget 1/16` means
+what it means to `offload-chat`."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from offload.config import LAYER_BUDGETS, SELECTION_POLICIES
+
+from .units import BudgetType, BytesType, CountType
+
+__all__ = ["opt", "model_options", "runtime_options", "offload_config", "checked_plan", "load_checked",
+           "quiet_transformers", "fail"]  # fmt: skip
+
+
+def opt(*names, env, **kw):
+    """A click option that also reads `OFFLOAD_<env>` (shown in --help)."""
+    return click.option(*names, envvar=f"OFFLOAD_{env}", show_envvar=True, **kw)
+
+
+_MODEL = (
+    opt("-m", "--model", env="MODEL", default=None, help="Local model dir or .gguf (default: embedded SmolLM2-135M-Instruct)."),
+    opt("-c", "--ctx", env="CTX", type=CountType(), default=None, help="Context in tokens: 8192, 200k (=200,000), 128K (=131,072). Default: the model's."),
+)  # fmt: skip
+
+_RUNTIME = (
+    opt("--budget", env="BUDGET", type=BudgetType(), default=None, help="KV tokens per layer (2048) or a fraction of the context (1/16, 0.05)."),
+    opt("--policy", env="POLICY", type=click.Choice(SELECTION_POLICIES), default="token", show_default=True, help="With --budget: how chunks are chosen (token, bound = ours: a low-rank bound per token or per chunk; the rest are baselines)."),
+    opt("--layer-budget", env="LAYER_BUDGET", type=click.Choice(LAYER_BUDGETS), default="adaptive", show_default=True, help="With --budget: per-layer split (squeeze = SqueezeAttention; adaptive = where the prompt's attention says it keeps the most)."),
+    opt("--select-every", env="SELECT_EVERY", type=click.IntRange(min=1), default=None, help="With --budget: decode steps a layer keeps its chunk selection (1 = choose at every step; more is faster on CPU, may miss what a later step needs)."),
+    opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of placement and transfer (default with --budget: 8 for --policy token, 16 for the others; 64 without)."),
+    opt("--select-unit", env="SELECT_UNIT", type=click.Choice(["token", "chunk"]), default=None, help="With --budget: what a selection picks (default: single tokens for --policy token, whole chunks for the others, which score chunks)."),
+    opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection)."),
+    opt("--prefill-chunk", env="PREFILL_CHUNK", type=click.IntRange(min=1), default=512, show_default=True),
+    opt("--gpu-mem", env="GPU_MEM", type=BytesType(), default=None, help="GPU memory to plan for (e.g. 24G)."),
+    opt("--host-mem", env="HOST_MEM", type=BytesType(), default=None, help="Host memory for KV (e.g. 32G)."),
+    opt("--disk-dir", env="DISK_DIR", type=click.Path(file_okay=False), default=None, help="Where KV spills to disk."),
+)  # fmt: skip
+
+
+def _apply(decorators, f):
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def model_options(f):
+    """-m/--model and -c/--ctx."""
+    return _apply(_MODEL, f)
+
+
+def runtime_options(f):
+    """--budget ... --disk-dir: sparse decode and memory limits."""
+    return _apply(_RUNTIME, f)
+
+
+def offload_config(o: dict):
+    """The OffloadConfig the shared options ask for (gpu_mem is set from the plan by checked_plan)."""
+    from offload.config import OffloadConfig
+
+    tiered = not o["dense"] and any(o[k] is not None for k in ("gpu_mem", "host_mem", "disk_dir", "budget"))
+    fields = dict(ctx=o["ctx"], prefill_chunk=o["prefill_chunk"], gpu_mem=None, host_mem=o["host_mem"],
+                  disk_dir=o["disk_dir"], kv_store="tiered" if tiered else "dense", kv_chunk=o["kv_chunk"])
+    if o["budget"] is not None and not o["dense"]:
+        fields.update(budget=o["budget"], policy=o["policy"], layer_budget=o["layer_budget"])
+        for key in ("select_every", "select_unit"):
+            if o[key] is not None:
+                fields[key] = o[key]
+    return OffloadConfig(**fields)
+
+
+def _plan(o: dict, config):
+    from transformers import AutoConfig
+
+    from offload.loading import resolve_model_dir
+    from offload.plan import plan
+
+    hf_config = AutoConfig.from_pretrained(str(resolve_model_dir(o["model"])), local_files_only=True)
+    ctx = o["ctx"] or getattr(hf_config, "max_position_embeddings", 4096)
+    return plan(hf_config, ctx, gpu_mem=o["gpu_mem"], host_mem=o["host_mem"], disk_dir=o["disk_dir"],
+                offload=config, dtype=config.torch_dtype())
+
+
+def checked_plan(o: dict):
+    """(config, memory plan) for the options, before any weight loads. The tiered store's GPU hot set
+    is what the plan leaves after weights etc. A plan that does not fit is returned, not refused (a dry
+    run prints it); `load_checked` refuses it."""
+    config = offload_config(o)
+    memory = _plan(o, config)
+    if config.store_kind == "tiered":
+        config = config.replace(gpu_mem=max(1, memory.hot_set_bytes))
+    return config, memory
+
+
+def load_checked(o: dict, config, memory):
+    """Refuse a plan that does not fit (PlanError naming the largest context that does), then load
+    the model; warn on stderr when --ctx exceeds what the model was trained on."""
+    import offload
+
+    if not memory.fits:
+        raise offload.PlanError(
+            f"{memory.ctx:,} tokens do not fit: " + "; ".join(memory.reasons)
+            + f". The largest context that fits is {memory.max_ctx:,}: pass --ctx {memory.max_ctx:,}, "
+            "or give more room (--host-mem, --disk-dir on a larger disk)"
+        )
+    t0 = time.perf_counter()
+    model = offload.load_model(o["model"], config)
+    if o.get("verbose"):
+        click.echo(f"loaded {model.model_dir} on {model.device} ({model.dtype}) in "
+                   f"{time.perf_counter() - t0:.1f} s; context {model.n_ctx:,} tokens", err=True)
+    if o["ctx"] and model.trained_ctx and o["ctx"] > model.trained_ctx:
+        click.echo(f"warning: --ctx {o['ctx']:,} is larger than the {model.trained_ctx:,} tokens this "
+                   "model was trained on; answers past that may degrade", err=True)
+    return model
+
+
+def quiet_transformers(verbose: bool) -> None:
+    """No HF progress bars or info logs unless -v: stderr is for offload's own lines."""
+    if verbose:
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def fail(e: BaseException, verbose: bool) -> None:
+    """Every failure becomes one line on stderr and the error's exit code (1 when unexpected)."""
+    import traceback
+
+    from offload.errors import OffloadError
+
+    if verbose:
+        traceback.print_exc()
+    if isinstance(e, OffloadError):
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    click.echo(f"error: unexpected {type(e).__name__}: {e} (run with -v for details)", err=True)
+    sys.exit(1)
