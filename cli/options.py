@@ -16,7 +16,7 @@ from offload.config import LAYER_BUDGETS, SELECTION_POLICIES
 
 from .units import BudgetType, BytesType, CountType
 
-__all__ = ["opt", "model_options", "runtime_options", "offload_config", "checked_plan", "load_checked",
+__all__ = ["opt", "model_options", "runtime_options", "offload_config", "checked_plan", "require_fit", "load_checked",
            "quiet_transformers", "fail"]  # fmt: skip
 
 
@@ -99,17 +99,24 @@ def checked_plan(o: dict):
     return config, memory
 
 
+def require_fit(memory) -> None:
+    """PlanError (exit 3) naming the largest context that fits, when the plan does not fit."""
+    from offload.errors import PlanError
+
+    if not memory.fits:
+        raise PlanError(
+            f"{memory.ctx:,} tokens do not fit: " + "; ".join(memory.reasons)
+            + f". The largest context that fits is {memory.max_ctx:,}: pass --ctx {memory.max_ctx:,}, "
+            "or give more room (--host-mem, --disk-dir on a larger disk)"
+        )
+
+
 def load_checked(o: dict, config, memory):
     """Refuse a plan that does not fit (PlanError naming the largest context that does), then load
     the model; warn on stderr when --ctx exceeds what the model was trained on."""
     import offload
 
-    if not memory.fits:
-        raise offload.PlanError(
-            f"{memory.ctx:,} tokens do not fit: " + "; ".join(memory.reasons)
-            + f". The largest context that fits is {memory.max_ctx:,}: pass --ctx {memory.max_ctx:,}, "
-            "or give more room (--host-mem, --disk-dir on a larger disk)"
-        )
+    require_fit(memory)
     t0 = time.perf_counter()
     model = offload.load_model(o["model"], config)
     if o.get("verbose"):
