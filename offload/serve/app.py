@@ -156,15 +156,15 @@ def create_app(service: Service) -> FastAPI:
             log.info("%s answer: %r", label, "".join(parts))
 
     async def _whole(request: Request, events, answer: Answer, job, label: str):
-        parts = []
+        async def watch():  # nobody reads a whole answer whose client is gone: stop computing it
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.25)
+            job.cancel()
+
+        watcher, parts = asyncio.create_task(watch()), []
         try:
             while True:
-                try:
-                    kind, value = await asyncio.wait_for(events.get(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        job.cancel()
-                    continue
+                kind, value = await events.get()
                 if kind == "text":
                     parts.append(value)
                 elif kind == "error":
@@ -172,6 +172,7 @@ def create_app(service: Service) -> FastAPI:
                 else:
                     break
         finally:
+            watcher.cancel()
             job.cancel()  # a no-op once done; stops the generation if this handler was cancelled
         if config.log_prompts:
             log.info("%s answer: %r", label, "".join(parts))
