@@ -13,13 +13,16 @@ from .documents import read_document, with_documents
 from .interactive import repl
 from .options import checked_plan, fail, load_checked, model_options, opt, quiet_transformers, runtime_options
 from .session_file import maybe_save, open_session
+from .signals import exit_on_term_signals
 from .stream import answer
 
 __all__ = ["main"]
 
 HELP_EPILOG = """\b
 Exit codes: 0 ok, 1 unexpected error, 2 bad input or option, 3 memory plan does not fit,
-4 context overflow (prompt + answer > --ctx), 5 bad session file, 6 model not found.
+4 context overflow (prompt + answer > --ctx), 5 bad session file, 6 model not found or
+not a usable model, 7 disk full (free space, --disk-dir on a larger disk, or more --host-mem);
+128+N killed by signal N (SIGTERM 143, SIGHUP 129: the spill is removed first).
 Every option also reads an OFFLOAD_* environment variable (shown with each option).
 """
 
@@ -42,7 +45,8 @@ Every option also reads an OFFLOAD_* environment variable (shown with each optio
 def main(**o):
     """Chat with a local model over long documents. Nothing leaves this machine."""
     try:
-        _run(**o)
+        with exit_on_term_signals():  # SIGTERM/SIGHUP unwind like Ctrl-D: no spill or temp dir left
+            _run(**o)
     except Exception as e:  # every failure becomes one line and an exit code
         fail(e, o["verbose"])
 

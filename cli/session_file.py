@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from offload.errors import SessionError
+
 __all__ = ["open_session", "maybe_save"]
 
 # re-save when this many tokens were prefilled: the document changed, the session is worth updating
@@ -19,8 +21,13 @@ RESAVE_TOKENS = 256
 
 def open_session(chat, path: str | None, verbose: bool) -> bool:
     """Load `path` into `chat` if it exists; returns whether it was loaded. Raises SessionError."""
-    if path is None or not Path(path).exists():
+    if path is None:
         return False
+    try:
+        if not Path(path).exists() and not Path(path).is_symlink():
+            return False
+    except OSError as e:  # an unreadable parent: neither "missing" (we would save over it) nor a crash
+        raise SessionError(f"{path}: cannot look at the session ({e.strerror})") from None
     system = [m for m in chat.messages if m["role"] == "system"]
     chat.load_session(path)
     # One-shot use: the new question starts a fresh conversation over the same KV prefix.

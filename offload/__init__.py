@@ -5,7 +5,9 @@ from .config import OffloadConfig
 from .errors import (
     ConfigError,
     ContextOverflowError,
+    DiskFullError,
     InputError,
+    ModelFileError,
     ModelNotFoundError,
     OffloadError,
     PlanError,
@@ -29,6 +31,8 @@ __all__ = [
     "ContextOverflowError",
     "InputError",
     "ModelNotFoundError",
+    "ModelFileError",
+    "DiskFullError",
     "PlanError",
     "SessionError",
 ]

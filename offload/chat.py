@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Iterator
 
 from .engine import Engine
+from .errors import SessionError
 from .generate import GenerationResponse, check_fits, run_generation
 from .model import OffloadModel
 from .sampling import SamplingParams
 
 __all__ = ["Chat"]
+
+_ROLES = ("system", "user", "assistant")
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -23,6 +26,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+def _checked_messages(messages, path) -> list[dict]:
+    """A session's saved conversation, checked: it is rendered with the chat template at the next turn,
+    so anything but role/content string pairs would fail there, long after the load."""
+    ok = isinstance(messages, list) and all(
+        isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in _ROLES
+        and isinstance(m["content"], str) for m in messages)  # fmt: skip
+    if not ok:
+        raise SessionError(f"{path}: the session's saved messages are not a list of "
+                           "{role, content} strings; the session cannot be used")  # fmt: skip
+    return [dict(m) for m in messages]
 
 
 class Chat:
@@ -47,8 +62,9 @@ class Chat:
 
     def stream(self, content: str, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                top_k: int = 0, seed: int | None = None, stop=None, progress=None) -> Iterator[GenerationResponse]:
-        """Add a user turn and stream the answer. Checks the context before any compute. If the stream is
-        closed early (Ctrl-C), the partial answer stays in the conversation. progress(done, total) is
+        """Add a user turn and stream the answer. Checks the context before any compute. A turn stopped
+        early is removed whole if no answer token came yet (Ctrl-C during prefill, a full disk), else
+        kept whole with its partial answer (Ctrl-C mid-answer): never a question without its answer. progress(done, total) is
         called after each prefilled layer (layers done, layers, new tokens)."""
         sampling = SamplingParams(temperature, top_p, top_k, seed)
         turn = self.messages + [{"role": "user", "content": content}]
@@ -62,12 +78,12 @@ class Chat:
         self.tokens = self.tokens[:keep]
         new = ids[keep:]
         parts: list[str] = []
+        first = True  # no answer token yet
         try:
             gen = run_generation(
                 self.engine, new, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop,
                 on_decoded=self.tokens.append, progress=progress,
             )
-            first = True
             for r in gen:
                 if first:  # the prompt is in the store now
                     self.tokens[keep:keep] = new
@@ -75,12 +91,16 @@ class Chat:
                 parts.append(r.text)
                 yield r
         finally:
-            if self.store.layer_len(0) != len(self.tokens):
-                # interrupted inside prefill or decode: the store's tail is unknown, drop it
-                n = min(self.store.layer_len(0), len(self.tokens))
-                self.engine.truncate(n)
-                self.tokens = self.tokens[:n]
-            self.messages = turn + [{"role": "assistant", "content": "".join(parts)}]
+            if first:  # stopped before the answer began (Ctrl-C in prefill, an error): drop the turn whole
+                self.engine.truncate(keep)
+                self.tokens = self.tokens[:keep]
+            else:
+                if self.store.layer_len(0) != len(self.tokens):
+                    # interrupted inside decode: the store's tail is unknown, drop it
+                    n = min(self.store.layer_len(0), len(self.tokens))
+                    self.engine.truncate(n)
+                    self.tokens = self.tokens[:n]
+                self.messages = turn + [{"role": "assistant", "content": "".join(parts)}]
 
     def send(self, content: str, **kwargs) -> str:
         """Add a user turn; return the whole answer."""
@@ -104,13 +124,17 @@ class Chat:
         for a session of another model or a damaged one; the current conversation is kept then."""
         from .session import load_session, read_session_info
 
-        info = read_session_info(path)
+        n_layers, n_kv_heads, head_dim = self.model.kv_shape()
+        expect = dict(n_layers=n_layers, n_kv_heads=n_kv_heads, head_dim=head_dim, batch=1,
+                      vocab_size=len(self.model.tokenizer))  # fmt: skip
+        info = read_session_info(path, expect, self.model.fingerprint())
+        messages = _checked_messages(info.meta.get("messages", []), path)
         store, tokens = load_session(path, self.model.fingerprint(), self.model.config,
-                                     device=self.model.device, dtype=self.model.dtype)
+                                     device=self.model.device, dtype=self.model.dtype, expect=expect)
         self.store.close()
         self.store, self.tokens = store, tokens
         self.engine = Engine(self.model, store)
-        self.messages = list(info.meta.get("messages", []))
+        self.messages = messages
 
     def close(self) -> None:
         self.store.close()

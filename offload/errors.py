@@ -11,6 +11,8 @@ __all__ = [
     "ContextOverflowError",
     "PlanError",
     "SessionError",
+    "ModelFileError",
+    "DiskFullError",
 ]
 
 
@@ -51,7 +53,7 @@ class ContextOverflowError(OffloadError):
         super().__init__(
             f"the prompt has {n_prompt_tokens:,} tokens and asks for up to {max_new_tokens:,} new ones "
             f"({need:,} in all), more than the context of {n_ctx:,} tokens; offload never truncates. "
-            f"Raise the context (OffloadConfig(ctx=...) / --ctx {need:,}) or shorten the input."
+            f"Raise the context (OffloadConfig(ctx=...) / --ctx {need}) or shorten the input."
         )
 
     def __reduce__(self):  # keep picklable with the custom __init__
@@ -68,3 +70,16 @@ class ModelNotFoundError(OffloadError, FileNotFoundError):
     """The model path does not exist locally (offload never downloads)."""
 
     exit_code = 6
+
+
+class ModelFileError(ModelNotFoundError):
+    """The model path exists but its files are not a usable model (not a GGUF, a truncated file,
+    a config.json that is not JSON, no weights): same exit code as a missing model, since the fix is
+    the same (point -m at a complete local model)."""
+
+
+class DiskFullError(OffloadError):
+    """The disk filled up while offload wrote KV (spill files or a session). Nothing half-written is
+    kept: the spill is truncated back / the session's temp directory removed."""
+
+    exit_code = 7

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import _offline  # noqa: F401  (must precede transformers)
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -20,7 +21,7 @@ import torch
 
 from .attention import ATTN_NAME, register_attention
 from .config import OffloadConfig
-from .errors import ModelNotFoundError
+from .errors import ModelFileError, ModelNotFoundError, OffloadError
 from .model import OffloadModel
 from .paths import cache_dir
 
@@ -60,6 +61,19 @@ def _private_tree(root: Path) -> None:
             os.chmod(os.path.join(dirpath, name), 0o600)
 
 
+@contextlib.contextmanager
+def _progress_as_configured():
+    """transformers' GGUF reader draws its own tqdm bar, which ignores transformers' progress-bar
+    switch: when bars are off (offload-chat without -v), send that stderr nowhere meanwhile."""
+    from transformers.utils import logging as hf_logging
+
+    if hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        yield
+
+
 def _convert_gguf(gguf: Path) -> Path:
     """Dequantize `gguf` once into `<cache>/models/<stem>-<sha12>` (safetensors + tokenizer).
 
@@ -69,9 +83,10 @@ def _convert_gguf(gguf: Path) -> Path:
     target = cache_dir("models") / f"{gguf.stem}-{_sha256(gguf)[:12]}"
     if (target / "config.json").is_file():
         return target
-    src = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
-    )
+    with _progress_as_configured():
+        src = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+        )
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     # save_pretrained refuses models that carry a GGUF quantization_config: rebuild a plain config.
     cfg = src.config.to_dict()
@@ -92,15 +107,56 @@ def _convert_gguf(gguf: Path) -> Path:
     return target
 
 
+def _gguf(path: Path) -> Path:
+    """The cached conversion of the GGUF at `path`; ModelFileError when it is not a readable GGUF
+    (random bytes, a truncated download): what is wrong, in one line, instead of a parser's traceback."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelFileError(f"cannot read the model file {path}: {e.strerror}") from None
+    if magic != b"GGUF":
+        raise ModelFileError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        return _convert_gguf(path)
+    except OffloadError:
+        raise
+    except Exception as e:  # the GGUF reader and transformers raise many kinds on a damaged file
+        raise ModelFileError(f"{path} is a damaged or truncated GGUF file, or one transformers cannot "
+                             f"convert ({type(e).__name__}: {_first_line(e)})") from None  # fmt: skip
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def _check_model_dir(p: Path) -> Path:
+    """`p` if it looks like a loadable transformers model: config.json is a JSON object transformers
+    knows, and weights are there. ModelFileError naming what is missing otherwise."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(p), local_files_only=True)
+    except Exception as e:  # not JSON, an unknown model_type, unreadable
+        raise ModelFileError(f"{p / 'config.json'} is not a usable model config ({type(e).__name__}: "
+                             f"{_first_line(e)})") from None  # fmt: skip
+    if not any(p.glob("*.safetensors")) and not any(p.glob("pytorch_model*.bin")):
+        raise ModelFileError(f"{p} holds a config.json but no weights (*.safetensors): pass a complete "
+                             "transformers model directory or a .gguf file")  # fmt: skip
+    return p
+
+
 def resolve_model_dir(path: str | os.PathLike | None) -> Path:
-    """A local HF model directory for `path`: None = embedded model, a .gguf = its cached conversion."""
+    """A local HF model directory for `path`: None = embedded model, a .gguf = its cached conversion.
+    Raises ModelNotFoundError (missing) or ModelFileError (there but not a usable model)."""
     if path is None:
         return _convert_gguf(embedded_gguf())
     p = Path(os.path.expanduser(str(path)))
     if p.is_file() and p.suffix.lower() == ".gguf":
-        return _convert_gguf(p.resolve())
+        return _gguf(p.resolve())
     if p.is_dir() and (p / "config.json").is_file():
-        return p.resolve()
+        return _check_model_dir(p.resolve())
     if p.is_dir():
         raise ModelNotFoundError(
             f"{p} is a directory but holds no config.json: pass a transformers model directory "
@@ -125,15 +181,22 @@ def load_model(path: str | os.PathLike | None = None, config: OffloadConfig | No
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from offload.tiers.spill import default_spill_root, reap_stale
+
     config = config or OffloadConfig()
+    reap_stale(config.disk_dir or default_spill_root())  # spill left by killed runs, before we add ours
     model_dir = resolve_model_dir(path)
     register_attention()
     device, dtype = config.torch_device(), config.torch_dtype()
-    hf = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=dtype, attn_implementation=ATTN_NAME, local_files_only=True
-    )
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=dtype, attn_implementation=ATTN_NAME, local_files_only=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # truncated weights, no tokenizer
+        raise ModelFileError(f"the model in {model_dir} cannot be loaded ({type(e).__name__}: "
+                             f"{_first_line(e)})") from None  # fmt: skip
     hf.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     return OffloadModel(hf=hf, tokenizer=tokenizer, config=config, model_dir=model_dir)
 
 

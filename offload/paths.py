@@ -1,17 +1,38 @@
-"""User-private locations on disk: a 0700 cache directory and atomic 0600 writes inside it."""
+"""User-private locations on disk: a 0700 cache directory, and 0700 parents for what we create.
+
+`Path.mkdir(parents=True, mode=...)` gives the parents it creates the umask's mode (0777 under umask
+000): every directory offload creates goes through `make_private` instead, which creates each missing
+level 0700 and never changes the mode of a directory that was already there (except the leaf of
+`private_dir`, which is ours by contract)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "private_dir"]
+__all__ = ["cache_dir", "private_dir", "make_private"]
+
+
+def make_private(path: str | os.PathLike) -> Path:
+    """Create `path` and its missing parents, each new one 0700; existing ones are left as they are."""
+    p = Path(path)
+    missing = []
+    for level in (p, *p.parents):
+        if level.exists():
+            break
+        missing.append(level)
+    for level in reversed(missing):
+        try:
+            level.mkdir(mode=0o700)
+        except FileExistsError:  # made by someone else meanwhile: not ours to chmod
+            continue
+        os.chmod(level, 0o700)  # mkdir's mode is masked by the umask; 0700 whatever it is
+    return p
 
 
 def private_dir(path: str | os.PathLike) -> Path:
-    """Create `path` (and parents) if needed and make it 0700; returns it as a Path."""
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create `path` (and parents, 0700) if needed and make `path` itself 0700; returns it as a Path."""
+    p = make_private(path)
     os.chmod(p, 0o700)
     return p
 

@@ -19,49 +19,47 @@ Works with any `KVStore` (through `read_layer` / `append`): DenseKVStore and Tie
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .atomic_dir import fsync_dir, swap_in, write_new_file
-from .errors import SessionError
+from .errors import DiskFullError, SessionError
 from .fingerprint import model_fingerprint
+from .paths import make_private
+from .session_header import (DTYPES, FORMAT, HEADER, VERSION, SessionInfo, looks_like_session, read_regular,
+                             read_session_info)  # fmt: skip
+from .stale import owner_tag, reap_dead
 
-__all__ = ["save_session", "load_session", "read_session_info", "model_fingerprint", "SessionInfo"]
+__all__ = ["save_session", "load_session", "read_session_info", "model_fingerprint", "SessionInfo",
+           "reap_temp_dirs"]  # fmt: skip
 
-FORMAT, VERSION = "offload-session", 1
-_HEADER = "header.json"
 # what a damaged or crafted file can raise while decoding (RuntimeError: torch on absurd shapes)
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError,
                 MemoryError)  # fmt: skip
-_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16)}
+_DTYPES = {name: getattr(torch, name) for name in DTYPES}
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-@dataclass(frozen=True)
-class SessionInfo:
-    """What a session's header says (validated)."""
+def _temp_pattern(path: Path) -> re.Pattern:
+    """Names of the temp (and swap-fallback `.old-`) directories a save of `path` makes."""
+    return re.compile(rf"^{re.escape(path.name)}\.(?:tmp|old)-(?P<pid>\d+)-(?P<start>\d+)-")
 
-    path: str
-    fingerprint: str
-    kv_dtype: str
-    chunk: int
-    n_tokens: int
-    n_layers: int
-    n_kv_heads: int
-    head_dim: int
-    batch: int
-    layer_lens: tuple[int, ...]
-    tokens: tuple[int, ...]
-    meta: dict = field(default_factory=dict)
-    layers: tuple = field(default=(), repr=False)  # per layer: {"file", "size", "records"}
+
+def reap_temp_dirs(path) -> list[Path]:
+    """Remove the temp directories that saves of `path` by processes now gone left behind (kill -9
+    mid-save). Called by every save and load of `path`; returns what was removed."""
+    path = Path(path)
+    return reap_dead(path.parent if str(path.parent) else Path("."), _temp_pattern(path))
 
 
 # -- saving ---------------------------------------------------------------------------------------
@@ -76,14 +74,15 @@ def save_session(path, store, tokens, fingerprint: str, meta: dict | None = None
     from offload.tiers.codec import ChunkCodec, default_compress
 
     path = Path(path)
-    if path.exists() and not _looks_like_session(path):
+    if (path.exists() or path.is_symlink()) and not looks_like_session(path):
         raise SessionError(f"refusing to overwrite {path}: it exists and is not an offload session")
     parent = path.parent if str(path.parent) else Path(".")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=parent))  # 0700
+        make_private(parent)  # parents we create are 0700, whatever the umask
+        reap_temp_dirs(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-{owner_tag()}-", dir=parent))  # 0700
     except OSError as e:
-        raise SessionError(f"could not save session to {path}: {e}") from None
+        raise _save_error(path, e) from None
     try:
         chunk = chunk or getattr(getattr(store, "layout", None), "chunk", None) or 64
         k0, _ = store.read_layer(0)
@@ -104,15 +103,23 @@ def save_session(path, store, tokens, fingerprint: str, meta: dict | None = None
         }  # fmt: skip
         text = json.dumps(body, sort_keys=True)
         header = json.dumps({"body": body, "crc32": zlib.crc32(text.encode())}, sort_keys=True)
-        write_new_file(tmp / _HEADER, header.encode())
+        write_new_file(tmp / HEADER, header.encode())
         fsync_dir(tmp)
         swap_in(tmp, path)
         fsync_dir(parent)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (OSError, TypeError, ValueError)):
-            raise SessionError(f"could not save session to {path}: {e}") from None
+            raise _save_error(path, e) from None
         raise
+
+
+def _save_error(path: Path, e: Exception) -> Exception:
+    """A full disk is a DiskFullError (exit 7); any other failure to save a SessionError."""
+    if isinstance(e, OSError) and e.errno in _FULL:
+        return DiskFullError(f"could not save session to {path}: the disk is full ({e.strerror}); the "
+                             "previous session there, if any, is intact. Free space or save elsewhere")  # fmt: skip
+    return SessionError(f"could not save session to {path}: {e}")
 
 
 def _write_layer(file: Path, k: torch.Tensor, v: torch.Tensor, chunk: int, codec) -> dict:
@@ -136,63 +143,20 @@ def _write_layer(file: Path, k: torch.Tensor, v: torch.Tensor, chunk: int, codec
 
 
 # -- loading --------------------------------------------------------------------------------------
-def _looks_like_session(path: Path) -> bool:
-    try:
-        return json.loads((path / _HEADER).read_text())["body"]["format"] == FORMAT
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def read_session_info(path) -> SessionInfo:
-    """Parse and validate the header of the session at `path` (no KV read). Raises SessionError."""
-    path = Path(path)
-    if not path.is_dir() or not (path / _HEADER).is_file():
-        raise SessionError(f"{path} is not an offload session (no {_HEADER} in a directory)")
-    try:
-        outer = json.loads((path / _HEADER).read_bytes())
-        body, crc = outer["body"], outer["crc32"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SessionError(f"{path}: the session header is unreadable or damaged ({e})") from None
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise SessionError(f"{path} is not an offload session (unknown header format)")
-    if zlib.crc32(json.dumps(body, sort_keys=True).encode()) != crc:
-        raise SessionError(f"{path}: the session header is damaged (checksum mismatch)")
-    if body.get("version") != VERSION:
-        raise SessionError(f"{path}: session format version {body.get('version')!r}; this offload "
-                           f"reads version {VERSION}. Re-create the session from the document.")  # fmt: skip
-    try:
-        info = SessionInfo(
-            path=str(path), fingerprint=str(body["fingerprint"]), kv_dtype=str(body["kv_dtype"]),
-            chunk=int(body["chunk"]), n_tokens=int(body["n_tokens"]), n_layers=int(body["n_layers"]),
-            n_kv_heads=int(body["n_kv_heads"]), head_dim=int(body["head_dim"]), batch=int(body["batch"]),
-            layer_lens=tuple(int(x) for x in body["layer_lens"]),
-            tokens=tuple(int(t) for t in body["tokens"]),
-            meta=dict(body["meta"]), layers=tuple(body["layers"]),
-        )  # fmt: skip
-    except (KeyError, TypeError, ValueError) as e:
-        raise SessionError(f"{path}: the session header is incomplete ({e})") from None
-    if info.kv_dtype not in _DTYPES or not len(info.layers) == info.n_layers == len(info.layer_lens):
-        raise SessionError(f"{path}: the session header is inconsistent")
-    return info
-
-
-def load_session(path, fingerprint: str, config=None, device=None, dtype=None):
+def load_session(path, fingerprint: str, config=None, device=None, dtype=None, expect: dict | None = None):
     """Reopen the session at `path` into a new KV store; returns (store, tokens).
 
     fingerprint: the current model's `model_fingerprint(...)`; it must equal the saved one.
     config: OffloadConfig (kv_store "dense" or "tiered" and the tier knobs); device: where the
-    store computes (default: config's device); dtype: if given, must equal the saved KV dtype.
-    Raises SessionError for any bad input; nothing else escapes for a bad file."""
+    store computes (default: config's device); dtype: if given, must equal the saved KV dtype;
+    expect: the model's geometry, checked against the header (see `read_session_info`). Raises SessionError for any bad input; nothing else escapes for a bad file."""
     from offload.config import OffloadConfig
     from offload.kvstore import DenseKVStore
     from offload.tiers.store import TieredKVStore
     from offload.tiers.codec import CorruptChunkError
 
-    info = read_session_info(path)
-    if info.fingerprint != fingerprint:
-        raise SessionError(f"{path} was saved by a different model (fingerprint "
-                           f"{info.fingerprint[:12]}… ≠ this model's {str(fingerprint)[:12]}…); "
-                           "re-create it with this model")  # fmt: skip
+    reap_temp_dirs(path)
+    info = read_session_info(path, expect, fingerprint)
     kv_dtype = _DTYPES[info.kv_dtype]
     if dtype is not None and dtype != kv_dtype:
         raise SessionError(f"{path} holds {info.kv_dtype} KV, this model computes in {dtype}")
@@ -241,15 +205,11 @@ def _read_layer(path: Path, entry: dict, info: SessionInfo, layer: int, dtype):
     from offload.tiers.codec import ChunkCodec
 
     codec = ChunkCodec(itemsize=dtype.itemsize, compress=False)  # decodes both record kinds
-    file = path / str(entry["file"])
-    if file.parent != path or not file.is_file():
-        raise FileNotFoundError(f"missing layer file {entry['file']!r}")
+    file = path / str(entry["file"])  # the header check made it layer_NNN.kv
     size = int(entry["size"])
-    data = bytearray(size)
-    with open(file, "rb", buffering=0) as f:
-        got = f.readinto(data)
-        if got != size or f.read(1):
-            raise ValueError(f"{file.name} does not hold the {size} bytes its header lists (truncated?)")
+    data = read_regular(file, size)  # a regular file, read only once its size is the listed one
+    if len(data) != size:
+        raise ValueError(f"{file.name} does not hold the {size} bytes its header lists (truncated?)")
     n, r, c, d = info.layer_lens[layer], info.batch * info.n_kv_heads, info.chunk, info.head_dim
     records = entry["records"]
     if len(records) != -(-n // c):

@@ -22,7 +22,7 @@ import torch
 
 from .codec import ChunkCodec, CorruptChunkError
 from .layout import ChunkLayout
-from .spill import SpillDir
+from .spill import SpillDir, spill_error
 
 __all__ = ["DiskStore"]
 
@@ -63,8 +63,12 @@ class DiskStore:
         payload, compressed, crc = self.codec.encode(chunk)
         fd = self._fd(layer)
         offset, view = self._ends[layer], memoryview(payload)
-        while view:  # os.write may write less than asked
-            view = view[os.write(fd, view) :]
+        try:
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view) :]
+        except OSError as e:  # a full disk: give the partial record back, raise DiskFullError
+            os.ftruncate(fd, offset)
+            raise spill_error(e, self.spill.path) from None
         self._ends[layer] = offset + len(payload)
         self._index[layer][chunk_id] = _Record(offset, len(payload), crc, compressed)
 

@@ -7,13 +7,15 @@ Layout under the root (the configured `disk_dir`, else `$XDG_CACHE_HOME/offload/
             layer_000.kv ...                   0600
 
 A `weakref.finalize` removes a store's directory when the store is closed, garbage-collected or the
-interpreter exits (finalizers run at exit). A killed process leaves its directory behind: every new
-`SpillDir` first removes process directories whose (pid, start time) is no longer alive. The start
-time guards against pid reuse; a directory of a live process is never touched.
+interpreter exits (finalizers run at exit; offload-chat turns SIGTERM/SIGHUP into a normal exit so
+they run then too). A killed process leaves its directory behind: every new
+`SpillDir`, and `load_model`, first remove process directories whose (pid, start time) is no longer
+alive (`offload/stale.py`). A full disk is a `DiskFullError` (`spill_error`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -21,12 +23,15 @@ import tempfile
 import weakref
 from pathlib import Path
 
-import psutil
+from offload.errors import DiskFullError
+from offload.paths import make_private
+from offload.stale import owner_tag, reap_dead
 
-__all__ = ["SpillDir", "default_spill_root", "reap_stale"]
+__all__ = ["SpillDir", "default_spill_root", "reap_stale", "spill_error"]
 
 _PREFIX = "offload-spill-"
-_NAME = re.compile(r"^offload-spill-(\d+)-(\d+)$")
+_NAME = re.compile(r"^offload-spill-(?P<pid>\d+)-(?P<start>\d+)$")
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def default_spill_root() -> Path:
@@ -35,39 +40,27 @@ def default_spill_root() -> Path:
     return Path(base) / "offload" / "spill"
 
 
-def _start_ms(pid: int) -> int | None:
-    """Process start time in ms since the epoch, or None when there is no such process."""
-    try:
-        return int(psutil.Process(pid).create_time() * 1000)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
-
-
 def _private_dir(path: Path) -> None:
     """mkdir -p with 0700 on the directory itself (parents we create get 0700 too)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(path)
     os.chmod(path, 0o700)
 
 
 def reap_stale(root: str | os.PathLike) -> list[Path]:
     """Remove process spill directories under `root` left by processes that are gone. Returns them."""
-    root = Path(root)
-    removed = []
-    try:
-        entries = list(root.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _NAME.match(entry.name)
-        if not match or not entry.is_dir() or entry.is_symlink():
-            continue
-        pid, start = int(match.group(1)), int(match.group(2))
-        alive = _start_ms(pid)
-        if alive is not None and abs(alive - start) <= 1000:  # same process (create_time jitter)
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
+    return reap_dead(root, _NAME)
+
+
+def spill_error(e: OSError, where: str | os.PathLike) -> OSError | DiskFullError:
+    """What a failed spill write should raise: a full disk becomes `DiskFullError` with advice (the
+    CLI's exit 7); any other OSError is returned unchanged."""
+    if e.errno not in _FULL:
+        return e
+    return DiskFullError(
+        f"the disk holding the KV spill ({where}) is full ({e.strerror}): free space there, "
+        "point --disk-dir (OffloadConfig(disk_dir=...)) at a larger disk, or give the KV more host "
+        "memory (--host-mem) so less of it spills"
+    )
 
 
 class SpillDir:
@@ -78,8 +71,7 @@ class SpillDir:
         if not root.exists():  # ours: created private; a user's existing disk_dir is left as is
             _private_dir(root)
         reap_stale(root)
-        pid = os.getpid()
-        proc = root / f"{_PREFIX}{pid}-{_start_ms(pid) or 0}"
+        proc = root / f"{_PREFIX}{owner_tag()}"
         for attempt in range(3):  # a finalizer may remove an empty `proc` between the two calls
             _private_dir(proc)
             try:

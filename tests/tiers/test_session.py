@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from offload.config import OffloadConfig
-from offload.errors import SessionError
+from offload.errors import DiskFullError, SessionError
 from offload.kvstore import DenseKVStore
 from offload.session import load_session, model_fingerprint, read_session_info, save_session
 from offload.tiers.store import TieredKVStore
@@ -83,7 +83,7 @@ def test_failed_save_leaves_old_session(tmp_path):
     broken = Broken(L, HKV, D, torch.float32, "cpu")
     for layer in range(L):
         broken.append(layer, torch.zeros(1, HKV, 5, D), torch.zeros(1, HKV, 5, D))
-    with pytest.raises(SessionError, match="No space left"):
+    with pytest.raises(DiskFullError, match="disk is full"):  # its own error: exit 7, not "bad session"
         save_session(path, broken, [0] * 5, FP)
     assert sorted(os.listdir(tmp_path)) == ["s"]
     assert load_session(path, FP)[1] == [1] * 10
