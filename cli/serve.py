@@ -8,6 +8,7 @@ the connections and free the KV, spill files included."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 
@@ -78,6 +79,10 @@ def _run(o: dict) -> None:
     loader = threading.Thread(target=_load, args=(o, config, memory, service, server, failure), daemon=True)
     loader.start()
     click.echo("offload-serve: loading the model; GET /health answers 503 until it is ready", err=True)
+    # uvicorn re-raises the signal that stopped it once it restores the handlers it found; these make
+    # that a no-op, so the KV is freed below and the exit code is 0 rather than death by signal.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         server.run()
     finally:
