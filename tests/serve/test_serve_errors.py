@@ -107,3 +107,17 @@ def test_internal_errors_are_500_without_internals(model):
         assert err["type"] == "server_error" and "secret" not in r.text and "RuntimeError" not in r.text
     finally:
         service.close()
+
+
+def test_loading_answers_503_with_retry_after():
+    """Before the model is loaded: /health says loading, the API asks to retry, the page is served."""
+    from starlette.testclient import TestClient
+
+    from offload.serve import ServeConfig, Service, create_app
+
+    with TestClient(create_app(Service(ServeConfig()))) as client:
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json() == {"status": "loading"}
+        r = client.post(CHAT, json={"messages": MSG})
+        assert _error(r, 503)["code"] == "model_loading" and int(r.headers["Retry-After"]) >= 1
+        assert client.get("/").status_code == 200
