@@ -98,7 +98,8 @@ def test_wheel_installs_one_namespace(tmp_path):
     assert r.returncode == 0, r.stderr
     (wheel,) = (tmp_path / "dist").glob("offload-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in ("offload/kernels/dispatch.py", "offload/tiers/store.py", "offload/cli/chat.py"):
+    for path in ("offload/kernels/dispatch.py", "offload/tiers/store.py", "offload/cli/chat.py",
+                 "offload/cli/serve.py", "offload/serve/app.py", "offload/serve/page.html"):  # the page is package data
         assert path in names, path
     tops = {n.split("/")[0] for n in names}
     assert not tops & set(FOLDERS), tops
@@ -110,3 +111,4 @@ def test_console_scripts_are_declared():
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
     assert scripts.get("offload-chat") == "offload.cli.chat:main"
     assert scripts.get("offload-eval") == "offload.eval.cli:main"
+    assert scripts.get("offload-serve") == "offload.cli.serve:main"
