@@ -193,7 +193,7 @@ def load_model(path: str | os.PathLike | None = None, config: OffloadConfig | No
             str(model_dir), dtype=dtype, attn_implementation=ATTN_NAME, local_files_only=True
         )
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:  # truncated weights, no tokenizer
+    except Exception as e:  # truncated weights (SafetensorError), no tokenizer, ...: many kinds
         raise ModelFileError(f"the model in {model_dir} cannot be loaded ({type(e).__name__}: "
                              f"{_first_line(e)})") from None  # fmt: skip
     hf.to(device).eval()
