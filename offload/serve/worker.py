@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from offload.errors import DiskFullError, OffloadError
 from offload.sampling import SamplingParams
 
 from .errors import APIError
@@ -163,8 +164,7 @@ class Worker:
                 self.slots.drop(slot)
             self.counts["failed"] += 1
             log.error("%s failed:\n%s", job.label, traceback.format_exc())
-            job.emit("error", APIError(500, f"internal error ({type(e).__name__}); the server log has "
-                                       "the details", type="server_error", code="internal_error"))  # fmt: skip
+            job.emit("error", _failure(e))
             return
         end = time.perf_counter()
         n_gen = last.generation_tokens
@@ -208,3 +208,13 @@ class Worker:
         # what the slot keeps of its KV: the shared prefix (at least one token is always prefilled)
         return slot, min(common_prefix(slot.tokens, job.ids), len(job.ids) - 1)
 
+
+def _failure(e: Exception) -> APIError:
+    """The error a client sees for a generation that failed: offload's own errors say what to fix
+    (a full disk is 507), anything else is a bare 500 (the traceback went to the log)."""
+    if isinstance(e, DiskFullError):
+        return APIError(507, str(e), type="server_error", code="disk_full")
+    if isinstance(e, OffloadError):
+        return APIError(500, str(e), type="server_error", code="internal_error")
+    return APIError(500, f"internal error ({type(e).__name__}); the server log has the details",
+                    type="server_error", code="internal_error")
