@@ -73,3 +73,17 @@ def test_whole_answer_disconnect_cancels(qserver):
 def test_log_prompts_logs_text_when_asked(qserver):
     httpx.post(qserver.url + "/v1/completions", json={"prompt": "quokka-marker says", "max_tokens": 2}, timeout=WAIT_S)
     assert "quokka-marker says" in qserver.log()
+
+
+def test_sigterm_ends_open_streams_and_exits_0(qserver):
+    """Last in this module: it stops the module's server."""
+    import signal
+
+    body = {"prompt": COUNT, "max_tokens": 2000, "temperature": 0, "stream": True}
+    with httpx.stream("POST", qserver.url + "/v1/completions", json=body, timeout=WAIT_S) as r:
+        lines = (line for line in r.iter_lines() if line.startswith("data: "))
+        assert next(lines)  # generating
+        qserver.proc.send_signal(signal.SIGTERM)
+        rest = list(lines)  # the stream ends at the next token instead of running to 2000
+    assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["error"]["code"] == "cancelled"
+    assert qserver.stop() == 0 and "Traceback" not in qserver.log()
