@@ -112,7 +112,7 @@ def create_app(service: Service) -> FastAPI:
         service.require_ready()
         try:
             body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; absurd nesting recurses
             raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
         req = parse(body)
         label = f"#{next(counter)} {req.kind}"

@@ -61,8 +61,13 @@ class Service:
             if max(ids) >= vocab:
                 raise bad_param("prompt", f"holds token id {max(ids)}, beyond this model's {vocab:,} tokens")
         else:
-            with self._encode_lock:
-                ids = model.encode(req.prompt if isinstance(req.prompt, str) else list(req.prompt))
+            from jinja2 import TemplateError
+
+            try:
+                with self._encode_lock:
+                    ids = model.encode(req.prompt if isinstance(req.prompt, str) else list(req.prompt))
+            except TemplateError as e:  # e.g. a template that wants user/assistant turns to alternate
+                raise bad_param(param, f"were refused by this model's chat template: {e}") from None
         n_ctx = model.n_ctx
         max_tokens = req.max_tokens if req.max_tokens is not None else max(n_ctx - len(ids), 1)
         if len(ids) + max_tokens > n_ctx:

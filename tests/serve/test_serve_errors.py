@@ -121,3 +121,8 @@ def test_loading_answers_503_with_retry_after():
         r = client.post(CHAT, json={"messages": MSG})
         assert _error(r, 503)["code"] == "model_loading" and int(r.headers["Retry-After"]) >= 1
         assert client.get("/").status_code == 200
+
+
+def test_absurdly_nested_json_is_400(server):
+    r = httpx.post(server.url + CHAT, content=b"[" * 100_000 + b"]" * 100_000, timeout=60)
+    assert _error(r, 400)["code"] == "invalid_json"
