@@ -1,0 +1,93 @@
+"""Soak: many chat turns through the API, with KV spilling to disk. Does memory beyond the KV grow,
+do file descriptors leak, is any spill left?
+
+    python bench/soak.py --turns 1000 --json bench/results/soak-cpu.jsonl
+
+Turns go through `offload.Chat` (tiered store: ~1 MiB of KV in memory, the rest spilled to a private
+disk dir) in conversations of `--per-chat` turns; each conversation is closed and a new one opened,
+so stores, spill files and engines are created and freed hundreds of times. RSS and open fds are
+sampled after each conversation closes (no KV held then: what is left is the runtime's own memory).
+Growth is measured from the end of the warm-up conversations to the end of the run.
+Targets (issue 27): RSS growth <= 5 %, fds flat, no spill left."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+_BENCH = str(Path(__file__).resolve().parent)
+sys.path.insert(0, _BENCH)
+from _common import machine  # noqa: E402
+
+# bench/ first on sys.path would let bench/kernels.py shadow HF's `kernels` (transformers imports it)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _BENCH]
+
+QUESTIONS = ["What does the keeper do each evening?", "Name one ship.", "How is the lamp?",
+             "Say it shorter.", "What was the weather?", "Who wrote this?"]  # fmt: skip
+DOC = "The keeper wrote down the weather, the ships and the state of the lamp every evening. " * 12
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--turns", type=int, default=1000)
+    ap.add_argument("--per-chat", type=int, default=20)
+    ap.add_argument("--warmup-chats", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=4)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    import torch
+
+    import offload
+
+    torch.set_num_threads(2)
+    proc = psutil.Process()
+    with tempfile.TemporaryDirectory() as disk:
+        cfg = offload.OffloadConfig(kv_store="tiered", gpu_mem=1 << 20, host_mem=1 << 20, disk_dir=disk)
+        model = offload.load_model(config=cfg)
+        samples, turns, spilled, t0 = [], 0, 0, time.perf_counter()
+        while turns < a.turns:
+            with offload.Chat(model, system="Be brief.") as chat:
+                chat.send(DOC + QUESTIONS[0], max_new_tokens=a.max_new_tokens)
+                turns += 1
+                for i in range(1, a.per_chat):
+                    if turns >= a.turns:
+                        break
+                    chat.send(QUESTIONS[i % len(QUESTIONS)], max_new_tokens=a.max_new_tokens)
+                    turns += 1
+                spilled = max(spilled, chat.store.stats().get("disk_bytes", 0) if hasattr(chat.store, "stats") else 0)
+            gc.collect()
+            samples.append((turns, proc.memory_info().rss, proc.num_fds()))
+            print(f"turn {turns:5d}  rss {samples[-1][1] / 2**20:8.1f} MiB  fds {samples[-1][2]}", flush=True)
+        left = sorted(str(p.relative_to(disk)) for p in Path(disk).rglob("*"))
+    warm = samples[min(a.warmup_chats, len(samples)) - 1]
+    end = samples[-1]
+    row = {
+        "bench": "soak", "machine": machine(), "turns": turns, "per_chat": a.per_chat,
+        "max_new_tokens": a.max_new_tokens, "seconds": round(time.perf_counter() - t0, 1),
+        "rss_warm_mib": round(warm[1] / 2**20, 1), "rss_end_mib": round(end[1] / 2**20, 1),
+        "rss_growth_pct": round(100 * (end[1] - warm[1]) / warm[1], 2),
+        "rss_max_mib": round(max(s[1] for s in samples[a.warmup_chats - 1 :]) / 2**20, 1),
+        "fds_warm": warm[2], "fds_end": end[2], "fds_max": max(s[2] for s in samples[a.warmup_chats - 1 :]),
+        "max_spilled_mib": round(spilled / 2**20, 1), "spill_left": left,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }  # fmt: skip
+    row["pass"] = row["rss_growth_pct"] <= 5 and row["fds_end"] <= row["fds_warm"] and not left
+    print(json.dumps(row))
+    if a.json:
+        with open(a.json, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
