@@ -2,7 +2,7 @@
 
     GET  /health                503 {"status": "loading"} until the model is loaded, then 200 with
                                 the queue length, counters and cached prefixes
-    GET  /v1/models             the one model
+    GET  /v1/models             the one model (and /v1/models/{id})
     POST /v1/chat/completions   messages -> answer, streamed as server-sent events or whole
     POST /v1/completions        prompt -> continuation, likewise
     GET  /                      the chat page (one static file; talks only to this server)
@@ -97,11 +97,22 @@ def create_app(service: Service) -> FastAPI:
     async def health():
         return JSONResponse(service.status(), status_code=200 if service.ready else 503)
 
+    def model_card() -> dict:
+        card = {"id": service.model_name, "object": "model", "created": 0, "owned_by": "offload"}
+        return {**card, "context_length": service.model.n_ctx} if service.ready else card
+
     @app.get("/v1/models")
     async def models(request: Request):
         authorize(request)
-        return {"object": "list", "data": [{"id": service.model_name, "object": "model", "created": 0,
-                                            "owned_by": "offload"}]}  # fmt: skip
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def one_model(request: Request, model_id: str):
+        authorize(request)
+        if model_id != service.model_name:
+            raise APIError(404, f"no model '{model_id}' here; this server has '{service.model_name}'",
+                           code="model_not_found", param="model")  # fmt: skip
+        return model_card()
 
     @app.get("/", response_class=HTMLResponse)
     async def chat_page():

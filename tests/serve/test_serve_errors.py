@@ -126,3 +126,28 @@ def test_loading_answers_503_with_retry_after():
 def test_absurdly_nested_json_is_400(server):
     r = httpx.post(server.url + CHAT, content=b"[" * 100_000 + b"]" * 100_000, timeout=60)
     assert _error(r, 400)["code"] == "invalid_json"
+
+
+def test_messages_a_chat_template_refuses_are_400(model):
+    """A model whose template raises (as Gemma's does when roles do not alternate): 400 on messages.
+    The real tokenizer, with a template that refuses a system message."""
+    import copy
+
+    from starlette.testclient import TestClient
+
+    from offload.serve import ServeConfig, Service, create_app
+
+    strict = copy.copy(model)
+    strict.tokenizer = copy.deepcopy(model.tokenizer)
+    strict.tokenizer.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role "
+                                      "not supported') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    service = Service(ServeConfig())
+    service.start(strict)
+    try:
+        with TestClient(create_app(service)) as client:
+            r = client.post(CHAT, json={"messages": [{"role": "system", "content": "x"}] + MSG, "max_tokens": 1})
+            err = _error(r, 400)
+            assert err["param"] == "messages" and "System role not supported" in err["message"]
+            assert client.post(CHAT, json={"messages": MSG, "max_tokens": 1}).status_code == 200
+    finally:
+        service.close()

@@ -22,6 +22,9 @@ def _chat(question):
 def test_models_lists_the_one_model(client):
     models = client.models.list().data
     assert len(models) == 1 and models[0].id.startswith("SmolLM2")
+    assert client.models.retrieve(models[0].id).model_extra["context_length"] == 8192
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
 
 
 def test_chat_equals_generate_and_reports_usage(client, model):

@@ -75,6 +75,20 @@ def test_log_prompts_logs_text_when_asked(qserver):
     assert "quokka-marker says" in qserver.log()
 
 
+def test_a_waiting_request_whose_client_left_never_runs(qserver):
+    before = _health(qserver)
+    long = {"prompt": COUNT, "max_tokens": 2000, "temperature": 0, "stream": True}
+    waiting = {"prompt": "A list of birds:", "max_tokens": 50, "temperature": 0, "stream": True}
+    with httpx.Client(timeout=WAIT_S) as a, httpx.Client(timeout=WAIT_S) as b:
+        with a.stream("POST", qserver.url + "/v1/completions", json=long) as ra:
+            assert next(line for line in ra.iter_lines() if line.startswith("data: "))
+            with b.stream("POST", qserver.url + "/v1/completions", json=waiting) as rb:
+                assert rb.status_code == 200 and _health(qserver)["queue"] == 1
+            # B's client is gone while it waits; then A's
+    h = _until(qserver, lambda h: h["running"] == 0 and h["queue"] == 0 and h["cancelled"] == before["cancelled"] + 2)
+    assert h["completed"] == before["completed"]  # B was skipped, not run
+
+
 def test_sigterm_ends_open_streams_and_exits_0(qserver):
     """Last in this module: it stops the module's server."""
     import signal
