@@ -14,7 +14,8 @@ import threading
 
 import click
 
-from .options import checked_plan, fail, load_checked, model_options, opt, quiet_transformers, require_fit, runtime_options
+from .options import (checked_plan, fail, load_checked, model_options, opt, quiet_transformers, require_fit,
+                      runtime_options)
 from .units import BytesType
 
 __all__ = ["main"]

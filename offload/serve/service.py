@@ -76,9 +76,10 @@ class Service:
         return Job(ids=ids, max_tokens=max_tokens, sampling=sampling, stop=req.stop, emit=emit, label=label)
 
     def cancel_all(self) -> None:
-        """Stop the running generation after its current token and every waiting one (at a signal)."""
+        """At a signal: stop the running generation after its current token, drop the waiting ones,
+        and refuse new ones (503 shutting_down) while the connections close."""
         if self.worker is not None:
-            self.worker.cancel_all()
+            self.worker.cancel_all(stop=True)
 
     def close(self) -> None:
         if self.worker is not None:

@@ -41,7 +41,8 @@ class Slot:
         self.engine = Engine(model, self.store)
         self.tokens, self.saved = list(tokens), saved
 
-    def generate(self, ids: list[int], *, max_new_tokens: int, sampling, stop, cancelled) -> Iterator[GenerationResponse]:
+    def generate(self, ids: list[int], *, max_new_tokens: int, sampling, stop,
+                 cancelled) -> Iterator[GenerationResponse]:
         """Rewind to the longest prefix shared with `ids`, prefill the rest, stream the answer.
 
         cancelled: a threading.Event checked after every prefilled layer (a long prefill stops early).
@@ -57,15 +58,19 @@ class Slot:
             if cancelled.is_set():
                 raise Cancelled()
 
+        steps = None
         try:
             first = True
-            for r in run_generation(self.engine, new, max_new_tokens=max_new_tokens, sampling=sampling,
-                                    stop=list(stop) or None, on_decoded=self.tokens.append, progress=progress):  # fmt: skip
+            steps = run_generation(self.engine, new, max_new_tokens=max_new_tokens, sampling=sampling,
+                                   stop=list(stop) or None, on_decoded=self.tokens.append, progress=progress)
+            for r in steps:
                 if first:  # the prompt is in the store now
                     self.tokens[keep:keep] = new
                     first = False
                 yield r
         finally:
+            if steps is not None:
+                steps.close()
             lens = [self.store.layer_len(i) for i in range(self.store.n_layers)]
             n = min(lens + [len(self.tokens)])
             if n != len(self.tokens) or any(m != n for m in lens):
@@ -100,8 +105,9 @@ class SlotPool:
         """The slot to run `ids` on (it becomes the most recent). loaded: (store, tokens) read from the
         disk cache, used as a new slot. Otherwise the slot sharing the longest prefix is rewound and
         reused when that drops no more than it keeps (or a short tail, e.g. the last answer); a
-        different document gets a slot of its own rather than destroying one a later request may want. need: tokens the request may reach (prompt + max_tokens); least
-        recent slots are closed until the rest leave room for it."""
+        different document gets a slot of its own rather than destroying one a later request may
+        want. need: tokens the request may reach (prompt + max_tokens); least recent slots are closed
+        until the rest leave room for it."""
         slot = None
         if loaded is None:
             best, n = self.best(ids)

@@ -177,7 +177,8 @@ class Worker:
         job.emit("done", outcome)
         t = outcome.timings()
         log.info("%s: %d prompt tok (%d cached) in %.0f ms | %d gen tok at %.1f tok/s | %s", job.label,
-                 outcome.prompt_tokens, cached, t["prompt_ms"], n_gen, t["predicted_per_second"], outcome.finish_reason)  # fmt: skip
+                 outcome.prompt_tokens, cached, t["prompt_ms"], n_gen, t["predicted_per_second"],
+                 outcome.finish_reason)
         if self.disk is not None and len(job.ids) - cached >= self.config.save_min_tokens:
             self._save(slot)
 
