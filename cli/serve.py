@@ -21,7 +21,7 @@ from .units import BytesType
 __all__ = ["main"]
 
 HELP_EPILOG = """\b
-Exit codes: 0 stopped by SIGINT/SIGTERM, 1 unexpected error, 2 bad option (a --host other machines
+Exit codes: 0 stopped by SIGINT/SIGTERM (or --dry-run), 1 unexpected error, 2 bad option (a --host other machines
 can reach without --api-key, ...), 3 memory plan does not fit, 6 model not found.
 Every option also reads an OFFLOAD_* environment variable (shown with each option).
 """
@@ -41,6 +41,7 @@ Every option also reads an OFFLOAD_* environment variable (shown with each optio
 @opt("--max-body", env="MAX_BODY", type=BytesType(), default="32M", show_default=True, help="Largest request body; larger get 413.")
 @opt("--cors-origin", "cors_origins", env="CORS_ORIGIN", multiple=True, help="Allow this browser origin (repeatable). Default: no CORS.")
 @opt("--log-prompts", env="LOG_PROMPTS", is_flag=True, help="Log request and answer text (never logged otherwise).")
+@opt("--dry-run", env="DRY_RUN", is_flag=True, help="Print the memory plan and exit (3 when it does not fit).")
 @opt("-v", "--verbose", env="VERBOSE", is_flag=True, help="Tracebacks, loading details and the access log.")
 def main(**o):
     """Serve a local model over an OpenAI-compatible API on this machine. Nothing leaves it."""
@@ -66,6 +67,8 @@ def _run(o: dict) -> None:
     config, memory = checked_plan(o)
     click.echo(str(memory), err=True)
     require_fit(memory)
+    if o["dry_run"]:
+        return
 
     import uvicorn
 

@@ -59,3 +59,16 @@ def test_non_loopback_host_needs_a_key():
     assert ServeConfig(host="0.0.0.0", api_key=KEY).api_key == KEY
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         assert ServeConfig(host=host).host == host
+
+
+def test_start_errors_exit_with_offload_chat_codes(tmp_path):
+    """The shared options fail the same way as offload-chat's, before anything listens."""
+    runner = CliRunner()
+    r = runner.invoke(main, ["-m", str(tmp_path / "no-such-model"), "--dry-run"])
+    assert r.exit_code == 6 and "never downloads" in r.output
+    r = runner.invoke(main, ["--ctx", "lots"])
+    assert r.exit_code == 2 and "not a token count" in r.output
+    r = runner.invoke(main, ["--ctx", "100M", "--host-mem", "1G", "--dry-run"])
+    assert r.exit_code == 3 and "largest context that fits" in r.output
+    r = runner.invoke(main, ["--dry-run"])
+    assert r.exit_code == 0 and "fits" in r.output
