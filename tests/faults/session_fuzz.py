@@ -25,7 +25,7 @@ from offload.errors import SessionError
 from offload.kvstore import DenseKVStore
 from offload.session import load_session, save_session
 
-__all__ = ["make_original", "damage", "check", "FILES"]
+__all__ = ["make_original", "damage", "check", "FILES", "EXPECT"]
 
 L, HKV, D, N, CHUNK, FP = 3, 2, 8, 50, 8, "f" * 64
 EXPECT = {"n_layers": L, "n_kv_heads": HKV, "head_dim": D, "batch": 1, "vocab_size": 1000}
@@ -129,12 +129,3 @@ def check(original: Path, kv: list, work: Path, ops) -> str:
     finally:
         store.close()
     return "identical"
-
-
-def outcome_counts_line(counts: dict) -> str:
-    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
-
-
-__all__ += ["outcome_counts_line", "EXPECT"]
-
-
