@@ -5,11 +5,11 @@ chat's prefill (spilling), save and spill, each followed by a fresh run's check.
 
 Fuzzer: tests/faults/session_fuzz.py (its docstring states the contract: SessionError or the exact
 KV saved). Kills: a child process runs a Chat over a document with ~1 MiB of KV in memory (the rest
-spills to a private dir), then saves it over an existing session; the parent kills it (-9, or SIGTERM
-: an API process has no handler, so both skip all cleanup) a random time after it
-enters a random phase. Then, as the next run would: the
-session at the target must load whole (the old one or the new one, never a mix), the killed run's
-temp and spill directories must be reaped, and nothing else may be left."""
+spills to a private dir), then saves it over an existing session; the parent kills it (-9, or
+SIGTERM: an API process has no handler, so both skip all cleanup) a random time after it enters a
+random phase. Then, as the next run would: the session at the target must load whole (the old one
+or the new one, never a mix), the killed run's temp and spill directories must be reaped, and
+nothing else may be left."""
 
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .stale import owner_tag
+
 __all__ = ["write_new_file", "fsync_dir", "swap_in"]
 
 
@@ -48,7 +50,8 @@ def swap_in(tmp: Path, path: Path) -> None:
                                            rename_exchange) == 0:  # fmt: skip
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old directory
         return
-    old = Path(tempfile.mkdtemp(prefix=path.name + ".old-", dir=path.parent))  # no exchange here
+    # no exchange here; named like the save's temp dir, so a crash right here is reaped the same way
+    old = Path(tempfile.mkdtemp(prefix=f"{path.name}.old-{owner_tag()}-", dir=path.parent))
     os.replace(path, old / "previous")
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
