@@ -24,7 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .body_limit import BodyLimit
+from .config import is_loopback
 from .errors import APIError
+from .host_check import LoopbackHostOnly
 from .responses import Answer, sse
 from .schema import parse_chat, parse_completion
 from .service import Service
@@ -65,6 +67,8 @@ def create_app(service: Service) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip
     app.add_middleware(BodyLimit, max_bytes=config.max_body)
+    if is_loopback(config.host):
+        app.add_middleware(LoopbackHostOnly)
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
     key = config.api_key.encode() if config.api_key else None
     counter = iter(range(1, 1 << 62))

@@ -72,3 +72,13 @@ def test_start_errors_exit_with_offload_chat_codes(tmp_path):
     assert r.exit_code == 3 and "largest context that fits" in r.output
     r = runner.invoke(main, ["--dry-run"])
     assert r.exit_code == 0 and "fits" in r.output
+
+
+@pytest.mark.parametrize("host,status", [("evil.test", 400), ("evil.test:8080", 400), ("127.0.0.1.evil.test", 400),
+                                         ("localhost:1234", 200), ("127.0.0.1", 200), ("[::1]:80", 200)])
+def test_loopback_server_answers_only_loopback_host_names(server, host, status):
+    """DNS rebinding: a page whose own name resolves to 127.0.0.1 must not read the answers."""
+    r = httpx.get(server.url + "/v1/models", headers={"Host": host})
+    assert r.status_code == status
+    if status == 400:
+        assert r.json()["error"]["code"] == "invalid_host"

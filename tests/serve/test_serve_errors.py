@@ -101,7 +101,8 @@ def test_internal_errors_are_500_without_internals(model):
     try:
         from starlette.testclient import TestClient
 
-        with TestClient(create_app(service), raise_server_exceptions=False) as client:  # in-process ASGI
+        app = create_app(service)  # in-process ASGI; a loopback Host, as a local client sends
+        with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
             r = client.post(CHAT, json={"messages": MSG})
         err = _error(r, 500)
         assert err["type"] == "server_error" and "secret" not in r.text and "RuntimeError" not in r.text
@@ -115,7 +116,7 @@ def test_loading_answers_503_with_retry_after():
 
     from offload.serve import ServeConfig, Service, create_app
 
-    with TestClient(create_app(Service(ServeConfig()))) as client:
+    with TestClient(create_app(Service(ServeConfig())), base_url="http://127.0.0.1") as client:
         health = client.get("/health")
         assert health.status_code == 503 and health.json() == {"status": "loading"}
         r = client.post(CHAT, json={"messages": MSG})
@@ -144,7 +145,7 @@ def test_messages_a_chat_template_refuses_are_400(model):
     service = Service(ServeConfig())
     service.start(strict)
     try:
-        with TestClient(create_app(service)) as client:
+        with TestClient(create_app(service), base_url="http://127.0.0.1") as client:
             r = client.post(CHAT, json={"messages": [{"role": "system", "content": "x"}] + MSG, "max_tokens": 1})
             err = _error(r, 400)
             assert err["param"] == "messages" and "System role not supported" in err["message"]

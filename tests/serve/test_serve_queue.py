@@ -63,7 +63,7 @@ def test_whole_answer_disconnect_cancels(qserver):
     host, port = qserver.url.removeprefix("http://").rsplit(":", 1)
     body = json.dumps({"prompt": "Count: 10, 20, 30,", "max_tokens": 2000, "temperature": 0}).encode()
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
         _until(qserver, lambda h: h["running"] == 1)
     h = _until(qserver, lambda h: h["running"] == 0)
@@ -83,10 +83,11 @@ def test_a_waiting_request_whose_client_left_never_runs(qserver):
         with a.stream("POST", qserver.url + "/v1/completions", json=long) as ra:
             assert next(line for line in ra.iter_lines() if line.startswith("data: "))
             with b.stream("POST", qserver.url + "/v1/completions", json=waiting) as rb:
-                assert rb.status_code == 200 and _health(qserver)["queue"] == 1
+                h = _health(qserver)
+                assert rb.status_code == 200 and h["queue"] == 1 and h["running"] == 1, (h, qserver.log()[-2000:])
             # B's client is gone while it waits; then A's
-    h = _until(qserver, lambda h: h["running"] == 0 and h["queue"] == 0 and h["cancelled"] == before["cancelled"] + 2)
-    assert h["completed"] == before["completed"]  # B was skipped, not run
+    h = _until(qserver, lambda h: h["running"] == 0 and h["queue"] == 0 and h["cancelled"] >= before["cancelled"] + 2)
+    assert h["completed"] == before["completed"], (before, h, qserver.log()[-2000:])  # B was skipped, not run
 
 
 def test_sigterm_ends_open_streams_and_exits_0(qserver):
