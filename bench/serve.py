@@ -26,13 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-_BENCH = str(Path(__file__).resolve().parent)
-sys.path.insert(0, _BENCH)
-from _common import machine  # noqa: E402
-
-# `python bench/serve.py` puts bench/ first on sys.path, where bench/kernels.py would shadow HF's
-# `kernels` package, which transformers >= 5.25 imports: take bench/ off again.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _BENCH]
+from _common import machine  # bench/ is first on sys.path when run as `python bench/serve.py`
 
 SPEED_PROMPT = "Count from one to two hundred: 1, 2, 3, 4, 5,"
 

@@ -112,3 +112,13 @@ def test_console_scripts_are_declared():
     assert scripts.get("offload-chat") == "offload.cli.chat:main"
     assert scripts.get("offload-eval") == "offload.eval.cli:main"
     assert scripts.get("offload-serve") == "offload.cli.serve:main"
+
+
+def test_bench_scripts_shadow_no_installed_module(tmp_path):
+    # `python bench/x.py` puts bench/ first on sys.path: a script named like an installed top-level
+    # module (bench/kernels.py vs Hugging Face's `kernels`, which transformers imports) breaks them all.
+    names = sorted(p.stem for p in (REPO / "bench").glob("*.py"))
+    code = f"import importlib.util as u; print([n for n in {names!r} if u.find_spec(n)])"
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", f"bench scripts named like installed modules: {r.stdout.strip()}"

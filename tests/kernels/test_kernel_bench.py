@@ -1,4 +1,4 @@
-"""bench/kernels.py needs CUDA: without it, it must stop at once with a clear message."""
+"""bench/kernel_speed.py needs CUDA: without it, it must stop at once with a clear message."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "kernels.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "kernel_speed.py"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the bench would run")

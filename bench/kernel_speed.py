@@ -10,7 +10,7 @@ GB/s counts the bytes a kernel must move: K and V of the attended tokens (attent
 (device copy), the chunk bytes (gather). Times are medians of triton.testing.do_bench, which clears
 L2 before every run. Default shapes: Llama-3.1-8B (32 q heads, 8 KV heads, head dim 128), bf16.
 
-    python bench/kernels.py --selected 1k,2k,4k,8k,16k --context 128k --json bench/results/kernels.jsonl
+    python bench/kernel_speed.py --selected 1k,2k,4k,8k,16k --context 128k --json bench/results/kernels.jsonl
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def main():
     ap.add_argument("--json", default=None, help="append one JSON row per measurement to this file")
     a = ap.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("bench/kernels.py measures Triton kernels and needs a CUDA GPU, but torch sees none "
+        sys.exit("bench/kernel_speed.py measures Triton kernels and needs a CUDA GPU, but torch sees none "
                  f"(torch {torch.__version__}, cuda available: False). Run it on a machine with an NVIDIA GPU.")
     a.selected = [_count(x) // a.chunk * a.chunk for x in a.selected.split(",")]
     a.context = _count(a.context)
