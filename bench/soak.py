@@ -34,8 +34,6 @@ _BENCH = str(Path(__file__).resolve().parent)
 sys.path.insert(0, _BENCH)
 from _common import machine  # noqa: E402
 
-# bench/ first on sys.path would let bench/kernels.py shadow HF's `kernels` (transformers imports it)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _BENCH]
 
 QUESTIONS = ["What does the keeper do each evening?", "Name one ship.", "How is the lamp?",
              "Say it shorter.", "What was the weather?", "Who wrote this?"]  # fmt: skip
