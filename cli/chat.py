@@ -11,6 +11,7 @@ import click
 
 from .documents import read_document, with_documents
 from .interactive import repl
+from .help_groups import GroupedCommand
 from .options import checked_plan, fail, load_checked, model_options, opt, quiet_transformers, runtime_options
 from .session_file import maybe_save, open_session
 from .signals import exit_on_term_signals
@@ -27,7 +28,7 @@ Every option also reads an OFFLOAD_* environment variable (shown with each optio
 """
 
 
-@click.command(epilog=HELP_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=GroupedCommand, epilog=HELP_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @model_options
 @opt("-f", "--file", "files", env="FILE", multiple=True, help="UTF-8 text/markdown document (repeatable; - reads stdin).")
 @opt("-p", "--prompt", env="PROMPT", default=None, help="Ask one question, print the answer, exit.")

@@ -12,7 +12,8 @@ import time
 
 import click
 
-from offload.config import LAYER_BUDGETS, SELECTION_POLICIES
+from offload.sparse import policy_classes
+from offload.sparse.budget_plan import SPLITS
 
 from .units import BudgetType, BytesType, CountType
 
@@ -30,16 +31,21 @@ _MODEL = (
     opt("-c", "--ctx", env="CTX", type=CountType(), default=None, help="Context in tokens: 8192, 200k (=200,000), 128K (=131,072). Default: the model's."),
 )  # fmt: skip
 
+def _policy_help() -> str:
+    lines = "; ".join(f"{name} = {cls.summary}" for name, cls in policy_classes().items())
+    return f"With --budget: how the KV to attend to is chosen ({lines})."
+
+
 _RUNTIME = (
-    opt("--budget", env="BUDGET", type=BudgetType(), default=None, help="KV tokens per layer (2048) or a fraction of the context (1/16, 0.05)."),
-    opt("--policy", env="POLICY", type=click.Choice(SELECTION_POLICIES), default="token", show_default=True, help="With --budget: how chunks are chosen (token, bound = ours: a low-rank bound per token or per chunk; the rest are baselines)."),
-    opt("--layer-budget", env="LAYER_BUDGET", type=click.Choice(LAYER_BUDGETS), default="adaptive", show_default=True, help="With --budget: per-layer split (squeeze = SqueezeAttention; adaptive = where the prompt's attention says it keeps the most)."),
-    opt("--select-every", env="SELECT_EVERY", type=click.IntRange(min=1), default=None, help="With --budget: decode steps a layer keeps its chunk selection (1 = choose at every step; more is faster on CPU, may miss what a later step needs)."),
-    opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of placement and transfer (default with --budget: 8 for --policy token, 16 for the others; 64 without)."),
-    opt("--select-unit", env="SELECT_UNIT", type=click.Choice(["token", "chunk"]), default=None, help="With --budget: what a selection picks (default: single tokens for --policy token, whole chunks for the others, which score chunks)."),
+    opt("--budget", env="BUDGET", type=BudgetType(), default=None, help="Sparse decode: KV tokens per layer (2048) or a fraction of the context (1/16, 0.05); without it every step reads the whole context."),
+    opt("--policy", env="POLICY", type=click.Choice(tuple(policy_classes())), default="token", show_default=True, help=_policy_help()),
+    opt("--split", "--layer-budget", "split", env="SPLIT", type=click.Choice(SPLITS), default="adaptive", show_default=True, help="With --budget: how the budget is split over layers (adaptive = where the prompt's attention says it keeps the most; squeeze = SqueezeAttention)."),
+    opt("--select-every", env="SELECT_EVERY", type=click.IntRange(min=1), default=None, help="With --budget: decode steps a layer keeps its selection (1 = choose at every step; more is faster on CPU, may miss what a later step needs)."),
+    opt("--select-unit", env="SELECT_UNIT", type=click.Choice(["token", "chunk"]), default=None, help="With --budget --policy token: pick single tokens (default) or whole chunks (the other policies score chunks)."),
     opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection)."),
+    opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of placement and transfer (default with --budget: the policy's, 8 for token, 16 for the others; 64 without)."),
     opt("--prefill-chunk", env="PREFILL_CHUNK", type=click.IntRange(min=1), default=512, show_default=True),
-    opt("--gpu-mem", env="GPU_MEM", type=BytesType(), default=None, help="GPU memory to plan for (e.g. 24G)."),
+    opt("--gpu-mem", env="GPU_MEM", type=BytesType(), default=None, help="GPU memory to plan for (e.g. 24G; default: the device's)."),
     opt("--host-mem", env="HOST_MEM", type=BytesType(), default=None, help="Host memory for KV (e.g. 32G)."),
     opt("--disk-dir", env="DISK_DIR", type=click.Path(file_okay=False), default=None, help="Where KV spills to disk."),
 )  # fmt: skip
@@ -62,18 +68,25 @@ def runtime_options(f):
 
 
 def offload_config(o: dict):
-    """The OffloadConfig the shared options ask for (gpu_mem is set from the plan by checked_plan)."""
-    from offload.config import OffloadConfig
+    """The OffloadConfig the shared options ask for (--gpu-mem is what the memory plan plans for:
+    the store's hot set is that plan's, `StoreSpec`)."""
+    from offload.config import OffloadConfig, SparseConfig
+    from offload.errors import ConfigError
+    from offload.sparse import make_policy
 
-    tiered = not o["dense"] and any(o[k] is not None for k in ("gpu_mem", "host_mem", "disk_dir", "budget"))
-    fields = dict(ctx=o["ctx"], prefill_chunk=o["prefill_chunk"], gpu_mem=None, host_mem=o["host_mem"],
-                  disk_dir=o["disk_dir"], kv_store="tiered" if tiered else "dense", kv_chunk=o["kv_chunk"])
+    sparse = None
     if o["budget"] is not None and not o["dense"]:
-        fields.update(budget=o["budget"], policy=o["policy"], layer_budget=o["layer_budget"])
-        for key in ("select_every", "select_unit"):
-            if o[key] is not None:
-                fields[key] = o[key]
-    return OffloadConfig(**fields)
+        params = {}
+        if o["select_unit"] is not None:
+            if o["policy"] != "token":
+                raise ConfigError(f"--select-unit applies to --policy token; {o['policy']} scores whole chunks")
+            params["unit"] = o["select_unit"]
+        sparse = SparseConfig(budget=o["budget"], policy=make_policy(o["policy"], **params), split=o["split"],
+                              select_every=o["select_every"] or 1)  # fmt: skip
+    tiered = not o["dense"] and any(o[k] is not None for k in ("gpu_mem", "host_mem", "disk_dir", "budget"))
+    return OffloadConfig(ctx=o["ctx"], prefill_chunk=o["prefill_chunk"], gpu_mem=o["gpu_mem"],
+                         host_mem=o["host_mem"], disk_dir=o["disk_dir"], kv_store="tiered" if tiered else "dense",
+                         kv_chunk=o["kv_chunk"], sparse=sparse)  # fmt: skip
 
 
 def _plan(o: dict, config):
@@ -89,14 +102,11 @@ def _plan(o: dict, config):
 
 
 def checked_plan(o: dict):
-    """(config, memory plan) for the options, before any weight loads. The tiered store's GPU hot set
-    is what the plan leaves after weights etc. A plan that does not fit is returned, not refused (a dry
-    run prints it); `load_checked` refuses it."""
+    """(config, memory plan) for the options, before any weight loads (the loaded model's store
+    gets this plan's hot set: `OffloadModel.planned_hot_set` plans with the same inputs). A plan
+    that does not fit is returned, not refused (a dry run prints it); `load_checked` refuses it."""
     config = offload_config(o)
-    memory = _plan(o, config)
-    if config.store_kind == "tiered":
-        config = config.replace(gpu_mem=max(1, memory.hot_set_bytes))
-    return config, memory
+    return config, _plan(o, config)
 
 
 def require_fit(memory) -> None:

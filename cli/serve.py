@@ -14,6 +14,7 @@ import threading
 
 import click
 
+from .help_groups import GroupedCommand
 from .options import (checked_plan, fail, load_checked, model_options, opt, quiet_transformers, require_fit,
                       runtime_options)
 from .units import BytesType
@@ -27,7 +28,7 @@ Every option also reads an OFFLOAD_* environment variable (shown with each optio
 """
 
 
-@click.command(epilog=HELP_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=GroupedCommand, epilog=HELP_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @model_options
 @runtime_options
 @opt("--host", env="HOST", default="127.0.0.1", show_default=True, help="Address to listen on. Anything but loopback needs --api-key.")
@@ -110,7 +111,7 @@ def _load(o, config, memory, service, server, failure) -> None:
 
             log = logging.getLogger("offload.serve").info
             disk = DiskCache(o["cache_dir"], model.fingerprint(), o["cache_size"], model.config, model.device,
-                             model.dtype, log=log)  # fmt: skip
+                             model.dtype, log=log, planned_hot_set=model.planned_hot_set)  # fmt: skip
         service.start(model, disk)
 
         while not server.started and not server.should_exit:

@@ -117,7 +117,7 @@ class Chat:
         from .session import save_session
 
         save_session(path, self.store, self.tokens, self.model.fingerprint(),
-                     meta={"messages": self.messages}, chunk=self.model.config.chunk)
+                     meta={"messages": self.messages})
 
     def load_session(self, path) -> None:
         """Replace this conversation with the one saved at `path` (no prefill). Raises SessionError
@@ -129,8 +129,8 @@ class Chat:
                       vocab_size=len(self.model.tokenizer))  # fmt: skip
         info = read_session_info(path, expect, self.model.fingerprint())
         messages = _checked_messages(info.meta.get("messages", []), path)
-        store, tokens = load_session(path, self.model.fingerprint(), self.model.config,
-                                     device=self.model.device, dtype=self.model.dtype, expect=expect)
+        store, tokens = load_session(path, self.model.fingerprint(), self.model.config, device=self.model.device,
+                                     dtype=self.model.dtype, expect=expect, planned_hot_set=self.model.planned_hot_set)
         self.store.close()
         self.store, self.tokens = store, tokens
         self.engine = Engine(self.model, store)

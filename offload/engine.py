@@ -16,7 +16,7 @@ from .attention import DecodePass, PrefillPass, RowsPass
 from .hf_compat import cache_keyword
 from .kvstore import KVStore
 from .model import OffloadModel
-from .prefill_stats import OBS_TAIL, AttentionCosine
+from .sparse.prefill_stats import AttentionCosine
 
 __all__ = ["Engine"]
 
@@ -73,13 +73,13 @@ class Engine:
         k_buf = torch.empty(shape, dtype=h.dtype, device=h.device)
         v_buf = torch.empty_like(k_buf)
         n_layers = len(self._layers)
-        observe = getattr(self.store, "prefill_observer", None)  # sparse stores take statistics
+        observe = getattr(self.store, "prefill_observer", None)  # sparse stores take statistics (obs_window)
         for li, layer in enumerate(self._layers):
             if n_prior:
                 k_old, v_old = self.store.read_layer(li)
                 k_buf[:, :, :n_prior] = k_old
                 v_buf[:, :, :n_prior] = v_old
-            p = PrefillPass(k_buf, v_buf, n_prior, keep_tail=OBS_TAIL if observe else 0)
+            p = PrefillPass(k_buf, v_buf, n_prior, keep_tail=self.store.obs_window if observe else 0)
             cos = AttentionCosine(layer.self_attn) if observe else None
             try:
                 for ci, (s, e) in enumerate(spans):

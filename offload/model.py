@@ -4,13 +4,14 @@ them the engine needs (shapes, context, end-of-sequence ids, how to build a KV s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from .config import OffloadConfig
 from .errors import ConfigError
-from .kvstore import DenseKVStore, KVStore
+from .kvstore import KVStore
 
 __all__ = ["OffloadModel"]
 
@@ -87,14 +88,27 @@ class OffloadModel:
 
         return model_fingerprint(self.hf.config, self.hf.state_dict(), self.tokenizer)
 
-    def new_store(self) -> KVStore:
-        """An empty KV store of the kind the config asks for."""
-        n_layers, n_kv, head_dim = self.kv_shape()
-        if self.config.store_kind == "tiered":  # a sparse budget implies the tiered store
-            from .tiers.store import TieredKVStore
+    def store_spec(self, batch: int = 1):
+        """The `StoreSpec` of this model's KV under its config on its device."""
+        from .store_spec import StoreSpec
 
-            return TieredKVStore(
-                n_layers=n_layers, n_kv_heads=n_kv, head_dim=head_dim,
-                dtype=self.dtype, device=self.device, config=self.config,
-            )
-        return DenseKVStore(n_layers, n_kv, head_dim, self.dtype, self.device)
+        n_layers, n_kv, head_dim = self.kv_shape()
+        return StoreSpec.derive(self.config, n_layers, n_kv, head_dim, self.dtype, self.device, batch,
+                                self.planned_hot_set)  # fmt: skip
+
+    @cached_property
+    def planned_hot_set(self) -> int | None:
+        """The GPU hot set the memory plan leaves for this model at its context (`offload.plan`, the
+        plan `offload-chat` prints), when the config sets none and the KV can be tiered."""
+        cfg = self.config
+        if cfg.hot_set_bytes is not None or (cfg.sparse is None and cfg.kv_store == "dense"):
+            return None
+        from .plan import plan
+
+        memory = plan(self.hf.config, self.n_ctx, gpu_mem=cfg.gpu_mem, host_mem=cfg.host_mem,
+                      disk_dir=cfg.disk_dir, offload=cfg, dtype=self.dtype)  # fmt: skip
+        return max(1, memory.hot_set_bytes)
+
+    def new_store(self) -> KVStore:
+        """An empty KV store of the kind the config asks for (`StoreSpec`)."""
+        return self.store_spec().new_store()

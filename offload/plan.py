@@ -6,8 +6,8 @@ Layer-major prefill holds one layer's KV at full context, the hidden states of t
 (input and output of the layer) and one prefill chunk's projections and MLP. The hot set gets what
 is left, capped at the whole body of the KV; it must reach `MIN_BUDGET_TOKENS` per layer. Every
 chunk also has a home copy: in the host pool while it has room, the rest on disk.
-Abstracts are estimated as Quest-style per-channel key min and max per chunk and KV head until the
-abstracts issue fixes their size.
+Abstracts are the selection policy's key summary (`SelectionPolicy.summary_bytes`, through the
+`StoreSpec`); none without sparse decode.
 """
 
 from __future__ import annotations
@@ -161,14 +161,18 @@ def plan(config_or_model, ctx: int, gpu_mem: int | None = None, host_mem: int | 
 
 
 def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload) -> MemoryPlan:
+    from .store_spec import StoreSpec
+
     it = torch.empty((), dtype=dtype).element_size()
-    L, hkv, d, c = m["n_layers"], m["kv_heads"], m["head_dim"], offload.chunk
+    L, hkv, d = m["n_layers"], m["kv_heads"], m["head_dim"]
+    spec = StoreSpec.derive(offload, L, hkv, d, dtype, "cpu", planned_hot_set=1)  # chunk, summaries
+    c = spec.layout.chunk
     tok_layer = 2 * hkv * d * it
     kv_token, kv = L * tok_layer, ctx * L * tok_layer
     n_params = _n_params(m)
     weights = n_params * it
-    body_chunks = max(0, (ctx - offload.sinks - offload.window) // c)
-    abstracts = L * body_chunks * 2 * hkv * d * it  # key min + max per channel, per chunk and head
+    body_chunks = spec.layout.body_chunks(ctx)
+    abstracts = spec.summary_bytes(ctx)  # the selection policy's key summary (0 when dense)
     edge = L * (offload.sinks + offload.window + c) * tok_layer
     pc = min(offload.prefill_chunk, max(ctx, 1))
     prefill = (ctx * tok_layer  # one layer's KV

@@ -4,9 +4,11 @@ A session is a directory (0700) of 0600 files:
 
     header.json        {"body": {...}, "crc32": crc of the canonical body}: format and version,
                        model fingerprint, KV geometry and dtype, chunk size, token ids, per-layer
-                       record index (offset, size, crc, compressed), user meta, abstracts (none yet)
+                       record index (offset, size, crc, compressed), user meta, sparse state entry
     layer_000.kv ...   per layer: records of C tokens ([2, B*Hkv, c, D] each, the last one partial),
                        encoded like the disk tier (byte-shuffle + zstd for bf16), each with a CRC
+    sparse.safetensors a sparse store's selection state (`session_sparse.py`), so a reopened store
+                       decodes token for token as the original
 
 Saving writes a sibling `NAME.tmp-XXXX` directory, fsyncs it, then swaps it in with one atomic
 rename (renameat2 RENAME_EXCHANGE when an old session is there), so a crash or a full disk leaves
@@ -36,6 +38,7 @@ from .atomic_dir import fsync_dir, swap_in, write_new_file
 from .errors import DiskFullError, SessionError
 from .fingerprint import model_fingerprint
 from .paths import make_private
+from .session_sparse import restore_sparse, save_sparse
 from .session_header import (DTYPES, FORMAT, HEADER, VERSION, SessionInfo, looks_like_session, read_regular,
                              read_session_info)  # fmt: skip
 from .stale import owner_tag, reap_dead
@@ -99,7 +102,8 @@ def save_session(path, store, tokens, fingerprint: str, meta: dict | None = None
             "kv_dtype": str(dtype).removeprefix("torch."), "chunk": chunk,
             "n_tokens": max(lens, default=0), "n_layers": store.n_layers, "n_kv_heads": n_kv_heads,
             "head_dim": head_dim, "batch": batch, "layer_lens": lens,
-            "tokens": [int(t) for t in tokens], "meta": meta or {}, "abstracts": None, "layers": layers,
+            "tokens": [int(t) for t in tokens], "meta": meta or {}, "sparse": save_sparse(store, tmp),
+            "layers": layers,
         }  # fmt: skip
         text = json.dumps(body, sort_keys=True)
         header = json.dumps({"body": body, "crc32": zlib.crc32(text.encode())}, sort_keys=True)
@@ -143,16 +147,18 @@ def _write_layer(file: Path, k: torch.Tensor, v: torch.Tensor, chunk: int, codec
 
 
 # -- loading --------------------------------------------------------------------------------------
-def load_session(path, fingerprint: str, config=None, device=None, dtype=None, expect: dict | None = None):
+def load_session(path, fingerprint: str, config=None, device=None, dtype=None, expect: dict | None = None,
+                 planned_hot_set: int | None = None):  # fmt: skip
     """Reopen the session at `path` into a new KV store; returns (store, tokens).
 
     fingerprint: the current model's `model_fingerprint(...)`; it must equal the saved one.
-    config: OffloadConfig (kv_store "dense" or "tiered" and the tier knobs); device: where the
-    store computes (default: config's device); dtype: if given, must equal the saved KV dtype;
-    expect: the model's geometry, checked against the header (see `read_session_info`). Raises SessionError for any bad input; nothing else escapes for a bad file."""
+    config: OffloadConfig (the store is what its `StoreSpec` says); device: where the store computes
+    (default: config's device); dtype: if given, must equal the saved KV dtype; expect: the model's
+    geometry, checked against the header (see `read_session_info`); planned_hot_set: the model's
+    (`OffloadModel.planned_hot_set`). Raises SessionError for any bad input; nothing else escapes
+    for a bad file."""
     from offload.config import OffloadConfig
-    from offload.kvstore import DenseKVStore
-    from offload.tiers.store import TieredKVStore
+    from offload.store_spec import StoreSpec
     from offload.tiers.codec import CorruptChunkError
 
     reap_temp_dirs(path)
@@ -165,10 +171,9 @@ def load_session(path, fingerprint: str, config=None, device=None, dtype=None, e
     geometry = (info.n_layers, info.n_kv_heads, info.head_dim, kv_dtype, device)
     store, layer = None, 0
     try:
-        if config.store_kind == "tiered":  # abstracts are rebuilt by append as layers load
-            store = TieredKVStore(*geometry, config=config, batch=info.batch)
-        else:
-            store = DenseKVStore(*geometry, batch=info.batch)
+        # summaries are rebuilt by append as layers load (on the saved basis, restored first)
+        store = StoreSpec.derive(config, *geometry, batch=info.batch, planned_hot_set=planned_hot_set).new_store()
+        restore_sparse(store, Path(path), info.sparse)
         # Read + verify the next layer in a worker while this one is appended: two layers in flight.
         with ThreadPoolExecutor(max_workers=2) as pool:
             todo = iter(enumerate(info.layers))
@@ -193,6 +198,10 @@ def load_session(path, fingerprint: str, config=None, device=None, dtype=None, e
         if store is not None:
             store.close()
         raise SessionError(f"{path}: cannot read layer {layer} ({type(e).__name__}: {e})") from None
+    except SessionError:
+        store.close()
+        raise
+    restore_sparse(store, Path(path), info.sparse)  # again: appending the layers reset chunk scores
     return store, list(info.tokens)
 
 

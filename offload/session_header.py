@@ -12,6 +12,7 @@ Only regular files are opened (O_NOFOLLOW | O_NONBLOCK, then fstat): a FIFO or a
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import zlib
@@ -47,6 +48,7 @@ class SessionInfo:
     tokens: tuple[int, ...]
     meta: dict = field(default_factory=dict)
     layers: tuple = field(default=(), repr=False)  # per layer: {"file", "size", "records"}
+    sparse: dict | None = field(default=None, repr=False)  # session_sparse.py's entry
 
 
 def read_regular(file: Path, limit: int) -> bytearray:
@@ -148,8 +150,27 @@ def _checked(body: dict, expect: dict) -> dict:
         raise ValueError("layers must list every layer")
     for i, entry in enumerate(layers):
         _check_layer(entry, i, n, fields["chunk"])
+    sparse = body.get("sparse")
+    if sparse is not None:
+        _check_sparse(sparse, fields["n_layers"])
     return dict(fields, fingerprint=body["fingerprint"], kv_dtype=body["kv_dtype"], layer_lens=lens,
-                tokens=tokens, meta=body["meta"], layers=tuple(layers))  # fmt: skip
+                tokens=tokens, meta=body["meta"], layers=tuple(layers), sparse=sparse)  # fmt: skip
+
+
+def _check_sparse(entry, n_layers: int) -> None:
+    """A sparse state entry (session_sparse.py): its file, size, crc, config and per-layer stats."""
+    if not isinstance(entry, dict) or entry.get("file") != "sparse.safetensors":
+        raise ValueError("sparse must name sparse.safetensors")
+    _int(entry, "size", 1)
+    _int(entry, "crc32", 0, 0xFFFFFFFF)
+    stats = entry.get("stats")
+    if not isinstance(entry.get("config"), dict) or not isinstance(stats, dict):
+        raise ValueError("sparse must hold its config and stats")
+    for key in ("ceilings", "attn_cos"):
+        v = stats.get(key)
+        if not isinstance(v, list) or len(v) != n_layers or not all(
+                x is None or (type(x) is float and math.isfinite(x)) for x in v):  # fmt: skip
+            raise ValueError(f"sparse stats {key} must list a number or null per layer")
 
 
 def _check_layer(entry, i: int, n: int, chunk: int) -> None:

@@ -1,18 +1,14 @@
 """`TieredKVStore`: the `KVStore` protocol over the GPU pool, the host pool and the disk store.
 
 Per layer (see `layout.ChunkLayout`): sinks and the recent window sit in one preallocated device
-buffer `edge[l]` [2, R, S + W + C, D] (sinks at [:S], window at [S:]); the body is chunks placed by
-the `TierManager` (policy) and moved by `Transfer` (mechanism).
+buffer [2, R, S + W + C, D] (sinks at [:S], window at [S:]); the body is chunks placed by the
+`TierManager` (policy) and moved by `Transfer` (mechanism). Sizes come from the `StoreSpec`.
 
-Sparse decode (config.budget set): every body chunk gets an abstract when it joins the body and a
-one-query `attend` asks the `Selector` for each KV head's chunks (kept for `select_every` steps),
-then attends over sinks + window + them (`store_attention.attend_selected`: the block-table kernel
-on CUDA, the `WorkingSet` on CPU). A budget covering every chunk selects None: exact, as dense.
-
-`attend` without a selection is exact over sinks + every body chunk + window, in rounds of at most
-`budget` chunks merged by log-sum-exp (`store_attention.attend_rounds`), so a GPU budget smaller than
-the context still gives the exact result. `attend(select=...)` takes chunk ids per KV head ([Hkv, k],
--1 = none) the same way: the union is fetched once, each head masked to its own chunks.
+The store keeps placement and bytes. Attention reads it through a public view — `n_chunks`,
+`edge`, `pool`, `lookup` / `pin` / `done`, `version` — in `decode_attention.py` (a sparse step over
+the `Selector`'s choice: the Triton kernel on CUDA, the `WorkingSet` on CPU) and `rounds.py` (exact
+attention in rounds of at most the layer's GPU slots: any selection, or every chunk, whatever the
+budget). A budget covering every chunk selects None: exact, as dense.
 
 `truncate(n)` restores the canonical layout for n tokens: chunks from m(n) on are freed (slots, host
 slots, disk tail), and the tokens after the last kept chunk — a partially kept chunk included — are
@@ -24,20 +20,19 @@ from __future__ import annotations
 import torch
 
 from offload.config import OffloadConfig
+from offload.sparse.policy import Geometry
+from offload.sparse.selector import Selector
+from offload.store_spec import StoreSpec
 
 from .block_table import BlockTable
+from .decode_attention import DecodeAttention
 from .disk import DiskStore
-from .eviction import DEFAULT_POLICY
 from .gpu import GpuPool
 from .host import HostPool
-from .layout import ChunkLayout
-from .limits import TierLimits
 from .manager import HOST, TierManager, slot_runs
-from .selection import Selector
+from .rounds import attend_rounds
 from .spill import SpillDir
-from .store_attention import attend_rounds, attend_selected
 from .transfer import Transfer
-from .working_set import WorkingSet
 
 __all__ = ["TieredKVStore"]
 
@@ -46,35 +41,36 @@ class TieredKVStore:
     """KV store spread over the GPU hot set, pinned host memory and mmap'd disk (see module doc).
 
     n_layers, n_kv_heads, head_dim, dtype, device: the model's KV geometry and compute placement;
-    config: OffloadConfig (kv_chunk, sinks, window, gpu_mem, host_mem, disk_dir, compress, ctx);
-    batch: sequences per step (rows R = batch * n_kv_heads); policy: GPU eviction policy name.
+    config: OffloadConfig; batch: sequences per step (rows R = batch * n_kv_heads); spec: the
+    `StoreSpec` when the caller derived it (else derived here from the config).
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, dtype, device,
-                 config: OffloadConfig | None = None, batch: int = 1,
-                 policy: str = DEFAULT_POLICY):  # fmt: skip
-        config = config if config is not None else OffloadConfig()
+                 config: OffloadConfig | None = None, batch: int = 1, spec: StoreSpec | None = None):  # fmt: skip
+        if spec is None:
+            config = config if config is not None else OffloadConfig()
+            spec = StoreSpec.derive(config, n_layers, n_kv_heads, head_dim, dtype, device, batch)
+        self.spec = spec
         self.n_layers, self.batch, self.n_kv_heads = n_layers, batch, n_kv_heads
-        self.device = torch.device(device)
-        self.layout = lay = ChunkLayout(n_layers, batch * n_kv_heads, config.chunk, head_dim,
-                                        dtype, config.sinks, config.window)  # fmt: skip
-        self.limits = TierLimits.resolve(lay, config, self.device)
-        self._gpu = GpuPool(lay, list(self.limits.budgets), self.device)
-        self._host = HostPool(lay, self.limits.host_chunks, pin=self.device.type == "cuda")
+        self.device = spec.device
+        self.layout = lay = spec.layout
+        self._gpu = GpuPool(lay, list(spec.gpu_slots), self.device)
+        self._host = HostPool(lay, spec.host_chunks, pin=self.device.type == "cuda")
         self._disk: DiskStore | None = None  # created at the first spill: no files otherwise
-        self._mgr = TierManager(list(self.limits.budgets), self.limits.host_chunks, policy)
+        self._mgr = TierManager(list(spec.gpu_slots), spec.host_chunks)
         self._xfer = Transfer(self.device, lay)
-        cap = lay.body_chunks(config.ctx) + 1 if config.ctx else 64
-        self._table = BlockTable(self._gpu.base, self.device, cap)  # chunk -> slot, for the kernel
+        self._table = BlockTable(self._gpu.base, self.device, spec.capacity)  # chunk -> slot, for the kernel
         shape = (n_layers, 2, lay.rows, lay.edge_capacity, head_dim)
         self._edge = torch.zeros(shape, dtype=dtype, device=self.device)
         self._n = [0] * n_layers
         self._closed = False
-        self._sel = self._ws = None  # sparse decode: selection state, CPU working set
-        if config.sparse:
-            self._ws = WorkingSet(n_layers) if self.device.type == "cpu" or config.selects_tokens else None
-            self._sel = Selector(lay, n_kv_heads, batch, config, self.device, list(self.limits.budgets),
-                                 kv_dtype=dtype)  # fmt: skip
+        self.selector: Selector | None = None  # sparse decode: selection state, and its attention
+        self._decode: DecodeAttention | None = None
+        if spec.sparse is not None:
+            geometry = Geometry(n_layers, batch, n_kv_heads, head_dim, lay.chunk, self.device, lay.sinks,
+                                spec.capacity, dtype)  # fmt: skip
+            self.selector = Selector(spec.sparse, geometry, list(spec.gpu_slots))
+            self._decode = DecodeAttention(self, self.selector)
 
     # -- KVStore protocol ------------------------------------------------------------------------
     def layer_len(self, layer: int) -> int:
@@ -101,9 +97,9 @@ class TieredKVStore:
         w = lay.window_len(n)
         emit = lay.body_chunks(n + t) - self._mgr.n_chunks(layer)
         if emit:  # chunks 0..emit-1 of the stream window[:w] ++ new[:r], in one tensor
-            if self._sel is not None and self._mgr.n_chunks(layer) == 0:
-                # the layer's first chunks: its abstract basis comes from every key it holds (the prompt)
-                self._sel.before_chunks(layer, torch.cat([edge[0, :, : lay.sink_len(n)], win[0, :, :w], kr], 1))
+            if self.selector is not None and self._mgr.n_chunks(layer) == 0:
+                # the layer's first chunks: a summary's basis comes from every key it holds (the prompt)
+                self.selector.before_chunks(layer, torch.cat([edge[0, :, : lay.sink_len(n)], win[0, :, :w], kr], 1))
             e = emit * c - w
             chunks = win[:, :, : emit * c] if e <= 0 else torch.cat([win[:, :, :w], torch.stack([nk[:, :e], nv[:, :e]])], 2)
             # [emit, 2, R, C, D]: each chunk contiguous (one copy for all; `win` is rewritten below)
@@ -141,39 +137,77 @@ class TieredKVStore:
 
         select: None = the sparse selection when the store is sparse and Lq == 1, else every body
         chunk (exact); or int [Hkv, k] (or [B*Hkv, k]) ids per KV head, -1 = padding — of chunks, or
-        of body tokens when the selector picks tokens (config.select_unit): each head then sees
-        sinks + window + its own."""
+        of body tokens when the selector picks tokens: each head then sees sinks + window + its own."""
         self._check_open()
-        sel = self._sel
         # sliding-window layers (Gemma 3) read at most their window: nothing to select there
-        if select is None and sel is not None and q.shape[2] == 1 and sliding_window is None:
-            m = self._mgr.n_chunks(layer)
-            chosen = sel.select(layer, q[:, :, 0].contiguous(), m, self._n[layer], scaling)  # [R, k]|None
-            if chosen is not None and not sel.wants_mass:
-                return attend_selected(self, layer, q, scaling, chosen)
-            if chosen is not None:  # h2o: the step reports each chunk's attention mass
-                out, (ids, mass) = attend_selected(self, layer, q, scaling, chosen, want_mass=True)
-                sel.add_mass(layer, ids, mass)  # (mass None: no chunk selected, ids empty)
+        if select is None and self._decode is not None and q.shape[2] == 1 and sliding_window is None:
+            out = self._decode.attend(layer, q, scaling)
+            if out is not None:
                 return out
         return attend_rounds(self, layer, q, scaling, sliding_window, select)
 
     @property
-    def prefill_observer(self):
-        """callable(layer, q_tail, keys, scaling, attn_cos) taking prefill statistics (the prompt's
-        last queries [B, H, t, D], the layer's keys [B, Hkv, n, D], mean cos(h, h + attn(h))) for
-        snapkv/h2o scores and SqueezeAttention budgets; None when the store is not sparse."""
-        return self._sel.observe_prefill if self._sel is not None else None
+    def obs_window(self) -> int:
+        """Prompt queries per layer the prefill observer wants (the engine keeps that many)."""
+        return self.spec.obs_window
 
     @property
-    def selector(self) -> Selector | None:
-        """Sparse selection state (abstracts, per-layer budgets), or None when dense."""
-        return self._sel
+    def prefill_observer(self):
+        """callable(layer, q_tail, keys, scaling, attn_cos) taking prefill statistics (the prompt's
+        last `spec.obs_window` queries [B, H, t, D], the layer's keys [B, Hkv, n, D], mean
+        cos(h, h + attn(h))) for the selector; None when the store is not sparse."""
+        if self.selector is None:
+            return None
+        return lambda layer, *stats: self.selector.observe(layer, *stats, self._mgr.n_chunks(layer))
 
-    def prefetch(self, layer: int, chunks) -> None:
-        """Start copying `chunks` of `layer` into its slots (e.g. under the previous layer's
-        attention); a later `attend` finds them resident. Not pinned: may be evicted again."""
-        self._check_open()
-        self._fetch(layer, list(chunks), prefetch=True)
+    # -- the view attention reads (decode_attention.py, rounds.py, working_set.py) ----------------
+    def n_chunks(self, layer: int) -> int:
+        """Body chunks of `layer`."""
+        return self._mgr.n_chunks(layer)
+
+    def slot_budget(self, layer: int) -> int:
+        """GPU slots of `layer`: the most chunks one attention round can hold."""
+        return self._mgr.budgets[layer]
+
+    def all_resident(self, layer: int) -> bool:
+        """Every body chunk of `layer` has a GPU copy."""
+        return self._mgr.all_resident(layer)
+
+    def is_resident(self, layer: int, j: int) -> bool:
+        return self._mgr.gpu_slot(layer, j) is not None
+
+    def version(self, layer: int) -> int:
+        """Moves whenever `layer`'s resident chunks change (added, evicted, truncated)."""
+        return self._mgr.version(layer)
+
+    @property
+    def pool(self):
+        """The GPU pool (`GpuPool`: k_pool / v_pool views, gathers by global slot)."""
+        return self._gpu
+
+    def edge(self, layer: int) -> torch.Tensor:
+        """`layer`'s sinks + window buffer, [2, R, S + W + C, D]: sinks at [:S], the window at
+        [S : S + window_len]; a layer with body chunks has all S sinks, so [:S + w] is contiguous."""
+        return self._edge[layer]
+
+    def lookup(self, layer: int, ids: torch.Tensor) -> torch.Tensor:
+        """Global pool slots [R, k] of resident chunk ids [R, k] (long, on the device), through the
+        block table: no host sync. Copies into the layer's slots are waited for."""
+        self._xfer.ready(layer)
+        return self._table.slots(layer, self._mgr, ids)
+
+    def pin(self, layer: int, chunks: list[int]) -> torch.Tensor:
+        """Make `chunks` resident and pinned until `done`; their global slots, int64 [n]."""
+        return self._fetch(layer, chunks)
+
+    def done(self, layer: int, pinned: bool, hits: int = 0) -> None:
+        """An attention call over `layer` finished: its slots may be overwritten again; pinned
+        chunks are released; hits: (row, unit) reads to count when nothing had to be fetched."""
+        self._xfer.mark_used(layer)
+        if pinned:
+            self._mgr.release(layer)
+        elif hits:
+            self._mgr.note_hits(hits)
 
     def truncate(self, n: int) -> None:
         """Forget tokens at positions >= n in every layer (canonical layout for n; see module doc)."""
@@ -195,8 +229,8 @@ class TieredKVStore:
             s = lay.sinks
             win[:, :, filled:] = self._edge[layer, :, :, s : s + w_new - filled]
             self._mgr.truncate(layer, m_new)
-            if self._sel is not None:
-                self._sel.truncate(layer, m_new)  # (a new selection: the working set gathers anew)
+            if self.selector is not None:
+                self.selector.truncate(layer, m_new)  # (a new selection: the working set gathers anew)
             if self._disk is not None:
                 self._disk.drop_from(layer, m_new)
             self._edge[layer, :, :, s : s + w_new] = win
@@ -213,8 +247,8 @@ class TieredKVStore:
             "host_bytes": self._mgr.host_used * lay.chunk_bytes,
             "disk_bytes": self._disk.nbytes if self._disk is not None else 0,
             "gpu_pool_bytes": self._gpu.nbytes,
-            "working_set_bytes": self._ws.nbytes if self._ws is not None else 0,
-            **(self._sel.counters if self._sel is not None else {}),
+            "working_set_bytes": self._decode.nbytes if self._decode is not None else 0,
+            **(self.selector.counters if self.selector is not None else {}),
             "host_pool_bytes": self._host.nbytes_allocated,
             "tokens": max(self._n, default=0),
             "chunks": sum(self._mgr.n_chunks(i) for i in range(self.n_layers)),
@@ -232,7 +266,7 @@ class TieredKVStore:
             self._disk.close()
         self._gpu.close()
         self._host.close()
-        self._ws = None
+        self._decode = None
         self._edge = self._edge.new_empty(0)
         self._n = [0] * self.n_layers
 
@@ -256,9 +290,9 @@ class TieredKVStore:
         """Place new chunks [n, 2, R, C, D] (device): each a home copy on host or disk, maybe a GPU
         copy. Placed in order, so a slot a later chunk of the same call takes over ends up holding it."""
         places = [self._mgr.add_chunk(layer, hot=hot) for _ in range(chunks.shape[0])]
-        if self._sel is not None:  # abstracts from the keys [R, n*C, D], every chunk at once
+        if self.selector is not None:  # summaries from the keys [R, n*C, D], every chunk at once
             n, _, r, c, d = chunks.shape
-            self._sel.add_chunks(layer, places[0].chunk, chunks[:, 0].permute(1, 0, 2, 3).reshape(r, n * c, d))
+            self.selector.add_chunks(layer, places[0].chunk, chunks[:, 0].permute(1, 0, 2, 3).reshape(r, n * c, d))
         # runs of consecutive slots (prefill: most of a layer's chunks) go in one copy each
         for a, b in slot_runs([p.gpu_slot for p in places]):
             self._xfer.to_slot(chunks[a:b], self._gpu.span(layer, places[a].gpu_slot, b - a))
@@ -267,12 +301,12 @@ class TieredKVStore:
         for p, chunk in zip(places, chunks):
             if p.home != HOST:
                 if self._disk is None:
-                    self._disk = DiskStore(self.layout, SpillDir(self.limits.disk_dir), self.limits.compress)
+                    self._disk = DiskStore(self.layout, SpillDir(self.spec.disk_dir), self.spec.compress)
                 self._disk.append(layer, p.chunk, self._xfer.to_cpu(chunk))
 
-    def _fetch(self, layer: int, chunks: list[int], prefetch: bool = False) -> torch.Tensor:
-        """Make `chunks` resident (pinned unless prefetch); returns their global slots, int64 [n]."""
-        plan = self._mgr.acquire(layer, chunks, prefetch=prefetch)
+    def _fetch(self, layer: int, chunks: list[int]) -> torch.Tensor:
+        """Make `chunks` resident and pinned; returns their global slots, int64 [n]."""
+        plan = self._mgr.acquire(layer, chunks)
         if plan.misses:
             self._xfer.begin(layer)
             for miss in plan.misses:
@@ -282,7 +316,7 @@ class TieredKVStore:
                 else:
                     self._xfer.upload_from(
                         lambda buf, c=miss.chunk: self._disk.read_into(layer, c, buf), dst)  # fmt: skip
-        self._xfer.ready(layer)  # also covers copies an earlier prefetch issued
+        self._xfer.ready(layer)
         base = self._gpu.base[layer]
         return torch.tensor([base + s for s in plan.slots], dtype=torch.long, device=self.device)
 

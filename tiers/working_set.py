@@ -1,23 +1,21 @@
-"""`WorkingSet`: the CPU sparse decode step — a selection's chunks gathered once, then one SDPA a step.
+"""`WorkingSet`: the torch sparse decode step — a selection's units gathered once, then one SDPA a step.
 
-On a CPU a small torch op costs 10-40 us whatever its size, and the block-table step
-(`kernels/sparse_decode_cpu.py`) gathers the selected chunks out of the pool at every call, with a
-cat, two matmuls and a softmax around it. Here each layer keeps one contiguous buffer
+On a CPU a small torch op costs 10-40 us whatever its size, so a step that gathered the selected
+chunks out of the pool at every call, with a cat, two matmuls and a softmax around it, is set by
+its op count (bench/results/sparse-smollm2.md). Here each layer keeps one contiguous buffer
 
     buf[layer]: [2, R, k*U + E, D]   (k selected units of U tokens per row — chunks of C, or single
-                                      tokens (config.select_unit) — then sinks + window, E tokens)
+                                      tokens — then sinks + window, E tokens)
 
-filled with the selected chunks when the selection changes (one indexed read of the pool) and with
+filled with the selected units when the selection changes (one indexed read of the pool) and with
 the store's edges (sinks + window, which grow by a token per step) at every step (one copy). The
 step itself is one `scaled_dot_product_attention` over the buffer: a single query attends to a set
-of keys, so their order does not matter and no mask is needed.
+of keys, so their order does not matter and no mask is needed (but for padded rows).
 
 Chunk contents never change once in the body, so a copy stays right while the selection is the
-same — the same tensor (kept by the `Selector`, `OffloadConfig.select_every`) or equal ids (snapkv
-and quest often choose the same chunks again) — and the layer's chunks are (the manager's version
-moves when one is added, evicted or truncated); otherwise it is gathered afresh. Mechanism only:
-which chunks, and for how long, is the `Selector`'s business. On CUDA a chunk selection skips it (the
-Triton kernel reads the pool through the block table, with no copy); a token selection uses it.
+same — the same tensor (kept by the `Selector`) or equal ids — and the layer's chunks are (the
+store's `version(layer)` moves when one is added, evicted or truncated); otherwise it is gathered
+afresh. Mechanism only: which units, and for how long, is the `Selector`'s business.
 """
 
 from __future__ import annotations
@@ -50,7 +48,7 @@ class WorkingSet:
         n = store.layer_len(layer)
         ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks
         buf = self._buf[layer]
-        held, version = self._sel[layer], store._mgr.version(layer)  # version: moves on add/truncate
+        held, version = self._sel[layer], store.version(layer)  # version: moves on add/truncate
         if held is not None and held is not select and self._ver[layer] == version and torch.equal(held, select):
             self._sel[layer] = held = select  # chosen afresh, the same chunks in the same order: no gather
         if held is not select or self._ver[layer] != version:
@@ -67,13 +65,27 @@ class WorkingSet:
                 rows = valid.repeat_interleave(unit, 1).view(b, r // b, 1, body)
                 mask[..., :body] = rows.repeat_interleave(h // (r // b), 1)
                 self._mask[layer] = mask
-        buf[:, :, body : body + ext] = store._edge[layer, :, :, :ext]
+        buf[:, :, body : body + ext] = store.edge(layer)[:, :, :ext]
         kv = buf[:, :, : body + ext].view(2, b, r // b, body + ext, d)
         mask = self._mask[layer]
         if mask is not None:
             mask = mask[..., : body + ext]
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, scale=scaling, enable_gqa=True)
         return out.transpose(1, 2)  # [B, 1, H, D]
+
+    def unit_mass(self, store, layer: int, q: torch.Tensor, scaling: float, k: int, unit: int) -> torch.Tensor:
+        """The attention mass q [B, H, 1, D] paid each of the k units of the layer's buffer at this
+        step, summed over each KV head's query group: [R, k] (h2o's accumulation)."""
+        lay = store.layout
+        b, h, _, d = q.shape
+        r, g = lay.rows, h // (lay.rows // b)
+        n = store.layer_len(layer)
+        size = k * unit + lay.sink_len(n) + lay.window_len(n)
+        keys = self._buf[layer][0, :, :size].view(b, r // b, size, d)
+        s = torch.matmul(q[:, :, 0].reshape(b, r // b, g, d).float(), keys.float().transpose(-1, -2)) * scaling
+        lse = torch.logsumexp(s, dim=-1, keepdim=True)  # [B, Hkv, G, 1] over everything attended
+        per_unit = torch.logsumexp(s[..., : k * unit].reshape(b, r // b, g, k, unit), dim=-1)
+        return torch.exp(per_unit - lse).sum(2).reshape(r, k)
 
     @property
     def nbytes(self) -> int:

@@ -3,13 +3,13 @@
 - tasks: `TASKS` (name -> Task), `generate_sample(task, tokenizer, length, seed, depth)` -> `Sample`
 - scoring: `string_match_all`, `string_match_part` (RULER)
 - runner: `run_eval(model, tasks=, lengths=, modes=, samples=, seed=, policy=)` -> [`Record`]
-- recall: `attention_recall(hf_model, tokenizer, policies, budgets)`; policies via `register_policy`
+- recall: `attention_recall(hf_model, tokenizer, policies, budgets)`; policies by name (`policy_names`) or as objects
 - CLI: `offload-eval` (offload/eval/cli.py)
 """
 
 from .errors import EvalError
 from .modes import Mode, parse_lengths, parse_modes, sparse_config
-from .policies import SelectionPolicy, get_policy, policy_names, register_policy
+from .policies import SelectionPolicy, get_policy, policy_names
 from .recall import RecallResult, attention_recall
 from .runner import Record, run_eval
 from .sample import Sample
@@ -25,7 +25,6 @@ __all__ = [
     "SelectionPolicy",
     "get_policy",
     "policy_names",
-    "register_policy",
     "RecallResult",
     "attention_recall",
     "Record",

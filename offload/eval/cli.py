@@ -69,7 +69,7 @@ def _budgets(text: str):
                    "snapkv, h2o; NAME+squeeze for SqueezeAttention layer budgets), or 'all'. Every sparse mode "
                    "runs once per policy, all from one prefill per sample.")
 @click.option("--select-every", default=None, type=click.IntRange(min=1),
-              help="Decode steps a sparse mode keeps its chunk selection (OffloadConfig.select_every; "
+              help="Decode steps a sparse mode keeps its chunk selection (SparseConfig.select_every; "
                    "default: the config's).")
 @click.option("--kv-chunk", default=None, type=click.IntRange(min=1),
               help="Tokens per KV chunk of the sparse modes, the unit of selection (OffloadConfig.kv_chunk; "
@@ -156,13 +156,13 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
                 sparse_config(offload.OffloadConfig(), m, p, 1024)
     if resume and not json_path:
         raise EvalError("--resume needs --json PATH (the file to resume)")
-    config = offload.OffloadConfig()
-    config = config.replace(select_every=select_every or config.select_every, kv_chunk=kv_chunk)
+    config = offload.OffloadConfig(kv_chunk=kv_chunk)
+    select_every = select_every or 1
     sparse_chunk = _sparse_chunks(config, modes, policy)
     done, old_meta = [], {}
     if resume:
         same = {"seed": seed, "samples": samples, "max_new_tokens_cap": max_new_tokens,
-                "select_every": config.select_every}
+                "select_every": select_every}
         if sparse_chunk is not None:  # full and dense answers do not depend on it
             same["kv_chunk"] = sparse_chunk
         done, old_meta = _previous(json_path, same)
@@ -174,7 +174,7 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
             "model": str(model.model_dir),
             "tasks": tasks, "lengths": lengths, "modes": [m.label for m in modes], "policy": policy,
             "samples": samples, "limit": limit, "seed": seed, "max_new_tokens_cap": max_new_tokens,
-            "select_every": config.select_every, "kv_chunk": sparse_chunk,
+            "select_every": select_every, "kv_chunk": sparse_chunk,
             "natural_text": natural_text_source(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "torch_threads": __import__("torch").get_num_threads(),
@@ -187,7 +187,7 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
     t0 = time.perf_counter()
     records = run_eval(model, tasks=tasks, lengths=lengths, modes=modes, samples=samples, limit=limit, rows=rows,
                        seed=seed, policy=policy, max_new_tokens=max_new_tokens, progress=progress, on_record=writer,
-                       done=done)
+                       done=done, select_every=select_every)
     if writer:
         writer.write(finished=datetime.datetime.now().isoformat(timespec="seconds"),
                      seconds=round(time.perf_counter() - t0, 1))
@@ -200,29 +200,36 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
                f"natural text: {natural_text_source()}")
 
 
+def _sparse_of(policy: str):
+    from ..config import SparseConfig
+
+    return SparseConfig(budget=1, policy=policy)
+
+
 def _sparse_chunks(config, modes, policies):
     """What the sparse modes select in, tokens per selected unit (meta "kv_chunk", checked on
     --resume): one size when every policy uses the same (--kv-chunk, or policies of one default),
     else {policy: size} (`token` picks single tokens: 1; the others chunks of 16 tokens by default);
     None without sparse modes."""
+    from ..store_spec import StoreSpec
     from .modes import split_policy
 
     if not any(m.kind == "sparse" for m in modes) or not policies:
         return None
-    configs = {p: config.replace(budget=1, policy=split_policy(p)[0]) for p in policies}
-    chunks = {p: 1 if c.selects_tokens else c.chunk for p, c in configs.items()}
+    configs = {p: config.replace(sparse=_sparse_of(split_policy(p)[0])) for p in policies}
+    chunks = {p: 1 if c.sparse.policy.selects_tokens else StoreSpec.chunk_of(c) for p, c in configs.items()}
     sizes = set(chunks.values())
     return sizes.pop() if len(sizes) == 1 else chunks
 
 
 def _policies(text: str | None) -> list[str] | None:
     """`--policy`: None, 'all' or a comma list, duplicates dropped."""
-    from ..config import SELECTION_POLICIES
+    from ..sparse import policy_names
 
     if text is None:
         return None
     if text.strip() == "all":
-        return list(SELECTION_POLICIES)
+        return list(policy_names())
     return unique_list(str, text, "policies")
 
 
@@ -242,7 +249,7 @@ def _run_recall(model_path, policies, budgets, length, seed, select_every=None):
     model = offload.load_model(model_path)
     reference = load_reference(model)
     results = attention_recall(reference, model.tokenizer, names, budgets, n_context=length, seed=seed,
-                               select_every=select_every or offload.OffloadConfig().select_every)
+                               select_every=select_every or 1)
     click.echo(format_recall_table(results))
 
 

@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ..config import LAYER_BUDGETS, OffloadConfig
+from ..config import OffloadConfig, SparseConfig
+from ..sparse.budget_plan import SPLITS
 from ..errors import ConfigError
 from .errors import EvalError
 
@@ -122,24 +123,27 @@ def _parts(text: str, what: str) -> list[str]:
 
 
 def split_policy(spec: str) -> tuple[str, str]:
-    """`quest` -> ("quest", the config's default layer budgets: "adaptive"); `quest+uniform` ->
+    """`quest` -> ("quest", SparseConfig's default split: "adaptive"); `quest+uniform` ->
     ("quest", "uniform")."""
-    name, _, layers = str(spec).partition("+")
-    return name, layers or OffloadConfig().layer_budget
+    name, _, split = str(spec).partition("+")
+    return name, split or SparseConfig.split
 
 
-def sparse_config(base: OffloadConfig, mode: Mode, policy: str | None, n_context: int) -> OffloadConfig:
-    """The config offload runs a sparse mode with: `base` plus budget (tokens), selection policy and
-    layer budgets; policy is `NAME` or `NAME+LAYERS` (`split_policy`). OffloadConfig validates."""
+def sparse_config(base: OffloadConfig, mode: Mode, policy: str | None, n_context: int,
+                  select_every: int = 1) -> OffloadConfig:  # fmt: skip
+    """The config offload runs a sparse mode with: `base` plus a `SparseConfig` of the budget
+    (tokens), the selection policy and its split over layers; policy is `NAME` or `NAME+SPLIT`
+    (`split_policy`). SparseConfig validates."""
     if mode.kind != "sparse":
         raise EvalError(f"mode {mode.label!r} is not a sparse mode")
     if not policy:
         raise EvalError(f"mode {mode.label} needs a selection policy (--policy NAME)")
-    name, layers = split_policy(policy)
-    if layers not in LAYER_BUDGETS:
-        raise EvalError(f"unknown layer budget {layers!r} (policy NAME+LAYERS, LAYERS one of "
-                        f"{', '.join(LAYER_BUDGETS)})")
+    name, split = split_policy(policy)
+    if split not in SPLITS:
+        raise EvalError(f"unknown split {split!r} (policy NAME+SPLIT, SPLIT one of {', '.join(SPLITS)})")
     try:
-        return base.replace(budget=mode.budget_tokens(n_context), policy=name, layer_budget=layers)
+        sparse = SparseConfig(budget=mode.budget_tokens(n_context), policy=name, split=split,
+                              select_every=select_every)  # fmt: skip
+        return base.replace(sparse=sparse)
     except (ConfigError, TypeError) as e:
         raise EvalError(f"{mode.label} with policy {policy!r}: {e}") from None

@@ -12,21 +12,19 @@ The harness always adds the first `sinks` and last `window` tokens (the policy g
 construction, so it can avoid spending budget on them) and checks that at most `budget` further tokens
 were picked per KV head, unless the policy sets `respects_budget = False` (only `full` does).
 
-Register a policy with `@register_policy("name")` on a factory `f(sinks=..., window=...) -> policy`.
 Baselines here: `full` (everything: recall 1.0 by construction, a sanity check) and `window` (sinks +
-a recent window grown by the budget, StreamingLLM-style). The sparse-decode work registers
-`bound`, `quest`, `landmark`, ... from its own modules.
+a recent window grown by the budget, StreamingLLM-style); the runtime's policies (`offload.sparse`:
+`token`, `bound`, `quest`, ...) come from its registry through `sparse_policies.py`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
 __all__ = [
     "SelectionPolicy",
-    "register_policy",
     "get_policy",
     "policy_names",
     "selection_mask",
@@ -42,33 +40,25 @@ class SelectionPolicy(Protocol):
     def select(self, layer: int, query: torch.Tensor, keys: torch.Tensor, budget: int) -> torch.Tensor: ...
 
 
-# The registry is the one piece of module state: a name table, like transformers' AttentionInterface.
-_REGISTRY: dict[str, Callable[..., SelectionPolicy]] = {}
-
-
-def register_policy(name: str):
-    """Decorator: register `factory(sinks=int, window=int) -> SelectionPolicy` under `name`."""
-
-    def deco(factory):
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"a selection policy named {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
 def policy_names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every name the harness takes: its baselines, the runtime's policies (`offload.sparse`, the one
+    registry) and the measurement-only ones (`sparse_policies.EXTRA`)."""
+    from ..sparse import policy_names as runtime_names
+    from .sparse_policies import EXTRA
+
+    return sorted({*_BASELINES, *runtime_names(), *EXTRA})
 
 
 def get_policy(name: str, *, sinks: int = 4, window: int = 64) -> SelectionPolicy:
-    """An instance of the registered policy `name`; ValueError naming the known ones otherwise."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown selection policy {name!r}; known: {', '.join(policy_names())}") from None
-    return factory(sinks=sinks, window=window)
+    """An instance of the policy `name`; ValueError naming the known ones otherwise."""
+    from .sparse_policies import store_policy
+
+    if name in _BASELINES:
+        return _BASELINES[name](sinks=sinks, window=window)
+    policy = store_policy(name, sinks=sinks, window=window)
+    if policy is None:
+        raise ValueError(f"unknown selection policy {name!r}; known: {', '.join(policy_names())}")
+    return policy
 
 
 def fixed_mask(n_kv: int, n_tokens: int, sinks: int, window: int, device=None) -> torch.Tensor:
@@ -134,8 +124,4 @@ class WindowPolicy:
         return torch.arange(start, end, device=keys.device)
 
 
-register_policy("full")(FullPolicy)
-register_policy("window")(WindowPolicy)
-
-# sparse decode's chunk policies (bound, quest, landmark, snapkv, h2o) register themselves
-from . import sparse_policies  # noqa: E402,F401
+_BASELINES = {"full": FullPolicy, "window": WindowPolicy}

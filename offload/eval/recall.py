@@ -13,7 +13,7 @@ harness's snapkv observes, on the first step's query (the store: the prompt's la
 most max(1, L // 8) of them, the lowest first. There recall is 1 and every token is read.
 
 `policy+adaptive` splits the budget over layers as the store's `adaptive` layer budgets do
-(tiers/adaptive_budgets.py): from the attention of the prompt's last `OBS_WINDOW` queries (captured
+(offload/sparse/adaptive_budgets.py): from the attention of the prompt's last `OBS_WINDOW` queries (captured
 with the steps), whole layers apart — with those the split would give a quarter of their body — the
 total unchanged.
 """
@@ -27,8 +27,9 @@ from typing import Sequence
 
 import torch
 
-from ..tiers.adaptive_budgets import adaptive_split, mass_curve
-from ..tiers.selection import OBS_WINDOW
+from ..sparse.adaptive_budgets import adaptive_split, mass_curve
+from ..sparse.prefill_stats import OBS_TAIL as OBS_WINDOW
+from ..tiers.layout import ChunkLayout
 from .corpus import natural_sentences
 from .policies import fixed_mask, get_policy, selection_mask
 from .sample import make_rng
@@ -142,7 +143,8 @@ def attention_recall(
     select_every: int = 1,
     whole_below: float = 0.5,
 ) -> list[RecallResult]:
-    """Recall of each registered policy at each budget (a Fraction of n_context or a token count).
+    """Recall of each policy (a name, `policies.policy_names`, or an object with `select`) at each
+    budget (a Fraction of n_context or a token count).
 
     select_every > 1: a policy's selection is kept for that many steps (as the store keeps it,
     `OffloadConfig.select_every`) and made afresh when a chunk leaves the window; a kept selection
@@ -152,8 +154,9 @@ def attention_recall(
     obs = OBS_WINDOW  # the prompt's last queries, before the steps: what `adaptive` splits by
     captured, _ = capture_qk(hf_model, ids, n_steps + obs)
     layers = sorted(captured)
-    names = [split_name(name) for name in policies]
-    insts = [(get_policy(base, sinks=sinks, window=window), split) for base, split in names]
+    names = [split_name(name) if isinstance(name, str) else (name, None) for name in policies]
+    insts = [(get_policy(base, sinks=sinks, window=window) if isinstance(base, str) else base, split)
+             for base, split in names]  # fmt: skip
     combos = [(p, b, _budget_tokens(b, n_context), split) for p, split in insts for b in budgets]
     sums = torch.zeros(len(combos), len(layers), dtype=torch.float64)
     read = torch.zeros(len(combos), dtype=torch.float64)
@@ -227,7 +230,7 @@ def _prompt_curve(captured_layer, n_context: int, obs: int, chunk: int, sinks: i
     qpos = torch.arange(n_context - obs, n_context)[:, None]
     s = s.masked_fill(torch.arange(n_context)[None, :] > qpos, float("-inf"))
     mass = torch.softmax(s, dim=-1).sum(dim=(1, 2))[None]  # [1, Hkv, n_context]
-    body = max(0, (n_context - sinks - window) // chunk) * chunk
+    body = ChunkLayout(1, 1, chunk, 1, torch.float32, sinks, window).body_chunks(n_context) * chunk
     return mass_curve(mass, sinks, body, per_row=per_row)
 
 
@@ -245,13 +248,13 @@ def _first_step_mass(captured: dict, n_context: int, obs: int) -> dict[int, torc
 def _whole_layers(first: dict, n_context: int, policy, budget: int, threshold: float) -> frozenset[int]:
     """Layers `policy` (a chunk policy: it has `chunk`) reads whole at `budget` tokens (module doc);
     first: `_first_step_mass`."""
-    from ..tiers.whole_layers import oracle_recall, whole_layers
+    from ..sparse.whole_layers import oracle_recall, whole_layers
 
     chunk = getattr(policy, "chunk", None)
     if chunk is None or threshold <= 0:
         return frozenset()
     ceilings: list[float | None] = [None] * (max(first) + 1)
-    m = max(0, (n_context + 1 - policy.sinks - policy.window) // chunk)
+    m = ChunkLayout(1, 1, chunk, 1, torch.float32, policy.sinks, policy.window).body_chunks(n_context + 1)
     for layer, mass in first.items():
         ceilings[layer] = oracle_recall(mass, policy.sinks, chunk, m, budget // chunk)
     return whole_layers(ceilings, threshold)

@@ -18,12 +18,15 @@ import torch
 
 from ..engine import Engine
 from ..kvstore import DenseKVStore
+from ..sparse.prefill_stats import OBS_TAIL
 
 __all__ = ["Prefilled", "greedy_continue", "greedy_many"]
 
 
 class _RecordingStore(DenseKVStore):
     """A dense store whose prefill observer keeps each layer's statistics (see module doc)."""
+
+    obs_window = OBS_TAIL  # what a sparse store observes (StoreSpec.obs_window)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -114,7 +114,7 @@ def answer_offload(model, prompt: str, max_new_tokens: int) -> list[int]:
     return _until_eos(tokens, model.eos_ids)
 
 
-def _mode_model(model, mode: Mode, policy: str | None, n_prompt: int, length: int):
+def _mode_model(model, mode: Mode, policy: str | None, n_prompt: int, length: int, select_every: int = 1):
     """`model` under the config a mode runs with (weights and tokenizer shared, nothing reloaded).
     The context is raised to the eval length when that exceeds the model's, so both modes see the
     same positions."""
@@ -122,7 +122,7 @@ def _mode_model(model, mode: Mode, policy: str | None, n_prompt: int, length: in
     if length > model.n_ctx:
         base = base.replace(ctx=length)
     if mode.kind == "sparse":
-        base = sparse_config(base, mode, policy, n_prompt)
+        base = sparse_config(base, mode, policy, n_prompt, select_every)
     return model if base is model.config else dataclasses.replace(model, config=base)
 
 
@@ -150,6 +150,7 @@ def run_eval(
     progress: bool = True,
     on_record: Callable[[Record], None] | None = None,
     done: Sequence[Record] = (),
+    select_every: int = 1,
 ) -> list[Record]:
     """Score every (task, length, sample, mode); returns the records in run order.
 
@@ -162,6 +163,7 @@ def run_eval(
     done: records of an interrupted run with the same settings: their answers are not recomputed
     (samples are deterministic), they are returned in place.
     policy: one policy or several (`NAME` or `NAME+squeeze`); every sparse mode runs once per policy.
+    select_every: the sparse modes' `SparseConfig.select_every`.
     A sample's sparse (mode, policy) pairs share one exact prefill (`replay.Prefilled`) and decode
     together as rows of batches of at most `rows` (`replay.greedy_many`; each row holds its own copy
     of the prompt's KV, so `rows` bounds memory); each record's `seconds` is the sample's sparse time
@@ -219,7 +221,7 @@ def run_eval(
                             if mode.kind == "full":
                                 new = answer_full(reference, model, ids, n_new)
                             else:
-                                m = _mode_model(model, mode, pol, len(ids), length)
+                                m = _mode_model(model, mode, pol, len(ids), length, select_every)
                                 new = answer_offload(m, sample.prompt, n_new)
                             emit(sample, i, task, length, mode, pol, ids, new, time.perf_counter() - t0)
                     if sparse:
@@ -229,7 +231,7 @@ def run_eval(
                         shared = Prefilled.capture(_mode_model(model, Mode("dense"), None, len(ids), length),
                                                    ids)
                         try:
-                            ms = [_mode_model(model, mode, pol, len(ids), length) for mode, pol in sparse]
+                            ms = [_mode_model(model, mode, pol, len(ids), length, select_every) for mode, pol in sparse]
                             outs = []
                             for r0 in range(0, len(ms), rows):
                                 outs += greedy_many(ms[r0 : r0 + rows], shared, n_new, model.eos_ids)

@@ -1,56 +1,48 @@
-"""Sparse decode's chunk-selection policies behind the attention-recall interface (policies.py).
+"""The runtime's selection policies (`offload.sparse`) behind the attention-recall interface
+(policies.py): `StorePolicy` drives a policy's state through the same hooks the store's `Selector`
+calls, on the keys laid out as the store lays them out — `sinks` tokens, body chunks of C tokens,
+then the window (the last `window` tokens plus the tail that does not fill a chunk). The harness
+keeps only the last `window` tokens for free, so the partial tail is paid from the budget first;
+the rest buys top-scoring units (k = rest // C). A summary is rebuilt from the body's keys at each
+step, on a basis fixed at the layer's first step (the prompt's keys), as at prefill.
 
-`bound`, `token`, `quest`, `landmark`, `snapkv`, `h2o` select whole chunks as `TieredKVStore` does (see
-offload/tiers/selection.py): the keys are laid out as the store lays them out — `sinks` tokens, body
-chunks of C tokens, then the window (the last `window` tokens plus the tail that does not fill a
-chunk). The harness keeps only the last `window` tokens for free, so the partial tail is paid from
-the budget first; the rest buys top-scoring chunks (k = rest // C). Abstracts come from the same
-`ChunkAbstracts` the store uses; the low-rank basis of a layer is fixed at its first step (the
-prompt's keys), as at prefill.
+Differences to the store, forced by the interface (one query, all keys): `snapkv` and `h2o`
+observe the first decode step's query instead of the prompt's last 32 queries; `h2o` then
+accumulates the mass each step's selection receives, evicting what it drops.
 
-`oracle` (recall only, not a store policy): the top chunks by their exact attention mass at this
-step — the ceiling of any chunk selection at the budget, against which the others are read. `token`
-selects single tokens (a "chunk" of 1), as the store does by default; `token8` in 8-token chunks.
-
-Differences to the store, forced by the interface (one query, all keys): `snapkv` observes the
-first decode step's query instead of the prompt's last 32 queries; `h2o` starts from that query's
-full attention and then accumulates the mass each step's selection receives, evicting what it drops.
+Measurement-only names: `oracle` (the units with the most exact attention mass at this step: the
+ceiling of any selection of those units; `oracle` 16-token chunks, `oracle8`, `oracle1` single
+tokens) and `token8` (`token` picking 8-token chunks). Each runtime policy runs at the unit the
+store gives it by default: `token` single tokens (a "chunk" of 1), the others their chunk.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..config import SPARSE_CHUNK, TOKEN_CHUNK, OffloadConfig
-from ..tiers.abstracts import ChunkAbstracts
-from ..tiers.selection import token_ranking
-from .policies import register_policy
+from ..sparse import make_policy, policy_classes
+from ..sparse.policies.token import Token
+from ..sparse.policy import Geometry
+from ..tiers.layout import ChunkLayout
 
-__all__ = ["ChunkPolicy", "CHUNK"]
+__all__ = ["StorePolicy", "store_policy", "EXTRA", "ORACLE"]
 
-CHUNK = SPARSE_CHUNK  # OffloadConfig().chunk with a budget (policy "token": TOKEN_CHUNK)
-RANK = OffloadConfig().rank
-BOUND_SHARE = OffloadConfig().bound_share  # token: share of k picked by the bound, the rest by mass
+ORACLE = "oracle"
+EXTRA = {"token8": (Token(unit="chunk"), 8), "oracle": (None, 16), "oracle8": (None, 8), "oracle1": (None, 1)}
 
 
-class ChunkPolicy:
-    """Top-k chunks by a per-chunk score; `kind` picks the score (see module doc)."""
+class StorePolicy:
+    """One runtime policy (None: the oracle) selecting units of `chunk` tokens (see module doc)."""
 
     respects_budget = True
 
-    def __init__(self, name: str, kind: str, sinks: int = 4, window: int = 64, chunk: int = CHUNK,
-                 rank: int = RANK, bound_share: float = BOUND_SHARE):  # fmt: skip
-        self.name, self.kind, self.bound_share = name, kind, bound_share
-        self.sinks, self.window, self.chunk, self.rank = sinks, window, chunk, rank
-        self._basis: dict[int, torch.Tensor] = {}
-        self._score: dict[int, torch.Tensor] = {}  # snapkv / h2o: [Hkv, m]
-        self._alive: dict[int, torch.Tensor] = {}
+    def __init__(self, name: str, policy, chunk: int, sinks: int = 4, window: int = 64):
+        self.name, self.policy, self.chunk = name, policy, chunk
+        self.sinks, self.window = sinks, window
+        self._basis: dict[int, dict] = {}  # layer -> the summary's basis state, fixed at its first step
+        self._state: dict[int, object] = {}  # layer -> snapkv / h2o state, kept across steps
+        self._m: dict[int, int] = {}  # layer -> body chunks that state holds
         self._last_t: dict[int, int] = {}
-
-    def _layout(self, t: int) -> tuple[int, int]:
-        """(body chunks m, first token of the window) for t tokens, as ChunkLayout does."""
-        m = max(0, (t - self.sinks - self.window) // self.chunk)
-        return m, self.sinks + m * self.chunk
 
     def select(self, layer, query, keys, budget):
         """budget: tokens, or a list of tokens per KV head (the store's adaptive split of token
@@ -61,10 +53,11 @@ class ChunkPolicy:
             rows = budget if len(set(budget)) > 1 else None
             budget = max(budget)
         if t < self._last_t.get(layer, 0):  # a new sequence: forget per-layer state
-            for state in (self._basis, self._score, self._alive):
+            for state in (self._basis, self._state, self._m):
                 state.pop(layer, None)
         self._last_t[layer] = t
-        m, wstart = self._layout(t)
+        m = ChunkLayout(1, n_kv, self.chunk, d, torch.float32, self.sinks, self.window).body_chunks(t)
+        wstart = self.sinks + m * self.chunk
         tail = max(0, t - self.window - wstart)  # window tokens the harness does not keep for free
         mask = torch.zeros(n_kv, t, dtype=torch.bool, device=keys.device)
         mask[:, wstart : wstart + min(tail, budget)] = True
@@ -75,96 +68,85 @@ class ChunkPolicy:
         rows_k = None
         if rows is not None:  # [1, Hkv, 1]: each head's k
             rows_k = torch.tensor([min(m, max(0, b - tail) // self.chunk) for b in rows]).view(1, n_kv, 1)
-        scores = self._scores(layer, query, keys, body, k, rows_k)  # [Hkv, m]
+        state = self._scorer(layer, query, keys, body)
+        scores = self._oracle(query, keys, m) if state is None else state.scores(
+            0, query[None], m, k, d**-0.5, rows_k)[0]  # fmt: skip
         if k:
             idx = scores.topk(k, dim=-1).indices  # [Hkv, k], best first
-            tok = (self.sinks + idx[..., None] * self.chunk + torch.arange(self.chunk, device=keys.device))
+            tok = self.sinks + idx[..., None] * self.chunk + torch.arange(self.chunk, device=keys.device)
             if rows_k is not None:  # past a head's own k: token 0 (a sink, kept anyway)
                 tok = tok.masked_fill((torch.arange(k) >= rows_k[0])[..., None], 0)
             mask.scatter_(1, tok.reshape(n_kv, -1), True)
-        if self.kind == "h2o":
-            self._h2o_step(layer, query, keys, mask, m, idx if k else None)
+        if state is not None and state.wants_mass:
+            self._attended(state, query, keys, mask, m, idx if k else None)
         return mask
 
-    def _scores(self, layer, query, keys, body, k, rows_k=None):
+    def _geometry(self, keys, m):
+        n_kv, _, d = keys.shape
+        return Geometry(1, 1, n_kv, d, self.chunk, keys.device, self.sinks, max(1, m))
+
+    def _scorer(self, layer, query, keys, body):
+        """The policy's state for this step: a summary rebuilt over the body, or the kept
+        snapkv/h2o scores (observing this first query's attention); None for the oracle."""
+        if self.policy is None:
+            return None
         n_kv, m, c, d = body.shape
-        if self.kind == "oracle":  # the chunks' true attention mass: the best any chunk choice can do
-            return self._mass(query, keys)[:, self.sinks : self.sinks + m * c].reshape(n_kv, m, c).sum(-1)
-        if self.kind in ("lowrank", "token", "quest", "mean"):
-            ab = ChunkAbstracts(1, 1, n_kv, d, self.kind, self.rank, keys.device, capacity=m, chunk=c)
-            if self.kind in ("lowrank", "token"):
-                if layer not in self._basis:
-                    ab.ensure_basis(0, keys)
-                    self._basis[layer] = ab.basis[0].clone()
-                ab.basis[0], ab.has_basis[0] = self._basis[layer], True
-            if m:
-                ab.add(0, 0, body.reshape(n_kv, m * c, d))  # every chunk in one pass, as prefill
-            if self.kind == "token":  # as Selector.select
-                return token_ranking(ab, 0, query[None], k, self.bound_share, d**-0.5, rows_k=rows_k)[0]
-            return ab.scores(0, query[None])[0]
-        score = self._score.get(layer)
-        if score is None:  # first step: this query's full attention, summed per chunk and group
-            mass = self._mass(query, keys)[:, self.sinks : self.sinks + m * c]
-            score = mass.reshape(n_kv, m, c).sum(-1)
-            self._alive[layer] = torch.ones(n_kv, m, dtype=torch.bool, device=keys.device)
-        if score.shape[1] < m:  # chunks that left the window since
-            grow = m - score.shape[1]
-            if self.kind == "snapkv":
-                fill = torch.full((n_kv, grow), float("inf"), device=keys.device)
-            else:
-                alive = self._alive[layer]
-                fill = ((score * alive).sum(-1) / alive.sum(-1).clamp(min=1))[:, None].expand(n_kv, grow)
-                self._alive[layer] = torch.cat([alive, torch.ones(n_kv, grow, dtype=torch.bool,
-                                                                  device=keys.device)], 1)  # fmt: skip
-            score = torch.cat([score, fill], dim=1)
-        self._score[layer] = score
-        if self.kind == "h2o":
-            return score.masked_fill(~self._alive[layer], float("-inf"))
-        return score
+        if self.policy.observes:
+            state = self._state.get(layer)
+            if state is None:
+                state = self._state[layer] = self.policy.start(self._geometry(keys, m))
+                state.observe(0, _mass(query, keys)[None], m)
+                self._m[layer] = m
+            have = self._m[layer]
+            if have < m:  # chunks that left the window since
+                state.add(0, have, body[:, have:].reshape(n_kv, (m - have) * c, d))
+                self._m[layer] = m
+            return state
+        state = self.policy.start(self._geometry(keys, m))
+        if layer in self._basis:
+            state.load_state_dict(self._basis[layer])
+        else:
+            state.before_chunks(0, keys)
+            self._basis[layer] = state.state_dict()
+        state.add(0, 0, body.reshape(n_kv, m * c, d))  # every chunk in one pass, as prefill
+        return state
 
-    @staticmethod
-    def _mass(query, keys, keep=None):
-        """Attention probabilities of query [H, D] over keys [Hkv, T, D] (keep: bool [Hkv, T]),
-        summed over each KV head's group: [Hkv, T]."""
-        n_kv, t, d = keys.shape
-        g = query.shape[0] // n_kv
-        s = torch.einsum("kgd,ktd->kgt", query.float().reshape(n_kv, g, d), keys.float()) * d**-0.5
-        if keep is not None:
-            s = s.masked_fill(~keep[:, None, :], float("-inf"))
-        return torch.softmax(s, dim=-1).sum(1)
+    def _oracle(self, query, keys, m):
+        """The units' true attention mass: the best any choice of them can do."""
+        n_kv = keys.shape[0]
+        return _mass(query, keys)[:, self.sinks : self.sinks + m * self.chunk].reshape(n_kv, m, self.chunk).sum(-1)
 
-    def _h2o_step(self, layer, query, keys, mask, m, idx):
-        alive = torch.zeros_like(self._alive[layer])
-        if idx is not None:
-            alive.scatter_(1, idx, True)
-        self._alive[layer] = alive  # evicting: dropped chunks never return
+    def _attended(self, state, query, keys, mask, m, idx):
+        """h2o: evict what was not selected, add the mass the selection received."""
+        if idx is None:
+            state.chose(0, torch.zeros(1, keys.shape[0], 0, dtype=torch.long), m)
+            return
+        state.chose(0, idx[None], m)
         keep = mask.clone()
         keep[:, : self.sinks] = True
         keep[:, max(0, keys.shape[1] - self.window) :] = True
-        mass = self._mass(query, keys, keep)[:, self.sinks : self.sinks + m * self.chunk]
-        self._score[layer] = self._score[layer] + mass.reshape(keys.shape[0], m, self.chunk).sum(-1)
+        mass = _mass(query, keys, keep)[:, self.sinks : self.sinks + m * self.chunk]
+        per_chunk = mass.reshape(keys.shape[0], m, self.chunk).sum(-1)
+        state.attended(0, idx, per_chunk.gather(1, idx))
 
 
-def _factory(name: str, kind: str, chunk: int):
-    def make(sinks: int = 4, window: int = 64) -> ChunkPolicy:
-        return ChunkPolicy(name, kind, sinks=sinks, window=window, chunk=chunk)
-
-    return make
-
-
-def _unit(policy: str) -> int:
-    """Tokens per unit the store selects for `policy` by default: 1 when it picks single tokens
-    (`token`, OffloadConfig.select_unit), else its chunk (OffloadConfig.chunk: 16)."""
-    cfg = OffloadConfig(budget=1, policy=policy)
-    return 1 if cfg.selects_tokens else cfg.chunk
+def _mass(query, keys, keep=None):
+    """Attention probabilities of query [H, D] over keys [Hkv, T, D] (keep: bool [Hkv, T]), summed
+    over each KV head's group: [Hkv, T]."""
+    n_kv, t, d = keys.shape
+    g = query.shape[0] // n_kv
+    s = torch.einsum("kgd,ktd->kgt", query.float().reshape(n_kv, g, d), keys.float()) * d**-0.5
+    if keep is not None:
+        s = s.masked_fill(~keep[:, None, :], float("-inf"))
+    return torch.softmax(s, dim=-1).sum(1)
 
 
-# each store policy at the unit the store gives it by default; `token8` is `token` picking 8-token
-# chunks (select_unit="chunk"); `oracle` (16 tokens), `oracle8` and `oracle1` (single tokens) the
-# ceilings of those units
-for _name, _kind in (("bound", "lowrank"), ("token", "token"), ("quest", "quest"), ("landmark", "mean"),
-                     ("snapkv", "snapkv"), ("h2o", "h2o")):  # fmt: skip
-    register_policy(_name)(_factory(_name, _kind, _unit(_name)))
-register_policy("token8")(_factory("token8", "token", TOKEN_CHUNK))
-for _name, _chunk in (("oracle", CHUNK), ("oracle8", TOKEN_CHUNK), ("oracle1", 1)):
-    register_policy(_name)(_factory(_name, "oracle", _chunk))
+def store_policy(name: str, sinks: int = 4, window: int = 64) -> StorePolicy | None:
+    """The recall harness's policy `name` (a runtime policy, or a measurement-only one), or None."""
+    if name in EXTRA:
+        policy, chunk = EXTRA[name]
+        return StorePolicy(name, policy, chunk, sinks, window)
+    if name in policy_classes():
+        policy = make_policy(name)
+        return StorePolicy(name, policy, 1 if policy.selects_tokens else policy.chunk, sinks, window)
+    return None

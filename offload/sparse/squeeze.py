@@ -51,17 +51,17 @@ def kmeans_1d(values: list[float], k: int = 3) -> list[int]:
     return groups
 
 
-def layer_budgets(base: int, n_layers: int, policy: str = "uniform", attn_cos: list[float] | None = None,
+def layer_budgets(base: int, n_layers: int, split: str = "uniform", attn_cos: list[float] | None = None,
                   share: float = SQUEEZE_SHARE) -> list[int]:  # fmt: skip
     """Budget (tokens, or chunks: any unit) per layer for a uniform per-layer budget `base`.
 
     uniform, or squeeze without statistics (e.g. a session reopened without prefill): base each.
     squeeze: layers in the highest-cosine group get floor(base * share); what they give up is spread
     over the other layers (remainder to the lowest-cosine ones first), so sum == base * n_layers."""
-    if policy == "uniform" or attn_cos is None or n_layers < 2:
+    if split == "uniform" or attn_cos is None or n_layers < 2:
         return [base] * n_layers
-    if policy != "squeeze":
-        raise ValueError(f"layer budget policy must be 'uniform' or 'squeeze', got {policy!r}")
+    if split != "squeeze":
+        raise ValueError(f"split must be 'uniform' or 'squeeze', got {split!r}")
     groups = kmeans_1d(list(attn_cos), 3)
     top = max(groups)
     low = [i for i, g in enumerate(groups) if g == top]

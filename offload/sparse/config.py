@@ -1,0 +1,62 @@
+"""`SparseConfig`: the knobs of sparse decode, grouped (`OffloadConfig.sparse`; None = dense).
+
+budget: KV tokens a layer attends to per step beyond sinks + window: an int is tokens, a float in
+    (0, 1) a fraction of the current context.
+policy: the selection policy — a name from the registry (`offload.sparse.policy_names()`: `token`,
+    ours and the default; `bound`, ours; `quest`, `landmark`, `snapkv`, `h2o`, baselines) or a
+    policy object with its own parameters, e.g. `Token(share=0.5)`. A name means its defaults.
+split: how the budget is split over layers (the total is unchanged): "adaptive" (default: the split
+    that keeps the most of the prompt's last queries' attention, each layer at least a quarter of
+    the uniform budget; per KV head for token selections), "uniform", "squeeze" (SqueezeAttention).
+whole_below: a layer whose best possible selection at the budget keeps less than this share of the
+    prompt's last queries' attention is read whole while it fits its GPU slots, at most
+    max(1, layers // 8) of them; 0 = never.
+select_every: decode steps a layer keeps its selection (1 = choose afresh each step; more is faster
+    on a CPU and misses what a later query turns to).
+What each default buys: bench/results/sparse-smollm2.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .budget_plan import SPLITS
+from .policies import make_policy
+from .policy import SelectionPolicy
+
+__all__ = ["SparseConfig"]
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    budget: int | float
+    policy: SelectionPolicy | str = "token"
+    split: str = "adaptive"
+    whole_below: float = 0.5
+    select_every: int = 1
+
+    def __post_init__(self):
+        b = self.budget
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            raise ConfigError(f"budget must be tokens (int >= 1) or a fraction in (0, 1), got {b!r}")
+        if isinstance(b, int) and b < 1:
+            raise ConfigError(f"budget in tokens must be >= 1, got {b!r}")
+        if isinstance(b, float) and not 0.0 < b < 1.0:
+            raise ConfigError(f"budget as a fraction must be in (0, 1), got {b!r}")
+        if isinstance(self.policy, str):
+            object.__setattr__(self, "policy", make_policy(self.policy))
+        elif not isinstance(self.policy, SelectionPolicy):
+            raise ConfigError(f"policy must be a policy name or a SelectionPolicy, got {self.policy!r}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got {self.split!r}")
+        w = self.whole_below
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise ConfigError(f"whole_below must be a number in [0, 1], got {w!r}")
+        e = self.select_every
+        if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+            raise ConfigError(f"select_every must be a positive integer, got {e!r}")
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy.name

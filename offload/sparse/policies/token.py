@@ -1,0 +1,192 @@
+"""`token` (ours, the default): per-token low-rank sketches of the keys, ranked by an upper bound of
+q.k and by the attention mass they estimate.
+
+Summary: the layer's `KeyBasis` P [D, r], and per token P^T k in int8 with one scale per token
+(absmax / 127, rounded up) and the norm of the residual k - P P^T k (rounded up). With the rounding
+error of each coordinate at most half a scale step,
+
+    bound = q~ . k^ + ||q_res|| res + ||q~||_1 (scale / 2)  >=  q.k
+
+(invariant 5). A box per chunk mixes the extremes of different keys; a per-token bound does not, so
+a chunk whose one key matters (a copy head's target) ranks where it should. r + 4 bytes per token
+beside bf16 KV (r + 8 beside fp32: scale and residual in fp32); r defaults to the most that fits in
+1/8 of bf16 K+V, head_dim / 2 - 4. The same sketches estimate each unit's attention mass (softmax
+of scaling * q~ . k^): the bound finds a lone key that matters, the mass finds attention spread
+over many keys. A step's ranking: ceil(share * k) units by the bound, the rest by the mass.
+`unit` "token" picks single tokens (ids of body tokens), "chunk" whole chunks.
+Measurements of every choice here: bench/results/sparse-smollm2.md (sessions 7-9).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ...errors import ConfigError
+from ...kernels.dispatch import top_chunks
+from ..basis import KeyBasis
+from ..policy import Geometry, PolicyState, SelectionPolicy
+
+__all__ = ["Token", "TokenSketches", "best_first", "hybrid_scores"]
+
+_FP16_UP = 1 + 2**-10  # x * _FP16_UP rounded to fp16 is >= x (round-to-nearest errs by <= 2^-11)
+_RES_SLACK = 1e-5  # relative slack on the residual norm: fp32 rounding must not break the bound
+_Q8 = 127  # int8 levels each side of 0
+_HALF_STEP = 0.5 + 2**-12  # |P^T k - scale * int8| / scale: half a step, plus fp32 division error
+_MIN_SCALE = 2**-14  # smallest normal fp16: a zero projection still gets a usable scale
+
+
+def max_rank(head_dim: int) -> int:
+    """The most r whose sketch (r int8 + two halves per token) fits 1/8 of bf16 K+V (4D bytes)."""
+    return max(1, head_dim // 2 - 4)
+
+
+@dataclass(frozen=True)
+class Token(SelectionPolicy):
+    """rank: r of the sketches (None = max_rank(head_dim), also the cap); share: of k picked by the
+    bound (1 = bound alone, 0 = estimated mass alone); unit: "token" or "chunk"."""
+
+    name: ClassVar[str] = "token"
+    chunk: ClassVar[int] = 8  # per-token sketches: finer chunks cost no summary bytes
+    summary: ClassVar[str] = "ours: int8 low-rank sketch per token; bound + estimated mass"
+    rank: int | None = None
+    share: float = 0.25
+    unit: str = "token"
+
+    def __post_init__(self):
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+            raise ConfigError(f"token: rank must be a positive integer, got {self.rank!r}")
+        if isinstance(self.share, bool) or not isinstance(self.share, (int, float)) or not 0 <= self.share <= 1:
+            raise ConfigError(f"token: share must be a number in [0, 1], got {self.share!r}")
+        if self.unit not in ("token", "chunk"):
+            raise ConfigError(f"token: unit must be 'token' or 'chunk', got {self.unit!r}")
+
+    @property
+    def selects_tokens(self) -> bool:
+        return self.unit == "token"
+
+    def start(self, geometry: Geometry) -> "TokenSketches":
+        return TokenSketches(self, geometry)
+
+    def summary_bytes(self, head_dim: int, chunk: int, kv_itemsize: int) -> float:
+        r = min(self.rank or max_rank(head_dim), max_rank(head_dim))
+        return r + (4 if kv_itemsize <= 2 else 8)
+
+
+def best_first(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [B, Hkv, k] of the k highest scores [B, Hkv, n], highest first: an unsorted top-k,
+    then a sort of those k only (a sorted top-k of 8k tokens costs ~3x more on a CPU)."""
+    top = torch.topk(scores, k, dim=-1, sorted=False)
+    return top.indices.gather(-1, top.values.argsort(dim=-1, descending=True))
+
+
+def hybrid_scores(bound: torch.Tensor, mass: torch.Tensor, k: int, share: float,
+                  rows_k: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """A ranking [B, Hkv, m] whose top k are the ceil(share * k) best by `bound`, then the best of
+    the rest by `mass`. rows_k [B, Hkv, 1]: each row's own k (<= k), its own ceil(share * k_row)."""
+    first = math.ceil(share * k)
+    if first == 0:
+        return mass
+    if rows_k is None:
+        return mass.scatter(-1, top_chunks(bound, first).long(), float("inf"))
+    top = best_first(bound, first)  # a row's best bounds first
+    mine = torch.arange(first, device=bound.device) < torch.ceil(share * rows_k)
+    return mass.scatter(-1, top, torch.where(mine, float("inf"), mass.gather(-1, top)))
+
+
+class TokenSketches(PolicyState):
+    """lo [L, B, Hkv, r, cap*C] int8 levels; aux [L, B, Hkv, 2, cap*C] (scale, residual), tokens
+    last: scoring is one [G, r] x [r, N] matmul per KV head."""
+
+    def __init__(self, policy: Token, geometry: Geometry):
+        super().__init__(policy, geometry)
+        g = geometry
+        self.rank = min(policy.rank or max_rank(g.head_dim), max_rank(g.head_dim))
+        self.sketch_dtype = torch.float16 if g.kv_dtype.itemsize <= 2 else torch.float32
+        self.basis = KeyBasis(g.n_layers, g.batch, g.n_kv, g.head_dim, self.rank, g.device)
+        self.capacity = 0
+        self._alloc(max(1, g.capacity))
+
+    def _alloc(self, capacity: int) -> None:
+        g, tokens = self.geometry, capacity * self.geometry.chunk
+        lead = (g.n_layers, g.batch, g.n_kv)
+        lo = torch.zeros((*lead, self.rank, tokens), dtype=torch.int8, device=g.device)
+        aux = torch.zeros((*lead, 2, tokens), dtype=self.sketch_dtype, device=g.device)
+        if self.capacity:
+            old = self.capacity * g.chunk
+            lo[..., :old], aux[..., :old] = self.lo, self.aux
+        self.lo, self.aux, self.capacity = lo, aux, capacity
+
+    def before_chunks(self, layer: int, keys: torch.Tensor) -> None:
+        self.basis.ensure(layer, keys)
+
+    def add(self, layer: int, j: int, keys: torch.Tensor) -> None:
+        g, c = self.geometry, self.geometry.chunk
+        n = keys.shape[1] // c
+        if j + n > self.capacity:
+            self._alloc(max(j + n, 2 * self.capacity))
+        kf = keys.float().reshape(g.batch, g.n_kv, n, c, g.head_dim)  # [B, Hkv, n, C, D]
+        self.basis.ensure(layer, keys)
+        p = self.basis.basis[layer][:, None]  # [Hkv, 1, D, r]
+        proj = torch.matmul(kf, p)  # [B, Hkv, n, C, r]
+        resid = (kf - torch.matmul(proj, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, n, C]
+        resid = resid * (1 + _RES_SLACK) + _RES_SLACK * kf.norm(dim=-1)
+        # scale >= absmax / 127 once stored (rounded up): |P^T k / scale| <= 127
+        up = _FP16_UP if self.sketch_dtype == torch.float16 else 1.0
+        amax = proj.abs().amax(-1, keepdim=True)  # [B, Hkv, n, C, 1]
+        scale = (amax * (up / _Q8)).clamp(min=_MIN_SCALE).to(self.sketch_dtype)
+        levels = (proj / scale.float()).round().clamp(-_Q8, _Q8)  # error <= _HALF_STEP * scale
+        cols = slice(j * c, (j + n) * c)
+        b, h = g.batch, g.n_kv
+        self.lo[layer, :, :, :, cols] = levels.to(torch.int8).reshape(b, h, n * c, -1).transpose(-1, -2)
+        aux = torch.cat([scale, (resid * up)[..., None].to(self.sketch_dtype)], -1)  # [B, Hkv, n, C, 2]
+        self.aux[layer, :, :, :, cols] = aux.reshape(b, h, n * c, 2).transpose(-1, -2)
+
+    def bound_and_mass(self, layer: int, q: torch.Tensor, n_chunks: int, scaling: float | None,
+                       per_token: bool = False):  # fmt: skip
+        """q [B, H, D]: (bound, mass), each [B, Hkv, m] fp32 (per_token: [B, Hkv, m*C]). bound: the
+        per-token upper bound, max over the unit's tokens and the group; mass (None when scaling is
+        None): softmax over the body of scaling * q~ . k^ per query head, summed over the unit and
+        the group — an estimate, not a bound."""
+        g, m, c = self.geometry, n_chunks, self.geometry.chunk
+        b, h, d = q.shape
+        qg = q.float().reshape(b, g.n_kv, h // g.n_kv, d)  # [B, Hkv, G, D]
+        p = self.basis.basis[layer]  # [Hkv, D, r]
+        q_low = torch.matmul(qg, p)  # [B, Hkv, G, r]
+        q_res = (qg - torch.matmul(q_low, p.transpose(-1, -2))).norm(dim=-1, keepdim=True)  # [B, Hkv, G, 1]
+        n = m * c
+        levels = self.lo[layer, :, :, :, :n].float()  # [B, Hkv, r, N]
+        aux = self.aux[layer, :, :, :, :n].float()  # [B, Hkv, 2, N]: (scale, res); a view when fp32
+        scale, res = aux[:, :, :1], aux[:, :, 1:]  # [B, Hkv, 1, N] each
+        est = torch.matmul(q_low, levels) * scale  # q~ . k^ [B, Hkv, G, N]
+        half_steps = _HALF_STEP * q_low.abs().sum(-1, keepdim=True)  # [B, Hkv, G, 1]
+        # reductions over contiguous dims (group first, then the chunk's tokens): a strided amax
+        # over (G, C) at once costs several times more on CPU
+        bound = torch.addcmul(torch.addcmul(est, half_steps, scale), q_res, res).amax(2)  # [B, Hkv, N]
+        if not per_token:
+            bound = bound.view(b, g.n_kv, m, c).amax(-1)
+        if scaling is None:
+            return bound, None
+        mass = torch.softmax(est * scaling, dim=-1).sum(2)  # [B, Hkv, N]
+        return bound, mass if per_token else mass.view(b, g.n_kv, m, c).sum(-1)
+
+    def scores(self, layer, q, n_chunks, k, scaling, rows_k):
+        """The hybrid ranking of the layer's units; when the bound's share covers all k, the bound
+        alone (no mass computed)."""
+        share, per_token = self.policy.share, self.policy.selects_tokens
+        if math.ceil(share * k) >= k:
+            return self.bound_and_mass(layer, q, n_chunks, None, per_token)[0]
+        return hybrid_scores(*self.bound_and_mass(layer, q, n_chunks, scaling, per_token), k, share, rows_k)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.basis.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.basis.load_state_dict(state)
+
+    @property
+    def nbytes(self) -> int:
+        return self.lo.numel() + self.aux.numel() * self.aux.element_size() + self.basis.nbytes

@@ -1,0 +1,126 @@
+"""`StoreSpec`: what an `OffloadConfig` means for one model's KV on one machine — the single place
+that derives the store kind, the chunk layout, the GPU slots per layer, the host pool, the policy's
+summary bytes and the prefill observation window. The stores, the session loader, the eval and the
+memory plan read it; nothing else re-derives these facts.
+
+- kind: "tiered" when asked for or when decode is sparse (selection lives in the tiered store).
+- chunk: `kv_chunk`, else the selection policy's own (its summaries are per chunk), else 64.
+- GPU slots per layer: `hot_set_bytes` (the config's, else the memory plan's for the model —
+  `offload.plan`, what `offload-chat` prints and checks, passed in by `OffloadModel` — else, for a
+  store built without a model, on CUDA half the free memory, on a CPU 1 GiB) split evenly over
+  layers, capped at what `ctx` tokens need, at least one.
+- host chunks: `host_mem` bytes, else HOST_FRACTION of the available host memory.
+- compress: `compress`, else on for bf16 only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import OffloadConfig
+from .sparse.config import SparseConfig
+from .sparse.prefill_stats import OBS_TAIL
+from .tiers.codec import default_compress
+from .tiers.host import default_host_capacity
+from .tiers.layout import ChunkLayout
+
+__all__ = ["StoreSpec", "DENSE_CHUNK", "GPU_FRACTION", "CPU_POOL_BYTES"]
+
+DENSE_CHUNK = 64  # chunk without selection: transfer size
+GPU_FRACTION = 0.5  # of free device memory for the hot set of a store built without a plan
+CPU_POOL_BYTES = 1 << 30  # default "GPU" pool on a CPU-only machine (it is host memory there)
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """kind: "dense" | "tiered"; layout: ChunkLayout; device; batch; ctx (None = unbounded);
+    gpu_slots: per layer; host_chunks; compress; disk_dir; sparse: SparseConfig or None;
+    capacity: body chunks per layer to preallocate for summaries and tables; obs_window: prompt
+    queries prefill keeps per layer for the selector (0 when dense)."""
+
+    kind: str
+    layout: ChunkLayout
+    device: torch.device
+    batch: int
+    ctx: int | None
+    gpu_slots: tuple[int, ...]
+    host_chunks: int
+    compress: bool
+    disk_dir: str | None
+    sparse: SparseConfig | None
+    capacity: int
+    obs_window: int
+
+    @classmethod
+    def derive(cls, config: OffloadConfig, n_layers: int, n_kv_heads: int, head_dim: int,
+               dtype: torch.dtype, device, batch: int = 1, planned_hot_set: int | None = None) -> "StoreSpec":  # fmt: skip
+        """The spec of `config` for a model of this KV geometry on `device`; planned_hot_set: the
+        memory plan's hot set bytes, used when the config sets none."""
+        device = torch.device(device)
+        sparse = config.sparse
+        kind = "tiered" if sparse is not None else config.kv_store
+        lay = ChunkLayout(n_layers, batch * n_kv_heads, cls.chunk_of(config), head_dim, dtype,
+                          config.sinks, config.window)  # fmt: skip
+        hot = config.hot_set_bytes if config.hot_set_bytes is not None else planned_hot_set
+        if hot is None:
+            hot = int(torch.cuda.mem_get_info(device)[0] * GPU_FRACTION) if device.type == "cuda" else CPU_POOL_BYTES
+        slots = max(1, hot // (lay.chunk_bytes * n_layers))
+        if config.ctx is not None:
+            slots = min(slots, max(1, lay.body_chunks(config.ctx)))
+        if config.host_mem is not None:
+            host_chunks = config.host_mem // lay.chunk_bytes
+        else:
+            host_chunks = default_host_capacity(lay.chunk_bytes)
+        return cls(
+            kind=kind, layout=lay, device=device, batch=batch, ctx=config.ctx, gpu_slots=(slots,) * n_layers,
+            host_chunks=host_chunks, compress=default_compress(dtype, config.compress), disk_dir=config.disk_dir,
+            sparse=sparse, capacity=lay.body_chunks(config.ctx) + 1 if config.ctx else 64,
+            obs_window=OBS_TAIL if sparse is not None else 0,
+        )  # fmt: skip
+
+    @staticmethod
+    def chunk_of(config: OffloadConfig) -> int:
+        """Tokens per chunk: `kv_chunk`, else the selection policy's, else DENSE_CHUNK."""
+        if config.kv_chunk is not None:
+            return config.kv_chunk
+        return config.sparse.policy.chunk if config.sparse is not None else DENSE_CHUNK
+
+    def new_store(self):
+        """An empty KV store of this spec: `DenseKVStore` or `TieredKVStore`."""
+        if self.kind == "tiered":
+            from .tiers.store import TieredKVStore
+
+            lay = self.layout
+            return TieredKVStore(lay.n_layers, self.n_kv_heads, lay.head_dim, lay.dtype, self.device,
+                                 batch=self.batch, spec=self)  # fmt: skip
+        from .kvstore import DenseKVStore
+
+        return DenseKVStore(self.n_layers, self.n_kv_heads, self.layout.head_dim, self.layout.dtype, self.device,
+                            batch=self.batch)  # fmt: skip
+
+    @property
+    def n_layers(self) -> int:
+        return self.layout.n_layers
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.layout.rows // self.batch
+
+    @property
+    def selects_tokens(self) -> bool:
+        return self.sparse is not None and self.sparse.policy.selects_tokens
+
+    @property
+    def unit(self) -> int:
+        """Tokens per unit a selection picks: 1 (single tokens) or the chunk."""
+        return 1 if self.selects_tokens else self.layout.chunk
+
+    def summary_bytes(self, n_tokens: int) -> int:
+        """Device bytes of the selection policy's key summary for n_tokens (all layers and heads)."""
+        if self.sparse is None:
+            return 0
+        lay = self.layout
+        per = self.sparse.policy.summary_bytes(lay.head_dim, lay.chunk, lay.itemsize)
+        return int(per * lay.rows * lay.n_layers * n_tokens)

@@ -1,0 +1,115 @@
+"""The sparse decode step: one query per row over sinks + window + the units its `Selector` chose.
+
+- CPU, and token selections on every device: the `WorkingSet` (the selection gathered once while
+  the selector keeps it, then one SDPA per step).
+- CUDA, chunk selections: `kernels.sparse_decode_attention` (Triton) reads the pool through the
+  block table, no copy.
+- the exact fallback, `rounds.attend_rounds`: when the chunks a selection needs outgrow the layer's
+  GPU slots.
+When every chunk of the layer has a GPU copy nothing is fetched or pinned and Python never sees the
+ids (no host sync); otherwise the union of the chunks is fetched first. Rows with budgets below the
+selection's width (adaptive splits per KV head) end in -1: a real unit of the row stands in for the
+gather and is masked out. h2o's mass per selected unit (`Selector.wants_mass`) comes back to the
+selector after the step. Reads the store only through its public view; owns the working set.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from offload.kernels.dispatch import sparse_decode_attention
+
+from .rounds import attend_rounds
+from .working_set import WorkingSet
+
+__all__ = ["DecodeAttention"]
+
+
+class DecodeAttention:
+    """Sparse decode attention of one store over its selector's choices."""
+
+    def __init__(self, store, selector):
+        self.store, self.selector = store, selector
+        self.ws = WorkingSet(store.n_layers)
+
+    @property
+    def nbytes(self) -> int:
+        return self.ws.nbytes
+
+    def attend(self, layer: int, q: torch.Tensor, scaling: float) -> torch.Tensor | None:
+        """q [B, H, 1, D] -> [B, 1, H, D] over the layer's selection; None when the budget covers
+        every unit (the caller attends exactly)."""
+        st, sel = self.store, self.selector
+        chosen = sel.select(layer, q[:, :, 0].contiguous(), st.n_chunks(layer), st.layer_len(layer), scaling)
+        if chosen is None:
+            return None
+        c = st.layout.chunk
+        select, valid = chosen, None  # select: a real unit wherever the row has none (padding)
+        if sel.padded[layer]:
+            valid = chosen >= 0
+            select = torch.where(valid, chosen, chosen[:, :1].clamp(min=0))
+        chunks = torch.div(select, c, rounding_mode="floor") if sel.tokens else select  # [R, k]
+        pinned = not st.all_resident(layer)
+        if pinned:
+            ids = sorted(set(chunks.reshape(-1).tolist()))  # host sync: misses are fetched by Python
+            if len(ids) > st.slot_budget(layer):  # in rounds of at most the slots, these units only
+                own = chosen if valid is None else chosen.masked_fill(~valid, -1)
+                out = attend_rounds(st, layer, q, scaling, None, own, sel.wants_mass)
+                if sel.wants_mass:
+                    out, (ids_, mass) = out
+                    sel.attended(layer, ids_, mass)
+                return out
+            st.pin(layer, ids)
+        hits = 0 if pinned else select.numel()  # one per (row, unit) read
+        if q.is_cuda and not sel.tokens:
+            out = self._kernel(layer, q, scaling, select)
+        else:
+            out = self._gathered(layer, q, scaling, chosen, select, chunks, valid)
+        st.done(layer, pinned, hits)
+        return out
+
+    def _gathered(self, layer, q, scaling, chosen, select, chunks, valid):
+        """The working set's step: the units gathered once per selection (`chosen`, the selector's
+        tensor, names it), one SDPA a step."""
+        st, sel = self.store, self.selector
+        if sel.tokens:
+            c = st.layout.chunk
+            unit = 1
+
+            def gather():  # [2, R, k, D]
+                return st.pool.gather_tokens(st.lookup(layer, chunks), select - chunks * c)
+        else:
+            unit = st.layout.chunk
+
+            def gather():  # [2, R, k, C*D]
+                return st.pool.gather_rows(st.lookup(layer, select))
+
+        out = self.ws.attend(st, layer, q, scaling, chosen, gather, unit, valid)
+        if sel.wants_mass:
+            sel.attended(layer, select, self.ws.unit_mass(st, layer, q, scaling, select.shape[1], unit))
+        return out
+
+    def _kernel(self, layer, q, scaling, select):
+        """CUDA: the Triton kernel over the block table (no copy of KV)."""
+        st, sel = self.store, self.selector
+        lay = st.layout
+        b, h, _, d = q.shape
+        hkv, k = st.n_kv_heads, select.shape[1]
+        slots = st.lookup(layer, select)  # [R, k] global pool slots
+        body_len = torch.full((b, hkv), k * lay.chunk, dtype=torch.int32, device=q.device)
+        if k == 0:  # a zero-width block table: give the kernel one (masked) entry
+            slots = torch.zeros(lay.rows, 1, dtype=torch.long, device=q.device)
+        n = st.layer_len(layer)
+        ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks
+        e = st.edge(layer)[:, :, :ext].view(2, b, hkv, ext, d)
+        extra_len = torch.full((b,), ext, dtype=torch.int32, device=q.device)
+        pool = st.pool
+        out, lse = sparse_decode_attention(q[:, :, 0], pool.k_pool, pool.v_pool, slots.view(b, hkv, -1), body_len,
+                                           e[0], e[1], extra_len, scaling)  # fmt: skip
+        if sel.wants_mass and k:
+            keys = pool.gather_rows(slots, parts=1)[0].reshape(lay.rows, k * lay.chunk, d)
+            g = h // hkv
+            s = torch.matmul(q[:, :, 0].reshape(lay.rows, g, d).float(), keys.float().transpose(-1, -2)) * scaling
+            chunk_lse = torch.logsumexp(s.view(lay.rows, g, k, lay.chunk), dim=-1)  # [R, g, k]
+            sel.attended(layer, select, torch.exp(chunk_lse - lse.view(lay.rows, g, 1)).sum(1))
+        return out.view(b, 1, h, d)
