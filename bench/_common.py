@@ -19,7 +19,7 @@ def machine() -> str:
 
 def add_sparse_args(ap, policies: str, budgets: str, json_rows: str) -> None:
     """The options every sparse-decode bench takes (policies, budgets, prompt seed, threads, JSON)."""
-    ap.add_argument("--policies", default=policies, help="comma list; POLICY+LAYERS sets layer_budget (uniform, squeeze; default adaptive)")
+    ap.add_argument("--policies", default=policies, help="comma list; POLICY+SPLIT sets the split over layers (uniform, squeeze; default adaptive)")
     ap.add_argument("--budgets", default=budgets, help="fractions of the context (or token counts)")
     ap.add_argument("--seed", type=int, default=0, help="start of the natural-text prompt")
     ap.add_argument("--threads", type=int, default=None)
@@ -34,3 +34,48 @@ def parse_with_threads(ap):
     if a.threads:
         torch.set_num_threads(a.threads)
     return a
+
+
+_ALIASES = {"layer_budget": "split", "select_unit": "unit", "bound_share": "share"}  # names before #21
+
+
+def with_sparse(config, spec: str, budget, **fields):
+    """`config` decoding sparse: policy `spec` ("NAME" or "NAME+SPLIT") at `budget` (tokens or a
+    fraction), then `with_fields`."""
+    from offload.config import SparseConfig
+    from offload.eval.modes import split_policy
+
+    name, split = split_policy(spec)
+    return with_fields(config.replace(sparse=SparseConfig(budget=budget, policy=name, split=split)), **fields)
+
+
+def with_fields(config, **fields):
+    """`config` with fields changed wherever they live: OffloadConfig (kv_chunk, ...), its SparseConfig
+    (budget, split, whole_below, select_every) or its policy's parameters (rank, share, unit); the
+    names used before the SparseConfig grouping are accepted (layer_budget, select_unit, bound_share).
+    ConfigError / TypeError for a bad value or an unknown name."""
+    import dataclasses
+
+    top, sparse, policy = {}, {}, {}
+    sparse_names = {f.name for f in dataclasses.fields(config.sparse)} if config.sparse else set()
+    for key, value in fields.items():
+        key = _ALIASES.get(key, key)
+        if key in sparse_names:
+            sparse[key] = value
+        elif config.sparse is not None and key in {f.name for f in dataclasses.fields(config.sparse.policy)}:
+            policy[key] = value
+        else:
+            top[key] = value
+    if policy:
+        sparse["policy"] = dataclasses.replace(config.sparse.policy, **policy)
+    if sparse:
+        top["sparse"] = dataclasses.replace(config.sparse, **sparse)
+    return config.replace(**top) if top else config
+
+
+def unit_facts(config) -> dict:
+    """What a row selects in: its chunk and whether it picks single tokens or chunks."""
+    from offload.store_spec import StoreSpec
+
+    tokens = config.sparse is not None and config.sparse.policy.selects_tokens
+    return {"kv_chunk": StoreSpec.chunk_of(config), "select_unit": "token" if tokens else "chunk"}

@@ -10,7 +10,7 @@ run for exactly --new tokens with no EOS stop. For each (policy, budget), from o
   match    — free-running: fraction of the --new positions equal to the reference.
 Row "dense" is offload without a budget; it must equal the reference exactly (forced 1.0, prefix N).
 Budgets are fractions of the context, turned into a fixed token count ceil(f * context) per layer
-(beyond sinks + window), as the eval does. `bound+squeeze` = policy bound, layer_budget "squeeze".
+(beyond sinks + window), as the eval does. `bound+squeeze` = policy bound, split "squeeze".
 --context uses the eval's lengths: 4k = 4096 tokens.
 
     python bench/agreement.py --context 4k --new 256 --policies bound,quest,landmark,snapkv,h2o,bound+squeeze \
@@ -29,7 +29,7 @@ import json
 import time
 
 import torch
-from _common import add_sparse_args, machine, parse_with_threads
+from _common import add_sparse_args, machine, parse_with_threads, unit_facts, with_sparse
 
 
 def _hf_reference(hf, ids: list[int], new: int) -> list[int]:
@@ -74,12 +74,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--context", default="4k", help="prompt tokens (4k = 4096)")
     ap.add_argument("--new", type=int, default=256, help="tokens compared after the prompt")
-    ap.add_argument("--select-every", type=int, default=1, help="OffloadConfig.select_every, sparse rows")
+    ap.add_argument("--select-every", type=int, default=1, help="SparseConfig.select_every, sparse rows")
     ap.add_argument("--kv-chunk", type=int, default=None,
                     help="OffloadConfig.kv_chunk, sparse rows (default: the config's)")
     add_sparse_args(ap, "bound,quest,landmark,snapkv,h2o", "1/16,1/32", "(policy, budget)")
     a = parse_with_threads(ap)
     import offload
+    from offload.config import SparseConfig
     from offload.eval.modes import Mode, parse_budget, parse_length, split_policy
     from offload.eval.recall import natural_ids
     from offload.eval.replay import Prefilled
@@ -88,13 +89,12 @@ def main():
     n = parse_length(a.context)
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
     policies = [split_policy(p.strip()) for p in a.policies.split(",")]
-    model = offload.load_model(config=offload.OffloadConfig(ctx=n + a.new + 8, select_every=a.select_every,
-                                                            kv_chunk=a.kv_chunk))  # fmt: skip
+    model = offload.load_model(config=offload.OffloadConfig(ctx=n + a.new + 8, kv_chunk=a.kv_chunk))
     configs = [  # built up front so a bad policy name fails before minutes of prefill
         (p, lb, b, Mode("sparse", b).budget_tokens(n)) for p, lb in policies for b in budgets
     ]
     for p, lb, _, tokens in configs:
-        model.config.replace(budget=tokens, policy=p, layer_budget=lb)
+        with_sparse(model.config, f"{p}+{lb}", tokens, select_every=a.select_every)
     hf = load_reference(model)
     ids = natural_ids(model.tokenizer, n, a.seed)
     base = {
@@ -117,19 +117,18 @@ def main():
           f"{'1st miss':>8} | {'s':>6}")
 
     # dense first: if it is not exact, the sparse rows measure our bugs, not sparsity
-    todo = [("dense", offload.OffloadConfig().layer_budget, None, None)] + configs
+    todo = [("dense", SparseConfig.split, None, None)] + configs
     models = [model if b is None else dataclasses.replace(
-        model, config=model.config.replace(budget=tokens, policy=p, layer_budget=lb))
+        model, config=with_sparse(model.config, f"{p}+{lb}", tokens, select_every=a.select_every))
         for p, lb, b, tokens in todo]  # fmt: skip
     try:
         t0 = time.perf_counter()
         scores = _scores(models, pf, ref)
         each = round((time.perf_counter() - t0) / len(todo), 1)  # the rows ran as one batch
         for (p, lb, b, tokens), m, s in zip(todo, models, scores):
-            row = {**base, "policy": p, "layer_budget": lb if b is not None else None, "kv_chunk": m.config.chunk,
-                   "select_unit": "token" if m.config.selects_tokens else "chunk",
+            row = {**base, "policy": p, "layer_budget": lb if b is not None else None, **unit_facts(m.config),
                    "budget": None if b is None else str(b), "budget_tokens": tokens, **s, "seconds": each}
-            name = p if lb == offload.OffloadConfig().layer_budget else f"{p}+{lb}"
+            name = p if lb == SparseConfig.split else f"{p}+{lb}"
             print(f"{name:>14} | {row['budget'] or '-':>6} | {tokens or '-':>6} | {s['forced_agreement']:>6.3f} | "
                   f"{s['free_prefix']:>6} | {s['free_match']:>6.3f} | "
                   f"{'-' if s['first_forced_miss'] is None else s['first_forced_miss']:>8} | "

@@ -37,6 +37,7 @@ def main():
     ap.add_argument("--json", default=None, help="append one JSON row per (policy, chunk) to this file")
     a = parse_with_threads(ap)
     from offload import OffloadConfig
+    from offload.config import SparseConfig
     from offload.tiers.store import TieredKVStore
 
     dev = torch.device(a.device)
@@ -49,8 +50,8 @@ def main():
     print(f"{'policy':>8} | {'chunk':>5} | {'prefill s':>9} | {'decode ms/step':>14}")
     for policy in a.policies.split(","):
         for c in [int(x) for x in a.chunks.split(",")]:
-            sparse = {} if policy == "none" else {"budget": max(1, n // 16), "policy": policy}
-            cfg = OffloadConfig(ctx=n + 64, kv_chunk=c, device=a.device, **sparse)
+            sparse = None if policy == "none" else SparseConfig(budget=max(1, n // 16), policy=policy)
+            cfg = OffloadConfig(ctx=n + 64, kv_chunk=c, device=a.device, sparse=sparse)
             best, step = float("inf"), float("inf")
             for _ in range(a.repeats):
                 store = TieredKVStore(a.layers, hkv, d, dtype, dev, config=cfg)

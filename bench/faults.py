@@ -39,7 +39,7 @@ DOC = "The keeper climbed the stairs and lit the lamp before the storm came in. 
 CHILD = """
 import sys, offload
 disk, target, question = sys.argv[1:4]
-cfg = offload.OffloadConfig(kv_store="tiered", gpu_mem=1 << 20, host_mem=1 << 20, disk_dir=disk)
+cfg = offload.OffloadConfig(kv_store="tiered", hot_set_bytes=1 << 20, host_mem=1 << 20, disk_dir=disk)
 model = offload.load_model(config=cfg)
 with offload.Chat(model) as chat:
     print("prefill", flush=True)

@@ -7,7 +7,7 @@ answer "- key: value" line by line; a value token counts when the config's argma
 The generated multi_needle score cannot say this on a 135M model: full attention itself lists ~1.5
 of 8 values. Row "dense" is offload without a budget (exact attention, the reference); "ratio" is a
 row's value-token accuracy over dense's, pooled over samples. `--set KEY=VALUE[,KEY=VALUE]` adds, per sparse
-row, one more row with those OffloadConfig fields changed (e.g. bound_share=0.5, kv_chunk=8).
+row, one more row with those config fields changed (e.g. share=0.5, kv_chunk=8: `_common.with_fields`).
 Samples are the eval's (`plan_samples("multi_needle", ...)`, --seed as offload-eval's).
 
     python bench/needle_probe.py --length 4k --samples 10 --policies token,bound,quest,landmark,snapkv,h2o \
@@ -26,7 +26,7 @@ import json
 import time
 
 import torch
-from _common import add_sparse_args, machine, parse_with_threads
+from _common import add_sparse_args, machine, parse_with_threads, unit_facts, with_fields, with_sparse
 
 
 def _value(text: str):
@@ -56,24 +56,23 @@ def main():
     add_sparse_args(ap, "token,bound,quest,landmark,snapkv,h2o", "1/16,1/32", "(config, sample set)")
     a = parse_with_threads(ap)
     import offload
-    from offload.eval.modes import Mode, parse_budget, parse_length, split_policy
+    from offload.eval.modes import Mode, parse_budget, parse_length
     from offload.eval.needle_probe import needle_probe
     from offload.eval.runner import plan_samples
 
     n = parse_length(a.length)
-    model = offload.load_model(config=offload.OffloadConfig(ctx=n, select_every=a.select_every))
+    model = offload.load_model(config=offload.OffloadConfig(ctx=n))
     samples = plan_samples("multi_needle", model.tokenizer, n, a.samples, a.seed)
     extras = [(s, _fields(s)) for s in a.set]
     specs = {"dense": (model.config, None)}  # name -> (config, budget as the eval's modes give it)
     for spec in a.policies.split(","):
-        p, lb = split_policy(spec.strip())
         for b in a.budgets.split(","):
             budget = parse_budget(b)
-            cfg = model.config.replace(budget=1, policy=p, layer_budget=lb)  # validates up front
+            cfg = with_sparse(model.config, spec.strip(), 1, select_every=a.select_every)  # validates up front
             specs[f"{spec.strip()}@{budget}"] = (cfg, budget)
             for label, fields in extras:
                 try:
-                    specs[f"{spec.strip()}@{budget}[{label}]"] = (cfg.replace(**fields), budget)
+                    specs[f"{spec.strip()}@{budget}[{label}]"] = (with_fields(cfg, **fields), budget)
                 except (offload.ConfigError, TypeError) as e:  # TypeError: no such field
                     raise SystemExit(f"--set {label}: {e}") from None
     base = {
@@ -87,7 +86,7 @@ def main():
     for i, sample in enumerate(samples):
         # budgets in tokens follow each sample's own prompt length, as the eval's sparse modes do
         rows = {name: model if b is None else dataclasses.replace(
-            model, config=cfg.replace(budget=Mode("sparse", b).budget_tokens(sample.n_prompt_tokens)))
+            model, config=with_fields(cfg, budget=Mode("sparse", b).budget_tokens(sample.n_prompt_tokens)))
             for name, (cfg, b) in specs.items()}  # fmt: skip
         for r in needle_probe(rows, sample):
             t = totals[r.name]
@@ -102,8 +101,7 @@ def main():
     for name, (vt, vn, ne, nn) in totals.items():
         acc = vt / max(1, vn)
         row = {**base, "config": name, "value_tokens": vt, "value_total": vn, "needles_exact": ne,
-               "needles_total": nn, "value_acc": round(acc, 4), "kv_chunk": specs[name][0].chunk,
-               "select_unit": "token" if specs[name][0].selects_tokens else "chunk",
+               "needles_total": nn, "value_acc": round(acc, 4), **unit_facts(specs[name][0]),
                "ratio_to_dense": round(acc / ref, 4) if ref else None}  # fmt: skip
         print(f"{name:>34} | {acc:>9.3f} | {ne / max(1, nn):>7.3f} | {row['ratio_to_dense'] or 0:>5.2f}", flush=True)
         if a.json:

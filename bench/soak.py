@@ -58,7 +58,7 @@ def main():
     torch.set_num_threads(2)
     proc = psutil.Process()
     with tempfile.TemporaryDirectory() as disk:
-        cfg = offload.OffloadConfig(kv_store="tiered", gpu_mem=1 << 20, host_mem=1 << 20, disk_dir=disk)
+        cfg = offload.OffloadConfig(kv_store="tiered", hot_set_bytes=1 << 20, host_mem=1 << 20, disk_dir=disk)
         model = offload.load_model(config=cfg)
         samples, turns, spilled, t0 = [], 0, 0, time.perf_counter()
         while turns < a.turns:

@@ -38,7 +38,7 @@ import json
 import time
 
 import torch
-from _common import add_sparse_args, machine, parse_with_threads
+from _common import add_sparse_args, machine, parse_with_threads, unit_facts, with_sparse
 
 from offload.hf_compat import cache_keyword, output_cache
 
@@ -102,17 +102,28 @@ def _agree(tokens: list[int], ref: list[int]) -> int:
     return next((i for i, (a, b) in enumerate(zip(tokens, ref)) if a != b), min(len(tokens), len(ref)))
 
 
+def _variant(config, policy, split, tokens, every, chunk, unit):
+    """The config of one sparse row (chunk, unit None: the policy's own; unit "chunk" is what every
+    policy but token selects anyway)."""
+    fields = {"select_every": every}
+    if chunk is not None:
+        fields["kv_chunk"] = chunk
+    if unit is not None and (policy == "token" or unit != "chunk"):
+        fields["unit"] = unit
+    return with_sparse(config, f"{policy}+{split}", tokens, **fields)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="8k", help="prompt tokens, comma list (8k = 8000)")
     ap.add_argument("--new", type=int, default=32, help="tokens to decode per run")
     ap.add_argument("--repeats", type=int, default=2, help="rounds over all variants, best of N")
     ap.add_argument("--select-every", default=None,
-                    help="comma list of OffloadConfig.select_every values (default: the config's)")
+                    help="comma list of SparseConfig.select_every values (default: 1)")
     ap.add_argument("--kv-chunks", default=None,
                     help="comma list of OffloadConfig.kv_chunk values, sparse rows (default: the config's)")
     ap.add_argument("--select-units", default=None,
-                    help="comma list of OffloadConfig.select_unit values (token, chunk), sparse rows "
+                    help="comma list of units (token, chunk) policy token picks, sparse rows "
                          "(default: each policy's)")
     ap.add_argument("--ceiling", type=int, default=None, metavar="S",
                     help="also time the stock model after the prompt's first S tokens (row full@S)")
@@ -120,6 +131,7 @@ def main():
     a = parse_with_threads(ap)
     import offload
     from offload.cli.units import parse_count
+    from offload.config import SparseConfig
     from offload.eval.modes import Mode, parse_budget, split_policy
     from offload.eval.recall import natural_ids
     from offload.eval.replay import Prefilled
@@ -131,14 +143,14 @@ def main():
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
     policies = [split_policy(x.strip()) for x in a.policies.split(",")]
     model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
-    everies = [int(e) for e in a.select_every.split(",")] if a.select_every else [model.config.select_every]
+    everies = [int(e) for e in a.select_every.split(",")] if a.select_every else [1]
     chunks = [int(c) for c in a.kv_chunks.split(",")] if a.kv_chunks else [None]
     units = [u.strip() for u in a.select_units.split(",")] if a.select_units else [None]
     for p, lb in policies:  # fail on a bad name, chunk or unit before minutes of prefill
         for c, u in [(c, u) for c in chunks for u in units]:
             try:
-                model.config.replace(budget=1, policy=p, layer_budget=lb, kv_chunk=c, select_unit=u)
-            except offload.ConfigError as e:
+                _variant(model.config, p, lb, 1, 1, c, u)
+            except (offload.ConfigError, TypeError) as e:
                 raise SystemExit(f"error: {e}") from None
     hf = load_reference(model)
     base = {
@@ -162,11 +174,11 @@ def main():
             for b in budgets:
                 for e, c, u in [(e, c, u) for e in everies for c in chunks for u in units]:
                     tokens = Mode("sparse", b).budget_tokens(n)
-                    cfg = model.config.replace(budget=tokens, policy=p, layer_budget=lb, select_every=e, kv_chunk=c,
-                                               select_unit=u)  # fmt: skip
-                    name = (p if lb == offload.OffloadConfig().layer_budget else f"{p}+{lb}") + f"@{b}" + (f"/{e}" if len(everies) > 1 else "")
-                    name += f":c{cfg.chunk}" if len(chunks) > 1 else ""
-                    name += (":tok" if cfg.selects_tokens else ":chk") if len(units) > 1 else ""
+                    cfg = _variant(model.config, p, lb, tokens, e, c, u)
+                    facts = unit_facts(cfg)
+                    name = (p if lb == SparseConfig.split else f"{p}+{lb}") + f"@{b}" + (f"/{e}" if len(everies) > 1 else "")
+                    name += f":c{facts['kv_chunk']}" if len(chunks) > 1 else ""
+                    name += (":tok" if facts["select_unit"] == "token" else ":chk") if len(units) > 1 else ""
                     variants.append((name, dataclasses.replace(model, config=cfg), p, lb, (b, tokens)))
         best = {v[0]: None for v in variants}  # name -> (seconds, tokens, counters) of the fastest round
         try:
@@ -191,9 +203,9 @@ def main():
                 "layer_budget": lb,
                 "budget": None if budget is None else str(budget[0]),
                 "budget_tokens": None if budget is None else budget[1],
-                "select_every": None if m is None or budget is None else m.config.select_every,
-                "kv_chunk": None if m is None else m.config.chunk,
-                "select_unit": None if m is None or budget is None else ("token" if m.config.selects_tokens else "chunk"),
+                "select_every": None if m is None or budget is None else m.config.sparse.select_every,
+                "kv_chunk": None if m is None else unit_facts(m.config)["kv_chunk"],
+                "select_unit": None if m is None or budget is None else unit_facts(m.config)["select_unit"],
                 "decode_tps": round(a.new / s, 2), "ratio_to_full": round(full_s / s, 3),
                 "agree_with_full": None if name == ceiling else _agree(toks, full_toks),
                 **counters,

@@ -1,7 +1,7 @@
 """offload: long-context local LLM runtime (sparse attention over a GPU / host / disk KV hierarchy)."""
 
 from . import _offline  # noqa: F401  (must run before transformers is imported)
-from .config import OffloadConfig
+from .config import OffloadConfig, SparseConfig
 from .errors import (
     ConfigError,
     ContextOverflowError,
@@ -20,6 +20,7 @@ from .model import OffloadModel
 
 __all__ = [
     "OffloadConfig",
+    "SparseConfig",
     "OffloadModel",
     "load_model",
     "generate",
