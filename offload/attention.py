@@ -8,8 +8,9 @@ function), so runtime state reaches the attention without any module global:
 
 - `PrefillPass`: layer-major prefill. `update` writes the chunk's k/v into the layer's working buffer
   (prior tokens + this prompt) and returns everything so far; `attend` is exact causal attention.
-- `DecodePass`: token-by-token decode. `update` appends the token to the KV store; `attend` asks the
-  store, which may attend over a sparse selection.
+- `DecodePass`: token-by-token decode. `update` appends the token to the KV store; `attend` runs the
+  store's sparse decode step when it has one (`sparse_attention`: its selection policy and budget),
+  else the store's exact attention.
 
 The mask argument is always None (the name is not in `AttentionMaskInterface`): causality is applied
 here, bottom-right aligned, as DESIGN.md §5 requires.
@@ -22,7 +23,7 @@ import torch
 from .kernels.dispatch import causal_prefill_attention
 from .kvstore import KVStore
 
-__all__ = ["ATTN_NAME", "register_attention", "PrefillPass", "DecodePass", "RowsPass"]
+__all__ = ["ATTN_NAME", "register_attention", "PrefillPass", "DecodePass", "RowsPass", "decode_attend"]
 
 ATTN_NAME = "offload"
 
@@ -91,8 +92,20 @@ class PrefillPass:
         return self.k_buf[:, :, self.n_prior : self.n], self.v_buf[:, :, self.n_prior : self.n]
 
 
+def decode_attend(store: KVStore, layer: int, q: torch.Tensor, scaling: float, sliding_window: int | None):
+    """One decode query q [B, H, 1, D] over `store`: its sparse step when it has one and selects
+    (sliding-window layers — Gemma 3 — read at most their window: nothing to select there), else
+    exact. Returns [B, 1, H, D]."""
+    sparse = getattr(store, "sparse_attention", None)
+    if sparse is not None and sliding_window is None:
+        out = sparse.attend(layer, q, scaling)
+        if out is not None:  # None: the budget covers every unit
+            return out
+    return store.attend(layer, q, scaling, sliding_window)
+
+
 class DecodePass:
-    """One decode step: each layer's new token goes to the store, which then attends."""
+    """One decode step: each layer's new token goes to the store, then `decode_attend`."""
 
     def __init__(self, store: KVStore):
         self.store = store
@@ -102,7 +115,7 @@ class DecodePass:
         return k, v
 
     def attend(self, layer, q, k, v, scaling, sliding_window):
-        return self.store.attend(layer, q, scaling, sliding_window)
+        return decode_attend(self.store, layer, q, scaling, sliding_window)
 
 
 class RowsPass:
@@ -120,5 +133,5 @@ class RowsPass:
         return k, v
 
     def attend(self, layer, q, k, v, scaling, sliding_window):
-        outs = [s.attend(layer, q[j : j + 1], scaling, sliding_window) for j, s in enumerate(self.stores)]
+        outs = [decode_attend(s, layer, q[j : j + 1], scaling, sliding_window) for j, s in enumerate(self.stores)]
         return torch.cat(outs, dim=0)

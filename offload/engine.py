@@ -26,6 +26,7 @@ class Engine:
 
     def __init__(self, model: OffloadModel, store: KVStore):
         self.model, self.store = model, store
+        self._device = model.device
         base = model.hf.model  # the decoder stack: embed_tokens, layers, norm, rotary_emb
         self._embed, self._layers, self._norm = base.embed_tokens, base.layers, base.norm
         self._rotary, self._lm_head = base.rotary_emb, model.hf.lm_head
@@ -59,7 +60,7 @@ class Engine:
         """Append `ids` to the sequence. Returns logits [T, V] (all_logits) or [V] for the last token.
 
         progress: optional callable(layers_done, n_layers, n_new_tokens), called after each layer."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.model.device).view(1, -1)
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self._device).view(1, -1)
         t = ids.shape[1]
         if t == 0:
             raise ValueError("prefill needs at least one token")
@@ -103,7 +104,7 @@ class Engine:
     @torch.inference_mode()
     def decode(self, token: int) -> torch.Tensor:
         """Append one token and return the next-token logits [V]."""
-        ids = torch.tensor([[token]], dtype=torch.long, device=self.model.device)
+        ids = torch.tensor([[token]], dtype=torch.long, device=self._device)
         return self._step(ids, self.n_tokens, DecodePass(self.store))[0]
 
     @torch.inference_mode()
@@ -114,7 +115,7 @@ class Engine:
         n = stores[0].layer_len(0)
         if any(s.layer_len(0) != n for s in stores) or len(stores) != len(tokens):
             raise ValueError("decode_rows needs one store per token, all of the same length")
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.model.device).view(-1, 1)
+        ids = torch.tensor(tokens, dtype=torch.long, device=self._device).view(-1, 1)
         return self._step(ids, n, RowsPass(stores))
 
     def _step(self, ids: torch.Tensor, n: int, p) -> torch.Tensor:

@@ -4,11 +4,11 @@ Per layer (see `layout.ChunkLayout`): sinks and the recent window sit in one pre
 buffer [2, R, S + W + C, D] (sinks at [:S], window at [S:]); the body is chunks placed by the
 `TierManager` (policy) and moved by `Transfer` (mechanism). Sizes come from the `StoreSpec`.
 
-The store keeps placement and bytes. Attention reads it through a public view — `n_chunks`,
-`edge`, `pool`, `lookup` / `pin` / `done`, `version` — in `decode_attention.py` (a sparse step over
-the `Selector`'s choice: the Triton kernel on CUDA, the `WorkingSet` on CPU) and `rounds.py` (exact
-attention in rounds of at most the layer's GPU slots: any selection, or every chunk, whatever the
-budget). A budget covering every chunk selects None: exact, as dense.
+The store keeps placement and bytes. Attention reads it through a public view (`store_view.py`)
+in `decode_attention.py` (`sparse_attention`: a decode step over the `Selector`'s choice — the
+Triton kernel on CUDA, the `WorkingSet` on CPU) and `rounds.py` (`attend`: exact attention in
+rounds of at most the layer's GPU slots, over every chunk or a given selection, whatever the
+budget). A budget covering every chunk selects None: the step is exact, as dense.
 
 `truncate(n)` restores the canonical layout for n tokens: chunks from m(n) on are freed (slots, host
 slots, disk tail), and the tokens after the last kept chunk — a partially kept chunk included — are
@@ -32,12 +32,13 @@ from .host import HostPool
 from .manager import HOST, TierManager, slot_runs
 from .rounds import attend_rounds
 from .spill import SpillDir
+from .store_view import StoreView
 from .transfer import Transfer
 
 __all__ = ["TieredKVStore"]
 
 
-class TieredKVStore:
+class TieredKVStore(StoreView):
     """KV store spread over the GPU hot set, pinned host memory and mmap'd disk (see module doc).
 
     n_layers, n_kv_heads, head_dim, dtype, device: the model's KV geometry and compute placement;
@@ -132,19 +133,20 @@ class TieredKVStore:
 
     def attend(self, layer: int, q: torch.Tensor, scaling: float, sliding_window: int | None = None,
                select: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """Attention of q [B, H, Lq, D] over the stored tokens of `layer` (the last Lq are the
-        queries' own, causal bottom-right). Returns [B, Lq, H, D].
+        """Exact attention of q [B, H, Lq, D] over the stored tokens of `layer` (the last Lq are the
+        queries' own, causal bottom-right), in rounds (`rounds.py`). Returns [B, Lq, H, D].
 
-        select: None = the sparse selection when the store is sparse and Lq == 1, else every body
-        chunk (exact); or int [Hkv, k] (or [B*Hkv, k]) ids per KV head, -1 = padding — of chunks, or
-        of body tokens when the selector picks tokens: each head then sees sinks + window + its own."""
+        select: None = every body chunk; or int [Hkv, k] (or [B*Hkv, k]) ids per KV head, -1 =
+        padding — of chunks, or of body tokens when the selector picks tokens: each head then sees
+        sinks + window + its own. A decode step's sparse selection is `sparse_attention`'s."""
         self._check_open()
-        # sliding-window layers (Gemma 3) read at most their window: nothing to select there
-        if select is None and self._decode is not None and q.shape[2] == 1 and sliding_window is None:
-            out = self._decode.attend(layer, q, scaling)
-            if out is not None:
-                return out
         return attend_rounds(self, layer, q, scaling, sliding_window, select)
+
+    @property
+    def sparse_attention(self) -> DecodeAttention | None:
+        """The sparse decode step over this store's selections (None when dense): what a decode
+        pass attends with (`offload/attention.py`)."""
+        return self._decode
 
     @property
     def obs_window(self) -> int:
@@ -159,55 +161,6 @@ class TieredKVStore:
         if self.selector is None:
             return None
         return lambda layer, *stats: self.selector.observe(layer, *stats, self._mgr.n_chunks(layer))
-
-    # -- the view attention reads (decode_attention.py, rounds.py, working_set.py) ----------------
-    def n_chunks(self, layer: int) -> int:
-        """Body chunks of `layer`."""
-        return self._mgr.n_chunks(layer)
-
-    def slot_budget(self, layer: int) -> int:
-        """GPU slots of `layer`: the most chunks one attention round can hold."""
-        return self._mgr.budgets[layer]
-
-    def all_resident(self, layer: int) -> bool:
-        """Every body chunk of `layer` has a GPU copy."""
-        return self._mgr.all_resident(layer)
-
-    def is_resident(self, layer: int, j: int) -> bool:
-        return self._mgr.gpu_slot(layer, j) is not None
-
-    def version(self, layer: int) -> int:
-        """Moves whenever `layer`'s resident chunks change (added, evicted, truncated)."""
-        return self._mgr.version(layer)
-
-    @property
-    def pool(self):
-        """The GPU pool (`GpuPool`: k_pool / v_pool views, gathers by global slot)."""
-        return self._gpu
-
-    def edge(self, layer: int) -> torch.Tensor:
-        """`layer`'s sinks + window buffer, [2, R, S + W + C, D]: sinks at [:S], the window at
-        [S : S + window_len]; a layer with body chunks has all S sinks, so [:S + w] is contiguous."""
-        return self._edge[layer]
-
-    def lookup(self, layer: int, ids: torch.Tensor) -> torch.Tensor:
-        """Global pool slots [R, k] of resident chunk ids [R, k] (long, on the device), through the
-        block table: no host sync. Copies into the layer's slots are waited for."""
-        self._xfer.ready(layer)
-        return self._table.slots(layer, self._mgr, ids)
-
-    def pin(self, layer: int, chunks: list[int]) -> torch.Tensor:
-        """Make `chunks` resident and pinned until `done`; their global slots, int64 [n]."""
-        return self._fetch(layer, chunks)
-
-    def done(self, layer: int, pinned: bool, hits: int = 0) -> None:
-        """An attention call over `layer` finished: its slots may be overwritten again; pinned
-        chunks are released; hits: (row, unit) reads to count when nothing had to be fetched."""
-        self._xfer.mark_used(layer)
-        if pinned:
-            self._mgr.release(layer)
-        elif hits:
-            self._mgr.note_hits(hits)
 
     def truncate(self, n: int) -> None:
         """Forget tokens at positions >= n in every layer (canonical layout for n; see module doc)."""

@@ -58,7 +58,8 @@ class _Boxes(ChunkSummary):
         self.basis.ensure(layer, keys)
 
     def add(self, layer, j, keys):
-        self.basis.ensure(layer, keys)
+        if not self.basis.has[layer]:  # no before_chunks (a store fed chunks directly)
+            self.basis.ensure(layer, keys)
         super().add(layer, j, keys)
 
     def summarize(self, layer, kf):

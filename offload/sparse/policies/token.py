@@ -129,7 +129,8 @@ class TokenSketches(PolicyState):
         if j + n > self.capacity:
             self._alloc(max(j + n, 2 * self.capacity))
         kf = keys.float().reshape(g.batch, g.n_kv, n, c, g.head_dim)  # [B, Hkv, n, C, D]
-        self.basis.ensure(layer, keys)
+        if not self.basis.has[layer]:  # no before_chunks (a store fed chunks directly)
+            self.basis.ensure(layer, keys)
         p = self.basis.basis[layer][:, None]  # [Hkv, 1, D, r]
         proj = torch.matmul(kf, p)  # [B, Hkv, n, C, r]
         resid = (kf - torch.matmul(proj, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, n, C]
