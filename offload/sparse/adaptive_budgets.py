@@ -1,7 +1,8 @@
-"""Per-layer budgets that keep the most attention: the `adaptive` layer-budget policy.
+"""Per-layer budgets that keep the most attention: the `adaptive` split (SparseConfig.split).
 
 A uniform budget gives every layer the same k tokens, but layers differ: a copy head's layer holds
-0.98 of its attention in 1/32 of the context, a diffuse one 0.87 in 1/16 (SmolLM2 at 4k). At
+almost all of its attention in 1/32 of the context, a diffuse one much less in 1/16
+(bench/results/recall-smollm2.txt). At
 prefill the store sees the prompt's last queries attend (the `Selector` observes them for whole
 layers and snapkv); per layer, the best-possible recall of k body tokens — sinks and window always
 kept, then the k keys with the most of that attention — is a concave curve in k (sorted gains).
@@ -11,13 +12,13 @@ pieces of all curves first (water-filling; exact for concave curves). Every laye
 bench/query_drift.py), and a layer whose prompt queries looked away may still need a needle.
 
 The unit of the split is the layer, or (token selections) each row — KV head — of every layer:
-heads of one layer differ as much as layers do (SmolLM2 4k, 1/16, recall with int8 sketches: uniform
-0.947, per layer 0.951, per KV head 0.955 in a scratch run). Curves are kept as recall at `POINTS` + 1
+heads of one layer differ as much as layers do (bench/results/sparse-smollm2.md, session 9).
+Curves are kept as recall at `POINTS` + 1
 values of k (denser where budgets live, at small k): a few KB per layer at any context. Whole
 layers (whole_layers.py) read their whole context whatever their budget: they take no part and
 keep the uniform one. `adaptive_split` also reads whole a layer the split would give, per unit, at
 least `WIDE_SHARE` of its body: selecting that much costs more than reading it all, and is not
-exact (SmolLM2 at 8k, 1/16: layer 0 took a third of its body, 2.7 ms a step against 1.2 ms whole).
+exact (SmolLM2's layer 0 at 8k, 1/16: bench/results/sparse-smollm2.md, session 10).
 """
 
 from __future__ import annotations

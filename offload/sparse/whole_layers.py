@@ -1,8 +1,8 @@
 """Which layers sparse decode attends to whole: those no chunk selection at the budget can serve.
 
 Some layers spread their attention over the whole context (SmolLM2's layer 0: even the best choice of
-16-token chunks at 1/16 of a 4k context keeps 0.42 of its attention mass, against 0.66–0.98 for the
-other layers, bench/results/recall-smollm2.txt). Selecting there loses mass whatever the policy; reading
+16-token chunks at 1/16 of a 4k context keeps far less of its attention mass than for the other
+layers, bench/results/recall-smollm2.txt). Selecting there loses mass whatever the policy; reading
 the layer whole is exact. Measured at prefill, per layer: the recall of the *chunk oracle* for the
 prompt's last queries (sinks + window + the k chunks holding the most of their attention mass, k the
 layer's budget) — the ceiling of any selection.
