@@ -9,6 +9,8 @@ import torch
 
 __all__ = ["KeyBasis"]
 
+_RES_SLACK = 1e-5  # relative slack on the residual norm: fp32 rounding must not break a bound
+
 
 class KeyBasis:
     """basis [L, Hkv, D, r] fp32 on the device; `has[layer]`: fixed yet."""
@@ -27,6 +29,14 @@ class KeyBasis:
         _, vecs = torch.linalg.eigh(second)  # ascending eigenvalues; orthonormal columns
         self.basis[layer] = vecs[..., -self.rank :]
         self.has[layer] = True
+
+    def project(self, layer: int, kf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chunks kf [B, Hkv, n, C, D] fp32 on the layer's basis: (P^T k [B, Hkv, n, C, r], the
+        residual norm ||k - P P^T k|| [B, Hkv, n, C], rounded up by a relative slack)."""
+        p = self.basis[layer][:, None]  # [Hkv, 1, D, r]
+        proj = torch.matmul(kf, p)
+        resid = (kf - torch.matmul(proj, p.transpose(-1, -2))).norm(dim=-1)
+        return proj, resid * (1 + _RES_SLACK) + _RES_SLACK * kf.norm(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"basis": self.basis.cpu(), "has_basis": torch.tensor(self.has)}

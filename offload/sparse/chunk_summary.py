@@ -41,11 +41,10 @@ class ChunkSummary(PolicyState):
         self.capacity = capacity
 
     def add(self, layer: int, j: int, keys: torch.Tensor) -> None:
-        g, c = self.geometry, self.geometry.chunk
-        n = keys.shape[1] // c
+        kf = self.geometry.chunked(keys)  # [B, Hkv, n, C, D]
+        n = kf.shape[2]
         if j + n > self.capacity:
             self._alloc(max(j + n, 2 * self.capacity))
-        kf = keys.float().reshape(g.batch, g.n_kv, n, c, g.head_dim)  # [B, Hkv, n, C, D]
         for name, value in self.summarize(layer, kf).items():
             self.buf[name][layer, :, :, j : j + n] = value
 

@@ -45,6 +45,11 @@ class Geometry:
     kv_dtype: torch.dtype = torch.bfloat16
 
 
+    def chunked(self, keys: torch.Tensor) -> torch.Tensor:
+        """Keys [R, n*C, D] of whole chunks as [B, Hkv, n, C, D] fp32 (what summaries are made of)."""
+        return keys.float().reshape(self.batch, self.n_kv, -1, self.chunk, self.head_dim)
+
+
 @dataclass(frozen=True)
 class SelectionPolicy:
     """Base of every policy: `name` (registry key), `chunk` (its default tokens per chunk: its

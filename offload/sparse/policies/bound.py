@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from ...errors import ConfigError
 from ...kernels.dispatch import chunk_scores
 from ..basis import KeyBasis
@@ -21,8 +19,6 @@ from ..chunk_summary import ChunkSummary
 from ..policy import Geometry, SelectionPolicy
 
 __all__ = ["Bound"]
-
-_RES_SLACK = 1e-5  # relative slack on the residual norm: fp32 rounding must not break the bound
 
 
 @dataclass(frozen=True)
@@ -63,10 +59,7 @@ class _Boxes(ChunkSummary):
         super().add(layer, j, keys)
 
     def summarize(self, layer, kf):
-        p = self.basis.basis[layer][:, None]  # [Hkv, 1, D, r]
-        proj = torch.matmul(kf, p)  # [B, Hkv, n, C, r]
-        resid = (kf - torch.matmul(proj, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, n, C]
-        resid = resid * (1 + _RES_SLACK) + _RES_SLACK * kf.norm(dim=-1)
+        proj, resid = self.basis.project(layer, kf)  # [B, Hkv, n, C, r], [B, Hkv, n, C]
         return {"lo": proj.amin(3), "hi": proj.amax(3), "res": resid.amax(-1)}
 
     def scores(self, layer, q, n_chunks, k, scaling, rows_k):

@@ -33,7 +33,6 @@ from ..policy import Geometry, PolicyState, SelectionPolicy
 __all__ = ["Token", "TokenSketches", "best_first", "hybrid_scores"]
 
 _FP16_UP = 1 + 2**-10  # x * _FP16_UP rounded to fp16 is >= x (round-to-nearest errs by <= 2^-11)
-_RES_SLACK = 1e-5  # relative slack on the residual norm: fp32 rounding must not break the bound
 _Q8 = 127  # int8 levels each side of 0
 _HALF_STEP = 0.5 + 2**-12  # |P^T k - scale * int8| / scale: half a step, plus fp32 division error
 _MIN_SCALE = 2**-14  # smallest normal fp16: a zero projection still gets a usable scale
@@ -125,16 +124,13 @@ class TokenSketches(PolicyState):
 
     def add(self, layer: int, j: int, keys: torch.Tensor) -> None:
         g, c = self.geometry, self.geometry.chunk
-        n = keys.shape[1] // c
+        kf = g.chunked(keys)  # [B, Hkv, n, C, D]
+        n = kf.shape[2]
         if j + n > self.capacity:
             self._alloc(max(j + n, 2 * self.capacity))
-        kf = keys.float().reshape(g.batch, g.n_kv, n, c, g.head_dim)  # [B, Hkv, n, C, D]
         if not self.basis.has[layer]:  # no before_chunks (a store fed chunks directly)
             self.basis.ensure(layer, keys)
-        p = self.basis.basis[layer][:, None]  # [Hkv, 1, D, r]
-        proj = torch.matmul(kf, p)  # [B, Hkv, n, C, r]
-        resid = (kf - torch.matmul(proj, p.transpose(-1, -2))).norm(dim=-1)  # [B, Hkv, n, C]
-        resid = resid * (1 + _RES_SLACK) + _RES_SLACK * kf.norm(dim=-1)
+        proj, resid = self.basis.project(layer, kf)  # [B, Hkv, n, C, r], [B, Hkv, n, C]
         # scale >= absmax / 127 once stored (rounded up): |P^T k / scale| <= 127
         up = _FP16_UP if self.sketch_dtype == torch.float16 else 1.0
         amax = proj.abs().amax(-1, keepdim=True)  # [B, Hkv, n, C, 1]
