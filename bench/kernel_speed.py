@@ -1,13 +1,11 @@
-"""Kernel speed on a CUDA GPU: sparse decode attention and chunk gather, against their baselines.
+"""Kernel speed on a CUDA GPU: sparse decode attention against its baselines.
 
 Question: does sparse decode attention over S selected tokens run near HBM speed (goal: >= 60 % of
 the measured device-to-device copy bandwidth at S >= 4k), and how does it compare with SDPA on the
 same KV already gathered contiguously, gather + SDPA, and dense SDPA over the whole context?
-And: how fast does one gather launch pull scattered chunks out of pinned host memory, against one
-contiguous pinned copy of the same bytes (the PCIe ceiling)?
 
 GB/s counts the bytes a kernel must move: K and V of the attended tokens (attention), read + write
-(device copy), the chunk bytes (gather). Times are medians of triton.testing.do_bench, which clears
+(device copy). Times are medians of triton.testing.do_bench, which clears
 L2 before every run. Default shapes: Llama-3.1-8B (32 q heads, 8 KV heads, head dim 128), bf16.
 
     python bench/kernel_speed.py --selected 1k,2k,4k,8k,16k --context 128k --json bench/results/kernels.jsonl
@@ -110,43 +108,6 @@ def _decode_rows(a, dev, dtype, copy_gbps):
     return rows
 
 
-def _gather_rows(a, dev, dtype):
-    from offload.kernels.chunk_gather import gather_chunks_triton
-
-    n_kv, d, c = a.kv_heads, a.head_dim, a.chunk
-    width = max(a.selected) // c
-    n_host = max(4 * width, 256)
-    # one layer's host pool, K and V of a chunk together: [N, 2, Hkv, C, D], pinned
-    host = torch.empty(n_host, 2, n_kv, c, d, dtype=dtype, pin_memory=True)
-    host.view(torch.int16 if host.element_size() == 2 else torch.int32).random_(-1000, 1000)
-    gpu_pool = torch.zeros(width, 2, n_kv, c, d, dtype=dtype, device=dev)
-    dev_src = host[:width * 2].to(dev)
-    chunk_bytes = host[0].numel() * host.element_size()
-    rows = []
-    for sel in a.selected:
-        m = sel // c
-        ids = torch.randperm(n_host)[:m].to(dev)
-        slots = torch.randperm(width)[:m].to(dev)
-        gather_chunks_triton(host, ids, gpu_pool, slots)
-        torch.cuda.synchronize()
-        # bytes, not values: random bit patterns include NaNs
-        ok = torch.equal(gpu_pool[slots].cpu().view(torch.uint8), host[ids.cpu()].view(torch.uint8))
-        ms = _ms(lambda: gather_chunks_triton(host, ids, gpu_pool, slots))
-        staged = host[:m].clone().pin_memory()  # the same bytes, contiguous and pinned
-        target = torch.empty_like(staged, device=dev)
-        copy_ms = _ms(lambda: target.copy_(staged, non_blocking=True))
-        ids_d = torch.randperm(width * 2)[:m].to(dev)
-        d2d_ms = _ms(lambda: gather_chunks_triton(dev_src, ids_d, gpu_pool, slots))
-        nbytes = m * chunk_bytes
-        rows.append(dict(
-            op="chunk_gather", selected=sel, chunks=m, chunk_bytes=chunk_bytes, correct=ok,
-            host_gather_ms=round(ms, 4), host_gather_gbps=round(nbytes / ms / 1e6, 2),
-            pinned_copy_ms=round(copy_ms, 4), pinned_copy_gbps=round(nbytes / copy_ms / 1e6, 2),
-            device_gather_gbps=round(2 * nbytes / d2d_ms / 1e6, 1),
-        ))
-    return rows
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--selected", default="1k,2k,4k,8k,16k", help="selected body tokens (chunk multiples)")
@@ -159,7 +120,6 @@ def main():
     ap.add_argument("--sinks", type=int, default=4)
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
-    ap.add_argument("--skip-gather", action="store_true")
     ap.add_argument("--json", default=None, help="append one JSON row per measurement to this file")
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -189,12 +149,6 @@ def main():
         print(f"{r['selected']:>8} | {r['sparse_ms']:>9.4f} | {r['sparse_gbps']:>6.0f} | {r['vs_copy']:>7.2f} | "
               f"{r['sdpa_gathered_ms']:>16.4f} | {r['gather_sdpa_ms']:>14.4f} | {r['dense_sdpa_ms']:>8.4f} | "
               f"{r['max_abs_err_vs_ref']:>8.1e}", flush=True)
-    if not a.skip_gather:
-        print(f"{'selected':>8} | {'host gather GB/s':>16} | {'pinned copy GB/s':>16} | {'dev gather GB/s':>15} | ok")
-        for r in _gather_rows(a, dev, dtype):
-            rows.append(r)
-            print(f"{r['selected']:>8} | {r['host_gather_gbps']:>16.1f} | {r['pinned_copy_gbps']:>16.1f} | "
-                  f"{r['device_gather_gbps']:>15.0f} | {r['correct']}", flush=True)
     if a.json:
         with open(a.json, "a") as f:
             for r in rows:

@@ -45,9 +45,8 @@ def check_last_contiguous(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} must be contiguous in its last dimension (stride 1), got {t.stride()}")
 
 
-def check_device(tensors: dict, allow_host: tuple = ()) -> torch.device:
-    """All tensors on one CUDA device (any device when interpreting). Names in allow_host may be
-    pinned host tensors instead (zero-copy reads). Returns the compute device."""
+def check_device(tensors: dict) -> torch.device:
+    """All tensors on one CUDA device (any device when interpreting). Returns the compute device."""
     items = {k: t for k, t in tensors.items() if t is not None}
     if interpreting():
         devs = {t.device for t in items.values()}
@@ -56,10 +55,6 @@ def check_device(tensors: dict, allow_host: tuple = ()) -> torch.device:
         return next(iter(devs))
     dev = None
     for name, t in items.items():
-        if name in allow_host and not t.is_cuda:
-            if not t.is_pinned():
-                raise ValueError(f"{name} is on the host but not pinned: zero-copy reads need pinned memory")
-            continue
         if not t.is_cuda:
             raise ValueError(f"{name} must be a CUDA tensor (Triton kernels), got device {t.device}; "
                              "use offload.kernels.dispatch, which runs the torch reference off CUDA")

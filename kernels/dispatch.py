@@ -5,9 +5,9 @@ The Triton interpreter never runs here, whatever TRITON_INTERPRET says: CPU tens
 reference (which is what the CPU engine wants: vectorised torch, fp32). Triton modules are imported
 on first CUDA use, so machines without Triton (it ships for Linux only) still import this package.
 Shapes and layouts: see each reference function in `reference.py`, the spec. The Triton launchers
-(`*_triton` in sparse_decode.py, chunk_score.py, prefill_attention.py, chunk_gather.py) are importable
-from their modules for tests and benchmarks. `offload.kernels` itself is a namespace (no `__init__.py`,
-so the top-level folder never shadows Hugging Face's `kernels` package): import the ops from here.
+(`*_triton` in sparse_decode.py, chunk_score.py) are importable from their modules for tests and
+benchmarks. `offload.kernels` itself is a namespace (no `__init__.py`, so the top-level folder never
+shadows Hugging Face's `kernels` package): import the ops from here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ __all__ = [
     "chunk_scores",
     "top_chunks",
     "causal_prefill_attention",
-    "gather_chunks",
 ]
 
 
@@ -99,21 +98,7 @@ def causal_prefill_attention(
     sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Causal, bottom-right aligned GQA attention: q [B, H, Lq, D], k, v [B, Hkv, Lk, D] ->
-    [B, Lq, H, D]. SDPA with an explicit mask on every device: the Triton kernel in
-    `prefill_attention.py` is not measured on a GPU yet (its docstring says what to measure)."""
+    [B, Lq, H, D]. SDPA with an explicit mask on every device (a Triton twin, never measured against
+    it on a GPU, was removed as dead code)."""
     return ref.prefill_attention_ref(q, k, v, scale, sliding_window)
 
-
-def gather_chunks(
-    src_pool: torch.Tensor, src_ids: torch.Tensor, dst_pool: torch.Tensor, dst_slots: torch.Tensor
-) -> torch.Tensor:
-    """dst_pool[dst_slots[i]] = src_pool[src_ids[i]]; returns dst_pool. One Triton launch when dst is
-    on CUDA and src is on CUDA or pinned host memory (ids on dst's device); index_copy otherwise."""
-    if dst_pool.is_cuda and (src_pool.is_cuda or src_pool.is_pinned()):
-        from .chunk_gather import gather_chunks_triton
-
-        dev = dst_pool.device
-        return gather_chunks_triton(
-            src_pool, src_ids.to(dev, non_blocking=True), dst_pool, dst_slots.to(dev, non_blocking=True)
-        )
-    return ref.gather_chunks_ref(src_pool, src_ids, dst_pool, dst_slots)

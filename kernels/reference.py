@@ -1,8 +1,8 @@
 """Plain-torch specs of every kernel in this package, and the code that runs them on CPU.
 
-Each function here is the definition its Triton twin is tested against (invariant 3) and is itself
-tested against a brute-force loop. They are vectorised (no Python loop over tokens or heads), so the
-CPU engine runs them in production through `offload.kernels.dispatch`.
+Each function here is the definition its Triton twin (if it has one) is tested against (invariant 3)
+and is itself tested against a brute-force loop. They are vectorised (no Python loop over tokens or
+heads), so the CPU engine runs them in production through `offload.kernels.dispatch`.
 
 Shapes: B batch, H query heads, Hkv KV heads, G = H // Hkv query heads per KV head (head h reads KV
 head h // G, as HF's repeat_kv), D head dim, S pool slots, C tokens per chunk, M block-table width,
@@ -21,7 +21,6 @@ __all__ = [
     "chunk_score_ref",
     "top_chunks_ref",
     "prefill_attention_ref",
-    "gather_chunks_ref",
     "merge_attention_ref",
 ]
 
@@ -181,15 +180,13 @@ def prefill_attention_ref(
     v: torch.Tensor,
     scale: float | None = None,
     sliding_window: int | None = None,
-    upcast: bool = False,
 ) -> torch.Tensor:
     """Causal attention of a query chunk over the layer's KV, bottom-right aligned, with GQA.
 
     q: [B, H, Lq, D] (query i sits at key position Lk - Lq + i); k, v: [B, Hkv, Lk, D], Lk >= Lq.
     sliding_window w keeps keys with qpos - w < kpos <= qpos (HF's convention). Returns
     [B, Lq, H, D] contiguous in q.dtype (HF's attention-interface layout). torch SDPA with an
-    explicit mask: this is the production path on every device (see prefill_attention.py).
-    upcast=True computes in fp32 (the error rule's reference).
+    explicit mask: this is the production path on every device.
     """
     lq, lk = q.shape[2], k.shape[2]
     keep = None  # one query with nothing windowed out sees every key: no mask, SDPA's fast path
@@ -199,22 +196,9 @@ def prefill_attention_ref(
         keep = kpos <= qpos  # [Lq, Lk]
         if sliding_window is not None:
             keep = keep & (kpos > qpos - sliding_window)
-    dt = torch.float32 if upcast else q.dtype
     groups = q.shape[1] // k.shape[1]
     out = F.scaled_dot_product_attention(
-        q.to(dt), k.to(dt), v.to(dt), attn_mask=keep, scale=scale, enable_gqa=groups > 1
+        q, k.to(q.dtype), v.to(q.dtype), attn_mask=keep, scale=scale, enable_gqa=groups > 1
     )
-    return out.transpose(1, 2).contiguous().to(q.dtype)
+    return out.transpose(1, 2).contiguous()
 
-
-def gather_chunks_ref(
-    src_pool: torch.Tensor, src_ids: torch.Tensor, dst_pool: torch.Tensor, dst_slots: torch.Tensor
-) -> torch.Tensor:
-    """dst_pool[dst_slots[i]] = src_pool[src_ids[i]] for every i; returns dst_pool (written in place).
-
-    src_pool: [N, *chunk], dst_pool: [S, *chunk], same dtype; src_ids, dst_slots: [m] int. The pools may
-    sit on different devices (host -> GPU); duplicate dst_slots leave an unspecified one of the writes.
-    """
-    rows = src_pool.index_select(0, src_ids.to(src_pool.device).long())
-    dst_pool.index_copy_(0, dst_slots.to(dst_pool.device).long(), rows.to(dst_pool.device))
-    return dst_pool

@@ -24,7 +24,7 @@ import json, os, subprocess, sys, tempfile
 import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from offload.kernels import chunk_gather as cg, chunk_score as cs, prefill_attention as pf, sparse_decode as sd
+from offload.kernels import chunk_score as cs, sparse_decode as sd
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
@@ -54,12 +54,7 @@ for arch in (89, 90):
                      MID_O="*fp32", MID_LSE="*fp32", scale_log2="fp32"),
                 dict(GROUP=4, SPLIT=True, HAS_EXTRA=True, DOT_FP32=False, PRECISION=prec, BLOCK_G=16,
                      BLOCK_N=sd._block_n(tdt, d), BLOCK_D=d), ("n_kv", "n_splits"), arch)
-            if dt == "bf16":  # fp32 prefill runs SDPA in production; fp32 scores are always fp32 math
-                block, warps = pf._tiles(tdt, d)
-                out[f"prefill sm_{arch} {dt} D{d}"] = build(
-                    pf._prefill_kernel, dict(Q=P, K=P, V=P, O=P, scale_log2="fp32"),
-                    dict(GROUP=4, HAS_WINDOW=True, DOT_FP32=False, PRECISION=prec, BLOCK_M=block,
-                         BLOCK_N=block, BLOCK_D=d), ("n_heads", "q_len", "k_len", "window"), arch, warps)
+            if dt == "bf16":  # fp32 scores are always fp32 math
                 for low_rank in (False, True):
                     block_c, warps = cs._tiles(d, low_rank)
                     out[f"chunk_score sm_{arch} D{d} low_rank={low_rank}"] = build(
@@ -69,9 +64,6 @@ for arch in (89, 90):
     out[f"decode_reduce sm_{arch}"] = build(
         sd._decode_reduce_kernel, dict(MID_O="*fp32", MID_LSE="*fp32", O="*bf16", LSE="*fp32"),
         dict(BLOCK_S=64, BLOCK_D=256), ("n_heads", "n_splits"), arch)
-    out[f"gather sm_{arch}"] = build(
-        cg._gather_kernel, dict(SRC="*bf16", SRC_IDS="*i64", DST="*bf16", DST_SLOTS="*i32", s_src="i64",
-                                s_dst="i64"), dict(BLOCK=4096), (), arch)
 print("RESULT" + json.dumps(out))
 '''
 
