@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .eviction import DEFAULT_POLICY, make_policy
+from .eviction import DEFAULT_POLICY, LRU
 
 __all__ = ["TierManager", "Placement", "Miss", "FetchPlan", "HOST", "DISK", "slot_runs"]
 
@@ -64,13 +64,16 @@ class FetchPlan:
 class TierManager:
     """Placement and eviction for `len(budgets)` layers.
 
-    budgets: GPU slots per layer (>= 1 each); host_capacity: chunks the host pool holds;
-    policy: eviction policy name (see `eviction.POLICIES`).
+    budgets: GPU slots per layer (>= 1 each); host_capacity: chunks the host pool holds. GPU copies
+    are evicted least recently used first (`eviction.LRU`); `policy` must be "lru" (the only name
+    left; the argument goes once no caller passes it).
     """
 
     def __init__(self, budgets: list[int], host_capacity: int, policy: str = DEFAULT_POLICY):
         if any(b < 1 for b in budgets):
             raise ValueError(f"every layer needs a budget >= 1, got {budgets}")
+        if policy != DEFAULT_POLICY:
+            raise ValueError(f"unknown eviction policy {policy!r}: only {DEFAULT_POLICY!r} (LRU) is left")
         self.budgets = list(budgets)
         self.host_capacity = host_capacity
         n = len(budgets)
@@ -80,7 +83,7 @@ class TierManager:
         self._free_gpu = [list(range(b - 1, -1, -1)) for b in budgets]  # pop() gives slot 0 first
         self._free_host: list[int] = []
         self._host_next = 0  # host slots never used yet: [_host_next, host_capacity)
-        self._policy = [make_policy(policy) for _ in range(n)]
+        self._lru = [LRU() for _ in range(n)]
         self._pinned: list[set[int]] = [set() for _ in range(n)]
         # bumped whenever a layer's chunk -> GPU slot map changes: device mirrors of the map (the
         # store's block table) rebuild a layer's row only when its version moved
@@ -148,7 +151,7 @@ class TierManager:
                 gpu_slot = None
             else:
                 self._gpu[layer][chunk] = gpu_slot
-                self._policy[layer].insert(chunk)
+                self._lru[layer].insert(chunk)
                 self._version[layer] += 1
         return Placement(layer, chunk, home, host_slot, gpu_slot)
 
@@ -164,19 +167,19 @@ class TierManager:
         if len(pinned) > self.budgets[layer]:
             raise ValueError(f"layer {layer}: {len(pinned)} chunks requested/pinned, budget is "
                              f"{self.budgets[layer]} slots; split the request into rounds")  # fmt: skip
-        gpu, policy = self._gpu[layer], self._policy[layer]
+        gpu, lru = self._gpu[layer], self._lru[layer]
         slots, misses, evicted = [], [], []
         for c in chunks:
             slot = gpu.get(c)
             if slot is not None:
-                policy.touch(c)
+                lru.touch(c)
                 self.counters["prefetch_hits" if prefetch else "hits"] += 1
             else:
                 slot, victim = self._take_slot(layer, pinned)
                 if victim is not None:
                     evicted.append(victim)
                 gpu[c] = slot
-                policy.insert(c)
+                lru.insert(c)
                 self._version[layer] += 1
                 home = self._home[layer][c]
                 misses.append(Miss(c, slot, home, self._host_slot[layer][c]))
@@ -202,7 +205,7 @@ class TierManager:
             freed.append(p)
             if p.gpu_slot is not None:
                 del self._gpu[layer][c]
-                self._policy[layer].remove(c)
+                self._lru[layer].remove(c)
                 self._version[layer] += 1
                 self._free_gpu[layer].append(p.gpu_slot)
             if p.host_slot is not None:
@@ -226,11 +229,11 @@ class TierManager:
         return None
 
     def _take_slot(self, layer: int, pinned: set[int]) -> tuple[int, int | None]:
-        """A free slot of `layer`, evicting the policy's victim when none is free."""
+        """A free slot of `layer`, evicting the least recently used unpinned chunk when none is free."""
         if self._free_gpu[layer]:
             return self._free_gpu[layer].pop(), None
-        victim = self._policy[layer].victim(pinned)
-        self._policy[layer].remove(victim)
+        victim = self._lru[layer].victim(pinned)
+        self._lru[layer].remove(victim)
         slot = self._gpu[layer].pop(victim)
         self.counters["evictions"] += 1
         return slot, victim

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offload.tiers.eviction import POLICIES, make_policy
+from offload.tiers.eviction import LRU
 from offload.tiers.manager import DISK, HOST, TierManager
 
 
@@ -25,9 +25,9 @@ ops = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops=ops, policy=st.sampled_from(sorted(POLICIES)), host=st.integers(0, 12))
-def test_budget_and_pin_invariants(ops, policy, host):
-    mgr = TierManager([1, 3, 4], host_capacity=host, policy=policy)
+@given(ops=ops, host=st.integers(0, 12))
+def test_budget_and_pin_invariants(ops, host):
+    mgr = TierManager([1, 3, 4], host_capacity=host)
     for op, layer, chunks, n in ops:
         count = mgr.n_chunks(layer)
         if op in ("add", "hot"):
@@ -82,8 +82,8 @@ def test_over_budget_request_is_refused():
     mgr.acquire(0, [2])
 
 
-def _replay(policy, budget, trace):
-    mgr = TierManager([budget], host_capacity=100, policy=policy)
+def _replay(budget, trace):
+    mgr = TierManager([budget], host_capacity=100)
     for _ in range(max(max(s) for s in trace) + 1):
         mgr.add_chunk(0)
     hits = []
@@ -99,24 +99,23 @@ def test_trace_replay_gives_expected_hits():
     # two slots; prefill placed chunks 0 and 1 there, chunk 2 is cold
     trace = [[0, 1], [2], [1], [0], [1], [2]]
     # LRU: [2] evicts 0; 1 hits; [0] evicts 2 (1 was just used); 1 hits; [2] evicts 0
-    assert _replay("lru", 2, trace) == [2, 0, 1, 0, 1, 0]
-    # FIFO: [0] evicts 1 (older than 2) although 1 was just used, so the next [1] misses
-    assert _replay("fifo", 2, trace) == [2, 0, 1, 0, 0, 0]
-    assert _replay("clock", 2, trace) == [2, 0, 1, 0, 1, 0]
-    assert _replay("lfu", 2, trace) == [2, 0, 1, 0, 1, 0]
+    assert _replay(2, trace) == [2, 0, 1, 0, 1, 0]
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
-def test_policy_never_picks_pinned(name):
-    p = make_policy(name)
+def test_lru_never_picks_pinned():
+    p = LRU()
     for k in range(5):
         p.insert(k)
         p.touch(k)
     assert p.victim({0, 1, 2, 3}) == 4
     with pytest.raises(LookupError):
         p.victim({0, 1, 2, 3, 4})
-    with pytest.raises(ValueError):
-        make_policy("random")
+
+
+def test_lru_is_the_only_policy_name():
+    assert TierManager([1], host_capacity=0, policy="lru").budgets == [1]
+    with pytest.raises(ValueError, match="only 'lru'"):
+        TierManager([1], host_capacity=0, policy="fifo")
 
 
 def test_slot_runs_cut_consecutive_slots_into_one_copy_each():
