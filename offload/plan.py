@@ -22,13 +22,13 @@ import psutil
 import torch
 
 from .config import OffloadConfig
+from .tiers.host import HOST_FRACTION
 
 __all__ = ["MemoryPlan", "plan", "model_dims"]
 
 GIB = 1 << 30
 CUDA_RESERVE = 512 << 20  # CUDA context, cuBLAS workspace, allocator slack
 MIN_BUDGET_TOKENS = 1024  # least hot set per layer worth decoding with
-HOST_FRACTION = 0.5  # of available host memory for the host pool (as tiers/host.py)
 
 
 @dataclass(frozen=True)

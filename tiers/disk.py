@@ -84,9 +84,6 @@ class DiskStore:
             self._ends[layer] = end
 
     # -- reading ---------------------------------------------------------------------------------
-    def has(self, layer: int, chunk_id: int) -> bool:
-        return chunk_id in self._index[layer]
-
     def read_into(self, layer: int, chunk_id: int, out: torch.Tensor) -> None:
         """Decode chunk `chunk_id` of `layer` into `out` (contiguous CPU [2, R, C, D]).
         Raises CorruptChunkError when the stored bytes fail their checksum."""

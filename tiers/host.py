@@ -16,7 +16,7 @@ import torch
 
 from .layout import ChunkLayout
 
-__all__ = ["HostPool", "default_host_capacity"]
+__all__ = ["HostPool", "default_host_capacity", "HOST_FRACTION"]
 
 HOST_FRACTION = 0.5  # of *available* host memory, when no host_mem is given: leave room for the rest
 
