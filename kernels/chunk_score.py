@@ -11,7 +11,7 @@ Abstracts kept in fp16/bf16 are the builder's concern: it must round min down an
 Scores are unscaled q.k (the softmax scale does not change a ranking). Top-k: torch.topk
 (`reference.top_chunks_ref`); measure on GPU before replacing it.
 
-To measure on GPU: BLOCK_C and num_warps (bench/kernels.py does not cover scoring yet).
+To measure on GPU: BLOCK_C and num_warps (bench/kernel_speed.py does not cover scoring yet).
 """
 
 from __future__ import annotations

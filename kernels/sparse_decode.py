@@ -16,7 +16,7 @@ kernel merges (split-K); with one split the first kernel writes the output. Noth
 the host (splits come from shapes); out, lse and the partials come from torch's caching allocator.
 The split count is a run-time argument (a constexpr would recompile as the context grows).
 
-To measure on GPU (bench/kernels.py): BLOCK_N, num_warps, num_stages and the split heuristic.
+To measure on GPU (bench/kernel_speed.py): BLOCK_N, num_warps, num_stages and the split heuristic.
 """
 
 from __future__ import annotations

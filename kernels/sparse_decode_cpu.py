@@ -1,12 +1,12 @@
 """Sparse decode attention on CPU: the reference's semantics with fewer, larger torch ops.
 
-On a CPU a small torch op costs 10-40 us whatever its size (2-core VM, bench/results/sparse-smollm2.md),
-so decode speed is set by the op count. The reference (`reference.sparse_decode_attention_ref`)
-handles every case — partial last chunks, short extras, empty rows — with masks and a gather per
-pool; this path serves the case the tiered store hands it (every row's selection full width, every
-extra token valid; on CPU the store's steps go through its `WorkingSet` except h2o's and those that
-fetch) with one index computation for both pools, no masks and no nan guards, and says None
-otherwise so the caller falls back to the reference. Same inputs and
+On a CPU a small torch op costs about the same whatever its size (measured in
+bench/results/sparse-smollm2.md), so decode speed is set by the op count. The reference
+(`reference.sparse_decode_attention_ref`) handles every case — partial last chunks, short extras, empty
+rows — with masks and a gather per pool; this path serves the case the tiered store hands it (every
+row's selection full width, every extra token valid; on CPU the store's steps go through its
+`WorkingSet` except h2o's and those that fetch) with one index computation for both pools, no masks and
+no nan guards, and says None otherwise so the caller falls back to the reference. Same inputs and
 outputs as the reference (its docstring is the spec); fp32 math.
 """
 

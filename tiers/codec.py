@@ -1,13 +1,14 @@
 """`ChunkCodec`: the bytes of one chunk on disk — optional byte-shuffle + zstd level 1, and a CRC-32.
 
 Why shuffle: a bf16 value's high byte (sign, exponent, top mantissa bits) repeats a lot, its low byte
-is noise. Grouping all high bytes before all low bytes lets zstd find the repetition: measured on
-real KV, bf16 1.46-1.51x, fp16 1.17-1.20x, fp32 ~1.0x; level 3 buys nothing over level 1. So
-compression is on by default for bf16 only (`default_compress`). A chunk that does not shrink is
-stored raw (flag per record), so `compress=True` never costs space.
+is noise. Grouping all high bytes before all low bytes lets zstd find the repetition. On real KV
+bf16 shrinks enough to pay, fp16 a little, fp32 not at all, and level 3 buys nothing over level 1
+(`python bench/tiers.py codec`; that run is not kept in bench/results/, its figures are in this
+docstring at commit 92ae404). So compression is on by default for bf16 only (`default_compress`). A
+chunk that does not shrink is stored raw (flag per record), so `compress=True` never costs space.
 
 The checksum covers the stored payload (compressed or not), so a flipped byte is caught before
-decompression; zlib.crc32 runs at ~2.6 GB/s here, well above disk speed.
+decompression; zlib.crc32 runs well above disk speed (figures at commit 92ae404).
 
 A codec holds zstd contexts: not thread-safe; one codec per thread.
 """
@@ -43,7 +44,8 @@ _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 def _shuffle(raw: np.ndarray, itemsize: int) -> np.ndarray:
     """Elements' bytes regrouped into planes: all byte 0s, then all byte 1s, ... ([itemsize, N]).
-    Shifts and casts on whole words (SIMD, ~3 GB/s) rather than a strided byte transpose (~0.2)."""
+    Shifts and casts on whole words (SIMD) rather than a strided byte transpose, which is an order of
+    magnitude slower (figures in this docstring at commit 92ae404)."""
     if itemsize == 1:
         return raw
     u = raw.view(_UINT[itemsize])
@@ -69,7 +71,7 @@ class ChunkCodec:
     """Encode/decode chunk tensors to/from stored payloads.
 
     itemsize: bytes per element (2 for bf16/fp16, 4 for fp32), the shuffle stride.
-    compress: try zstd after shuffling; level: zstd level (1 is the measured sweet spot).
+    compress: try zstd after shuffling; level: zstd level (1: see the module doc).
     """
 
     itemsize: int
