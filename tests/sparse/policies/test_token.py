@@ -1,16 +1,20 @@
-"""`token`'s hybrid ranking: a share of each layer's chunk budget by the per-token upper bound, the rest
-by the attention mass the same per-token sketches estimate (tiers/abstracts.token_scores,
-tiers/selection.hybrid_scores)."""
+"""`token` (offload/sparse/policies/token.py, the default): per-token int8 low-rank sketches. Their
+per-token bound is >= q.k (invariant 5) on random and real keys; the mass they estimate is the
+attention mass when the keys are low rank; the hybrid ranking takes ceil(share * k) units by the
+bound, the rest by the mass; the sketches fit 1/8 of bf16 K+V."""
 
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from policy_checks import TOL, check_bound, check_bound_on_real_keys, geometry, same_summaries, scale, summarized
 
 from offload.config import OffloadConfig
 from offload.errors import ConfigError
-from offload.tiers.abstracts import ChunkAbstracts
-from offload.tiers.selection import hybrid_scores
+from offload.sparse import SparseConfig
+from offload.sparse.policies.token import Token, best_first, hybrid_scores
 from offload.tiers.store import TieredKVStore
 
 
@@ -20,27 +24,66 @@ def _low_rank_keys(n_kv, n, d, r, g):
     return torch.einsum("hnr,hdr->hnd", torch.randn(n_kv, n, r, generator=g) * 2, basis)
 
 
+def test_chunks_added_together_equal_chunks_added_one_by_one():
+    same_summaries(Token(rank=8), lambda s, m: [s.lo[0, ..., : m * 8], s.aux[0, ..., : m * 8]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n_kv=st.sampled_from([1, 3]),
+    group=st.sampled_from([1, 3]),
+    d=st.sampled_from([8, 64]),
+    chunk=st.sampled_from([1, 4, 16]),
+    m=st.integers(1, 6),
+    rank=st.integers(1, 12),
+    spread=st.floats(0.01, 100.0),
+    offset=st.floats(-10.0, 10.0),
+    outlier=st.booleans(),
+)
+def test_bound_on_random_keys(seed, n_kv, group, d, chunk, m, rank, spread, offset, outlier):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n_kv, m, chunk, d, generator=g) * spread + offset
+    if outlier:  # one key far off the basis: the needle a mean landmark would hide
+        keys[:, 0, 0] = torch.randn(n_kv, d, generator=g) * spread * 50
+    q = torch.randn(1, n_kv * group, d, generator=g) * spread
+    policy = Token(rank=rank)
+    check_bound(policy, keys, q)
+    check_bound(policy, keys, q, basis_keys=torch.randn(n_kv, 3 * d, d, generator=g))  # any basis
+    q = keys[:, -1, -1].repeat_interleave(group, 0)[None]  # a key as the query
+    got, want = check_bound(policy, keys, q)
+    assert (got[:, -1] >= want[:, -1] - TOL * scale(q, keys)).all()
+    # per token: each token's own bound is >= the group's best q.k with that token
+    state = summarized(policy, keys)
+    per_token = state.bound_and_mass(0, q, m, None, per_token=True)[0][0]  # [Hkv, m*C]
+    qg = q[0].reshape(n_kv, group, d).double()
+    dots = torch.einsum("kgd,knd->kgn", qg, keys.reshape(n_kv, m * chunk, d).double()).amax(1)
+    assert (per_token.double() >= dots - TOL * scale(q, keys)).all()
+
+
+def test_bound_on_real_keys(model):
+    check_bound_on_real_keys(model, Token())
+
+
 @pytest.mark.parametrize("group", [1, 3])
 def test_mass_estimate_is_the_attention_mass_when_keys_are_low_rank(group):
-    """Keys within the abstracts' rank: the low-rank logits are the logits (up to fp16), so the mass
+    """Keys within the sketches' rank: the low-rank logits are the logits (up to int8), so the mass
     estimate equals the exact softmax mass per chunk over the body, summed over the query group."""
     g = torch.Generator().manual_seed(0)
     n_kv, d, c, m = 2, 64, 16, 12
     keys = _low_rank_keys(n_kv, m * c, d, 6, g)
-    ab = ChunkAbstracts(1, 1, n_kv, d, "token", 14, "cpu", capacity=m, chunk=c)
-    ab.ensure_basis(0, keys)
-    for j in range(m):
-        ab.add(0, j, keys[:, j * c : (j + 1) * c])
+    state = summarized(Token(rank=14), keys.reshape(n_kv, m, c, d), capacity=m)
     q = torch.randn(1, n_kv * group, d, generator=g)
     scaling = d**-0.5
-    bound, mass = ab.token_scores(0, q, scaling)
+    bound, mass = state.bound_and_mass(0, q, m, scaling)
     qg = q[0].reshape(n_kv, group, d)
     p = torch.softmax(torch.einsum("kgd,knd->kgn", qg, keys) * scaling, dim=-1)  # [Hkv, G, n]
     want = p.reshape(n_kv, group, m, c).sum(dim=(1, 3))  # [Hkv, m]
     torch.testing.assert_close(mass[0], want, atol=2e-3, rtol=2e-2)
     assert torch.allclose(mass[0].sum(-1), torch.full((n_kv,), float(group)), atol=1e-4)
-    torch.testing.assert_close(bound, ab.scores(0, q))  # asking for the mass leaves the bound alone
-    assert ab.token_scores(0, q, None)[1] is None
+    none = state.bound_and_mass(0, q, m, None)
+    torch.testing.assert_close(bound, none[0])  # asking for the mass leaves the bound alone
+    assert none[1] is None
 
 
 @pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
@@ -60,13 +103,31 @@ def test_hybrid_takes_the_bound_share_then_the_most_mass(share, k):
             assert chosen - by_bound == set(rest.topk(k - len(by_bound)).indices.tolist())
 
 
+def test_best_first_is_the_top_k_sorted():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 3, 50, generator=g)
+    assert torch.equal(best_first(scores, 7), scores.topk(7, dim=-1).indices)
+
+
 @pytest.mark.parametrize("share", [-0.1, 1.5, "0.5", True, None])
-def test_bad_bound_share(share):
-    with pytest.raises(ConfigError, match="bound_share"):
-        OffloadConfig(budget=0.1, bound_share=share)
+def test_bad_share(share):
+    with pytest.raises(ConfigError, match="share"):
+        Token(share=share)
 
 
-@pytest.mark.parametrize("unit", [None, "chunk"], ids=["tokens", "chunks"])
+@pytest.mark.parametrize("kw", [{"rank": 0}, {"rank": 2.5}, {"rank": True}, {"unit": "tokens"}, {"unit": ""},
+                                {"unit": 1}])  # fmt: skip
+def test_bad_rank_or_unit(kw):
+    with pytest.raises(ConfigError, match=next(iter(kw))):
+        Token(**kw)
+
+
+def test_unit_decides_what_a_selection_names():
+    assert Token().selects_tokens and not Token(unit="chunk").selects_tokens
+    assert Token.chunk == 8
+
+
+@pytest.mark.parametrize("unit", ["token", "chunk"])
 def test_store_ranks_by_the_bound_share(unit):
     """The store's selection: share 1 = the k best bounds; share 0 = the k largest mass estimates;
     the default lies between and always holds the ceil(share k) best bounds — of single tokens
@@ -79,13 +140,13 @@ def test_store_ranks_by_the_bound_share(unit):
     q = keys[:, :, 300].repeat_interleave(2, 1) * 0.05  # [1, H, D]: looks at the outlier a little
     picks = {}
     for share in (0.0, 0.25, 1.0):
-        cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=128, policy="token", whole_below=0,
-                            bound_share=share, select_unit=unit)  # fmt: skip
-        st = TieredKVStore(1, n_kv, d, torch.float32, "cpu", config=cfg)
+        sparse = SparseConfig(budget=128, policy=Token(share=share, unit=unit), whole_below=0)
+        st = TieredKVStore(1, n_kv, d, torch.float32, "cpu", config=OffloadConfig(kv_chunk=16, sinks=4, window=16,
+                                                                                  sparse=sparse))  # fmt: skip
         st.append(0, keys, vals)
-        m, ab = st._mgr.n_chunks(0), st.selector.abstracts
+        m = st.n_chunks(0)
         ids = st.selector.select(0, q, m, n, d**-0.5)
-        bound, mass = ab.token_scores(0, q, d**-0.5, per_token=unit is None)
+        bound, mass = st.selector.state.bound_and_mass(0, q, m, d**-0.5, per_token=unit == "token")
         k = ids.shape[1]
         by_bound, by_mass = bound[0].topk(k).indices, mass[0].topk(k).indices
         for h in range(n_kv):
@@ -98,4 +159,21 @@ def test_store_ranks_by_the_bound_share(unit):
                 assert set(by_bound[h, : math.ceil(share * k)].tolist()) <= chosen
         picks[share] = ids
         st.close()
-    assert not torch.equal(picks[0.0].sort(-1).values, picks[1.0].sort(-1).values)  # the two rankings differ here
+    assert not torch.equal(picks[0.0].sort(-1).values, picks[1.0].sort(-1).values)  # the rankings differ here
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("head_dim, rank", [(64, None), (128, None), (64, 200)])
+def test_sketches_are_at_most_an_eighth_of_the_kv(head_dim, rank, kv_dtype):
+    """Issue budget: sketch bytes per token <= 1/8 of K+V (bf16, or the fp32 KV of CPU runs); the
+    default rank, and the cap of a larger one, spend exactly the eighth of bf16 KV (fp32 KV: the
+    scale and residual in fp32); the basis is counted apart. summary_bytes says the same."""
+    policy, n_kv, chunks = Token(rank=rank), 2, 40
+    c = policy.chunk
+    state = policy.start(geometry(n_kv, head_dim, c, capacity=chunks, kv_dtype=kv_dtype))
+    per_token = (state.nbytes - state.basis.nbytes) / (chunks * c * n_kv)
+    kv = 2 * head_dim * kv_dtype.itemsize
+    assert per_token <= kv / 8
+    assert state.rank == head_dim // 2 - 4
+    assert per_token == (kv / 8 if kv_dtype == torch.bfloat16 else state.rank + 8)
+    assert per_token == policy.summary_bytes(head_dim, c, kv_dtype.itemsize)
