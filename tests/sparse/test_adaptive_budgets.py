@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from offload.config import OffloadConfig
-from offload.tiers.adaptive_budgets import FLOOR_SHARE, WIDE_SHARE, adaptive_budgets, adaptive_split, mass_curve
+from offload.sparse import SparseConfig
+from offload.sparse.adaptive_budgets import FLOOR_SHARE, WIDE_SHARE, adaptive_budgets, adaptive_split, mass_curve
+from offload.sparse.policies.token import Token
+from offload.sparse.whole_layers import oracle_recall
 from offload.tiers.store import TieredKVStore
-from offload.tiers.whole_layers import oracle_recall
 
 
 def _mass(seed, rows=3, n=60, peak=1.0):
@@ -102,17 +104,17 @@ def test_store_reads_a_too_wide_layer_whole():
     whole — every body token selected — and the others keep selecting; whole_below=0 turns it off."""
     n_kv, d, n, layers = 2, 16, 300, 3
     for whole_below, n_whole in ((1e-6, 1), (0.0, 0)):
-        cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.3, layer_budget="adaptive", rank=4,
-                            whole_below=whole_below)  # fmt: skip
+        sparse = SparseConfig(budget=0.3, policy=Token(rank=4), split="adaptive", whole_below=whole_below)
+        cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, sparse=sparse)
         st = TieredKVStore(layers, n_kv, d, torch.float32, "cpu", config=cfg)
         g = torch.Generator().manual_seed(1)
         for layer in range(layers):
             k, v = torch.randn(1, n_kv, n, d, generator=g), torch.randn(1, n_kv, n, d, generator=g)
             st.append(layer, k, v)
             st.prefill_observer(layer, torch.randn(1, 2 * n_kv, 8, d, generator=g) * 0.01, k, d**-0.5, None)
-        sel, m = st.selector, st._mgr.n_chunks(0)
-        sel._split(n)
-        whole = [i for i in range(layers) if sel.is_whole(i, m)]
+        sel, m = st.selector, st.n_chunks(0)
+        whole = [i for i in range(layers) if sel.is_whole(i, m, n)]
+        assert sel.budgets(n).whole == set(whole)
         assert len(whole) == n_whole
         for layer in range(layers):
             ids = sel.select(layer, torch.randn(1, 2 * n_kv, d, generator=g), m, n)
@@ -127,8 +129,8 @@ def test_store_splits_by_prefill_attention(unit):
     gives budget to those whose queries spread) — per row (KV head) for token selections, per layer
     for chunk selections — the total is kept, and each row's selection fits its own budget."""
     n_kv, d, n, layers = 2, 16, 300, 3
-    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, layer_budget="adaptive", rank=4,
-                        whole_below=0, select_unit=unit)  # fmt: skip
+    sparse = SparseConfig(budget=0.25, policy=Token(rank=4, unit=unit), split="adaptive", whole_below=0)
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, sparse=sparse)
     st = TieredKVStore(layers, n_kv, d, torch.float32, "cpu", config=cfg)
     g = torch.Generator().manual_seed(0)
     sel = st.selector
@@ -142,7 +144,7 @@ def test_store_splits_by_prefill_attention(unit):
             q_tail[:, :2] = k[:, :1, 100:101].expand(-1, 2, 8, -1) * 4
         assert [sel.token_budget(i, n) for i in range(layers)] == [tokens] * layers  # not all in yet
         st.prefill_observer(layer, q_tail, k, d**-0.5, None)
-    split = sel._split(n)
+    split = [list(r) for r in sel.budgets(n).rows]
     assert sum(map(sum, split)) == layers * tokens * (n_kv if unit == "token" else 1)
     if unit == "token":
         assert split[1][0] == floor and split[1][1] > 2 * floor  # per KV head
@@ -151,7 +153,7 @@ def test_store_splits_by_prefill_attention(unit):
         assert [len(s) for s in split] == [1] * layers and split[1][0] < tokens  # per layer
         assert sel.row_budgets(1, n) is None
     for layer in range(layers):
-        m = st._mgr.n_chunks(layer)
+        m = st.n_chunks(layer)
         ids = sel.select(layer, torch.randn(1, 2 * n_kv, d, generator=g), m, n)
         size = 1 if unit == "token" else 16
         assert ids.shape == (n_kv, max(split[layer]) // size)

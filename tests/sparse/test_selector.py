@@ -1,80 +1,64 @@
-"""Sparse decode selection: config, layer budgets (uniform / SqueezeAttention), per-layer budgets
-respected by the store, h2o eviction, and the dense fallback when the budget covers the context."""
+"""The `Selector` (offload/sparse/selector.py) over a tiered store: per-layer budgets (uniform /
+SqueezeAttention) respected by every policy, the same summaries after truncate + refill, and kept
+selections (SparseConfig.select_every): the same selection for that many steps, made afresh at once
+when a chunk joins the body, the budget moves or the layer is truncated."""
 
 import math
 
 import pytest
 import torch
 
-from offload import ConfigError, OffloadConfig
+from offload import OffloadConfig
+from offload.sparse import SparseConfig, make_policy
+from offload.sparse.policies.bound import Bound
+from offload.sparse.policies.token import Token
+from offload.sparse.squeeze import layer_budgets
 from offload.tiers.store import TieredKVStore
-from offload.tiers.squeeze import kmeans_1d, layer_budgets
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"budget": 0}, {"budget": -3}, {"budget": 1.0}, {"budget": 0.0}, {"budget": 1.5}, {"budget": True},
-    {"budget": "1/8"}, {"rank": 0}, {"policy": "magic"}, {"layer_budget": "random"},
-])  # fmt: skip
-def test_bad_sparse_fields(kwargs):
-    with pytest.raises(ConfigError):
-        OffloadConfig(**kwargs)
+def policy(name, unit="token", rank=4):
+    """The policy `name` as the old tests ran it: rank 4 for the low-rank ones."""
+    if name == "token":
+        return Token(rank=rank, unit=unit)
+    return Bound(rank=rank) if name == "bound" else make_policy(name)
 
 
-def test_budget_switches_to_tiered_store():
-    assert OffloadConfig().store_kind == "dense" and not OffloadConfig().sparse
-    c = OffloadConfig(budget=0.125, policy="quest", layer_budget="squeeze", rank=8)
-    assert c.sparse and c.store_kind == "tiered" and c.kv_store == "dense"
-
-
-def test_kmeans_1d_and_squeeze_budgets():
-    vals = [0.1, 0.12, 0.5, 0.52, 0.9, 0.91, 0.95]
-    assert kmeans_1d(vals) == [0, 0, 1, 1, 2, 2, 2]
-    assert kmeans_1d([0.3] * 4) == [0] * 4
-    assert layer_budgets(100, 7, "uniform", vals) == [100] * 7
-    b = layer_budgets(100, 7, "squeeze", vals)
-    assert sum(b) == 700 and b[4:] == [50, 50, 50] and min(b[:4]) > 100
-    assert layer_budgets(100, 7, "squeeze", None) == [100] * 7  # no statistics: uniform
-
-
-def _filled_store(cfg, n_layers=4, n_kv=2, d=16, n=600, seed=0):
+def _filled_store(sparse, n_layers=4, n_kv=2, d=16, n=600, seed=0, chunk=16, window=16, batch=1):
     """Random keys and queries: every layer's attention is diffuse, so tests of selection itself
-    turn whole layers off (whole_below=0; test_sparse_whole.py covers them)."""
+    turn whole layers off (whole_below=0; test_whole_layers.py covers them)."""
+    cfg = OffloadConfig(kv_chunk=chunk, sinks=4, window=window, sparse=sparse)
     g = torch.Generator().manual_seed(seed)
-    st = TieredKVStore(n_layers, n_kv, d, torch.float32, "cpu", config=cfg)
+    st = TieredKVStore(n_layers, n_kv, d, torch.float32, "cpu", config=cfg, batch=batch)
     for layer in range(n_layers):
-        k, v = torch.randn(1, n_kv, n, d, generator=g), torch.randn(1, n_kv, n, d, generator=g)
+        k, v = torch.randn(batch, n_kv, n, d, generator=g), torch.randn(batch, n_kv, n, d, generator=g)
         st.append(layer, k, v)
-        cos = [0.99, 0.5, 0.98, 0.6][layer]  # layers 0 and 2 change h least: squeezed
-        q_tail = torch.randn(1, 2 * n_kv, 8, d, generator=g)
-        if st.prefill_observer is not None:
-            st.prefill_observer(layer, q_tail, k, d**-0.5, cos)
+        cos = [0.99, 0.5, 0.98, 0.6][layer % 4]  # layers 0 and 2 change h least: squeezed
+        st.prefill_observer(layer, torch.randn(batch, 2 * n_kv, 8, d, generator=g), k, d**-0.5, cos)
     return st, g
 
 
-# (policy, select_unit): `token` picks single tokens by default, whole chunks when asked
-UNITS = [("bound", None), ("token", None), ("token", "chunk"), ("quest", None), ("landmark", None),
-         ("snapkv", None), ("h2o", None)]  # fmt: skip
+# (policy, unit): `token` picks single tokens by default, whole chunks when asked
+UNITS = [("bound", "token"), ("token", "token"), ("token", "chunk"), ("quest", "token"), ("landmark", "token"),
+         ("snapkv", "token"), ("h2o", "token")]  # fmt: skip
 
 
-@pytest.mark.parametrize("policy,unit", UNITS)
-@pytest.mark.parametrize("layer_budget", ["uniform", "squeeze"])
-def test_budgets_respected_per_layer(policy, unit, layer_budget):
-    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy,
-                        layer_budget=layer_budget, rank=4, whole_below=0, select_unit=unit)  # fmt: skip
-    st, g = _filled_store(cfg)
+@pytest.mark.parametrize("name,unit", UNITS)
+@pytest.mark.parametrize("split", ["uniform", "squeeze"])
+def test_budgets_respected_per_layer(name, unit, split):
+    st, g = _filled_store(SparseConfig(budget=0.25, policy=policy(name, unit), split=split, whole_below=0))
     sel, lay = st.selector, st.layout
-    assert sel.tokens == (policy == "token" and unit is None)
+    assert sel.tokens == (name == "token" and unit == "token")
     size = 1 if sel.tokens else lay.chunk  # tokens a selected id stands for
     n = st.layer_len(0)
     tokens = math.ceil(0.25 * n)
     per_layer = [sel.token_budget(layer, n) // size * size for layer in range(4)]
-    assert all(b <= tokens * (2 if layer_budget == "squeeze" else 1) for b in per_layer)
-    want = layer_budgets(tokens, 4, layer_budget, [0.99, 0.5, 0.98, 0.6])
+    assert all(b <= tokens * (2 if split == "squeeze" else 1) for b in per_layer)
+    want = layer_budgets(tokens, 4, split, [0.99, 0.5, 0.98, 0.6])
     assert all(p <= w for p, w in zip(per_layer, want))
-    if layer_budget == "squeeze":
+    if split == "squeeze":
         assert per_layer[0] < per_layer[1] and per_layer[2] < per_layer[3]
     for layer in range(4):
-        m = st._mgr.n_chunks(layer)
+        m = st.n_chunks(layer)
         q = torch.randn(1, 4, 16, generator=g)
         ids = sel.select(layer, q, m, n)
         assert ids.shape == (2, per_layer[layer] // size)
@@ -85,38 +69,15 @@ def test_budgets_respected_per_layer(policy, unit, layer_budget):
     st.close()
 
 
-def test_h2o_evicts_for_good():
-    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=64, policy="h2o", whole_below=0)
-    st, g = _filled_store(cfg, n_layers=1)
-    dropped = None
-    for step in range(6):
-        kv = torch.randn(2, 1, 2, 1, 16, generator=g)
-        st.append(0, kv[0], kv[1])
-        m = st._mgr.n_chunks(0)
-        ids = st.selector.select(0, torch.randn(1, 4, 16, generator=g), m, st.layer_len(0))
-        kept = [set(r.tolist()) for r in ids]
-        if dropped is not None:
-            assert all(not (kept[h] & dropped[h]) for h in range(2))
-        dropped = [set(range(m)) - kept[h] for h in range(2)]
-    st.close()
+def _held(name, state, m, c):
+    if name == "token":
+        return [state.lo[0, ..., : m * c], state.aux[0, ..., : m * c]]  # tokens last
+    return [t[0, :, :, :m] for t in state.buf.values()]
 
 
-@pytest.mark.parametrize("policy", ["bound", "token"])
-def test_budget_over_context_is_exact(policy):
-    """A budget covering every chunk (every token) attends densely: bitwise the store without one."""
-    dense_cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16)
-    outs = []
-    for cfg in (dense_cfg, dense_cfg.replace(budget=10**6, policy=policy)):
-        st, g = _filled_store(cfg, n_layers=2)
-        q = torch.randn(1, 4, 1, 16, generator=g)
-        outs.append(st.attend(1, q, 0.25))
-        st.close()
-    assert torch.equal(outs[0], outs[1])
-
-
-@pytest.mark.parametrize("policy", ["bound", "token", "quest", "landmark"])
-def test_truncate_then_refill_rebuilds_the_same_abstracts(policy):
-    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=64, policy=policy, rank=4)
+@pytest.mark.parametrize("name", ["bound", "token", "quest", "landmark"])
+def test_truncate_then_refill_rebuilds_the_same_summaries(name):
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, sparse=SparseConfig(budget=64, policy=policy(name)))
     g = torch.Generator().manual_seed(3)
     k, v = torch.randn(1, 2, 300, 16, generator=g), torch.randn(1, 2, 300, 16, generator=g)
     a = TieredKVStore(1, 2, 16, torch.float32, "cpu", config=cfg)
@@ -126,75 +87,75 @@ def test_truncate_then_refill_rebuilds_the_same_abstracts(policy):
     for t in range(150, 300):  # decode-sized appends refill the body chunk by chunk
         a.append(0, k[:, :, t : t + 1], v[:, :, t : t + 1])
     b.append(0, k, v)
-    ab_a, ab_b = a.selector.abstracts, b.selector.abstracts
-    assert ab_a.n == ab_b.n == [a._mgr.n_chunks(0)]
-    m = ab_a.n[0]
-    held = (lambda ab: ab.lo[0, ..., : m * ab.chunk]) if policy == "token" else (lambda ab: ab.lo[0, :, :, :m])
-    assert torch.allclose(held(ab_a).float(), held(ab_b).float(), atol=1e-5)  # token: tokens last
+    m = a.n_chunks(0)
+    assert m == b.n_chunks(0) == (300 - 4 - 16) // 16
+    for x, y in zip(_held(name, a.selector.state, m, 16), _held(name, b.selector.state, m, 16)):
+        assert torch.allclose(x.float(), y.float(), atol=1e-5)
     q = torch.randn(1, 4, 16, generator=g)
-    assert torch.allclose(ab_a.scores(0, q), ab_b.scores(0, q), atol=1e-4)
+    sa = a.selector.state.scores(0, q, m, 4, 0.25, None)
+    assert torch.allclose(sa, b.selector.state.scores(0, q, m, 4, 0.25, None), atol=1e-4)
     a.close(), b.close()
 
 
-@pytest.mark.parametrize("policy,unit", [u for u in UNITS if u[0] != "h2o"])
-def test_sparse_attend_is_exact_attention_over_its_selection(policy, unit):
-    """What decode computes: per KV head, softmax attention over sinks + that head's selected chunks
-    (or tokens) + window, and nothing else (the store's gathers and masks against a plain reference)."""
-    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, policy=policy, rank=4, whole_below=0,
-                        select_unit=unit)  # fmt: skip
-    st, g = _filled_store(cfg)
-    lay, n = st.layout, st.layer_len(0)
-    padded = 0
-    for layer in range(4):
-        k, v = st.read_layer(layer)  # [1, Hkv, n, D]
-        q = torch.randn(1, 4, 16, generator=g)
-        m = st._mgr.n_chunks(layer)
-        ids = st.selector.select(layer, q, m, n)  # what attend will pick (a pure function of q here)
-        padded += int((ids < 0).any())  # adaptive budgets per row (token selections): -1 past a row's
-        out = st.attend(layer, q[:, :, None], 16**-0.5)  # [1, 1, H, D]
-        keep = torch.zeros(2, n, dtype=torch.bool)
-        keep[:, : lay.sinks] = True
-        keep[:, lay.chunk_start(m) :] = True  # the window: tokens after the last body chunk
-        for h in range(2):
-            for j in ids[h].tolist():
-                if j < 0:
-                    continue
-                if st.selector.tokens:  # body token j sits at sinks + j
-                    keep[h, lay.sinks + j] = True
-                else:
-                    keep[h, lay.chunk_start(j) : lay.chunk_start(j + 1)] = True
-        for head in range(4):
-            kv = head // 2
-            s = (k[0, kv] @ q[0, head]) * 16**-0.5
-            p = torch.softmax(s.masked_fill(~keep[kv], float("-inf")), dim=-1)
-            torch.testing.assert_close(out[0, 0, head], p @ v[0, kv], atol=1e-5, rtol=1e-5)
-    assert padded > 0 if st.selector.tokens else padded == 0  # the masked path ran
+def _kept_store(every, budget=64):
+    sparse = SparseConfig(budget=budget, policy=Token(rank=4), whole_below=0, select_every=every)
+    return _filled_store(sparse, n_layers=2, n=300, chunk=8, window=8)[0]
+
+
+def _q(g):
+    return torch.randn(1, 4, 16, generator=g)
+
+
+def test_a_selection_is_kept_for_select_every_calls_then_made_afresh():
+    st, g = _kept_store(4), torch.Generator().manual_seed(1)
+    sel, m, n = st.selector, st.n_chunks(0), st.layer_len(0)
+    picks = [sel.select(0, _q(g), m, n) for _ in range(9)]
+    assert all(p is picks[0] for p in picks[1:4]) and all(p is picks[4] for p in picks[5:8])
+    assert picks[4] is not picks[0] and picks[8] is not picks[4]
+    assert sel.counters == {"selections": 3, "selections_kept": 6} and st.stats()["selections"] == 3
+    assert not torch.equal(picks[0], picks[4])  # other queries, other chunks: it did choose again
+    one = _kept_store(1).selector
+    a, b = one.select(0, _q(g), m, n), one.select(0, _q(g), m, n)
+    assert a is not b
     st.close()
 
 
-@pytest.mark.parametrize("slots", [None, 3], ids=["resident", "rounds"])
-def test_a_token_selection_with_padding_is_exact_over_its_tokens(slots):
-    """`attend(select=...)` of a store that picks tokens takes body token ids per head (-1 = none),
-    in one round or (3 GPU slots: the chunks that hold them do not fit) in several, each head masked
-    to its own tokens — against plain attention over sinks + those tokens + window."""
-    per_chunk = 2 * 2 * 16 * 16 * 4
-    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=0.25, rank=4, whole_below=0,
-                        gpu_mem=None if slots is None else slots * 4 * per_chunk)  # fmt: skip
-    st, g = _filled_store(cfg)
-    assert st.selector.tokens
-    lay, n = st.layout, st.layer_len(1)
-    m = st._mgr.n_chunks(1)
-    select = torch.tensor([[5, 17, 18, 3 * 16 + 15, m * 16 - 1, -1], [0, 40, -1, 41, 100, -1]])
-    k, v = st.read_layer(1)
-    q = torch.randn(1, 4, 1, 16, generator=g)
-    out = st.attend(1, q, 0.25, select=select)
-    for head in range(4):
-        kv = head // 2
-        keep = torch.zeros(n, dtype=torch.bool)
-        keep[: lay.sinks] = keep[lay.chunk_start(m) :] = True
-        keep[lay.sinks + select[kv][select[kv] >= 0]] = True
-        p = torch.softmax((k[0, kv] @ q[0, head, 0] * 0.25).masked_fill(~keep, float("-inf")), -1)
-        torch.testing.assert_close(out[0, 0, head], p @ v[0, kv], atol=1e-5, rtol=1e-5)
-    with pytest.raises(IndexError, match="token"):
-        st.attend(1, q, 0.25, select=torch.tensor([[m * 16]] * 2))
+def test_a_chunk_joining_the_body_truncation_or_a_new_budget_ends_a_kept_selection():
+    st, g = _kept_store(16), torch.Generator().manual_seed(2)
+    sel, m, n, c = st.selector, st.n_chunks(0), st.layer_len(0), 8
+    first = sel.select(0, _q(g), m, n)
+    assert sel.select(0, _q(g), m, n) is first
+    assert sel.select(0, _q(g), m + 1, n + c) is not first  # a chunk left the window
+    again = sel.select(0, _q(g), m, n)
+    assert again is not first and sel.select(0, _q(g), m, n) is again
+    st.truncate(n - 2 * c)
+    assert sel.select(0, _q(g), st.n_chunks(0), n - 2 * c) is not again
+    frac = _kept_store(16, budget=0.2).selector
+    a = frac.select(0, _q(g), m, n)
+    assert frac.chunk_budget(0, n + 40) > frac.chunk_budget(0, n)
+    assert frac.select(0, _q(g), m, n + 40) is not a  # the budget grew with the context
     st.close()
+
+
+def test_a_budget_covering_every_unit_selects_none():
+    st, g = _filled_store(SparseConfig(budget=10**6, policy=policy("bound"), whole_below=0), n_layers=1)
+    assert st.selector.select(0, _q(g), st.n_chunks(0), st.layer_len(0)) is None  # dense, exact
+    st.close()
+
+
+def test_state_dict_round_trips_into_a_fresh_selector():
+    """What a session saves: the plan's statistics and the policy's state; a fresh store's selector
+    given them has the original's plan (the same split and whole layers) and basis."""
+    sparse = SparseConfig(budget=0.25, policy=Token(rank=4), whole_below=0.5)
+    st, g = _filled_store(sparse)
+    meta, tensors = st.selector.state_dict()
+    other = TieredKVStore(4, 2, 16, torch.float32, "cpu", config=OffloadConfig(kv_chunk=16, sinks=4, window=16,
+                                                                                 sparse=sparse))  # fmt: skip
+    other.selector.load_state_dict(meta, tensors)
+    assert other.selector.plan.ceilings == st.selector.plan.ceilings
+    assert other.selector.plan.attn_cos == st.selector.plan.attn_cos
+    n = st.layer_len(0)
+    assert other.selector.budgets(n) == st.selector.budgets(n)
+    assert torch.equal(other.selector.state.basis.basis, st.selector.state.basis.basis)
+    assert other.selector.state.basis.has == [True] * 4
+    st.close(), other.close()

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from offload import ConfigError, OffloadConfig
+from offload.sparse import SparseConfig
+from offload.sparse.policies.token import Token
+from offload.sparse.whole_layers import oracle_recall, whole_layers
 from offload.tiers.store import TieredKVStore
-from offload.tiers.whole_layers import oracle_recall, whole_layers
 
 L, HKV, D, C, N = 8, 2, 16, 8, 400
 
@@ -36,15 +38,16 @@ def test_whole_layers_threshold_and_cap():
 @pytest.mark.parametrize("w", [-0.1, 1.5, "0.5", True, None])
 def test_bad_whole_below(w):
     with pytest.raises(ConfigError):
-        OffloadConfig(budget=0.1, whole_below=w)
+        SparseConfig(budget=0.1, whole_below=w)
 
 
-def _store(whole_below, slots=None, seed=0, unit=None):
+def _store(whole_below, slots=None, seed=0, unit="token"):
     """Layer 2's keys are all equal (its attention is uniform: no chunk choice keeps much); every
     other layer's last queries point at one key each (a chunk choice keeps nearly all)."""
     per_chunk = 2 * HKV * C * D * 4
-    cfg = OffloadConfig(kv_chunk=C, sinks=4, window=8, budget=0.1, rank=4, whole_below=whole_below,
-                        gpu_mem=None if slots is None else slots * L * per_chunk, select_unit=unit)  # fmt: skip
+    sparse = SparseConfig(budget=0.1, policy=Token(rank=4, unit=unit), whole_below=whole_below)
+    cfg = OffloadConfig(kv_chunk=C, sinks=4, window=8, sparse=sparse,
+                        hot_set_bytes=None if slots is None else slots * L * per_chunk)  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     st = TieredKVStore(L, HKV, D, torch.float32, "cpu", config=cfg)
     for layer in range(L):
@@ -57,12 +60,14 @@ def _store(whole_below, slots=None, seed=0, unit=None):
     return st
 
 
-@pytest.mark.parametrize("unit", [None, "chunk"], ids=["tokens", "chunks"])
+@pytest.mark.parametrize("unit", ["token", "chunk"], ids=["tokens", "chunks"])
 def test_a_diffuse_layer_is_attended_whole_and_exactly(unit):
     st = _store(0.5, unit=unit)
     sel = st.selector
-    assert sel.ceiling[2] < 0.5 < min(c for i, c in enumerate(sel.ceiling) if i != 2)
-    m = st._mgr.n_chunks(2)
+    ceilings = sel.plan.ceilings
+    assert ceilings[2] < 0.5 < min(c for i, c in enumerate(ceilings) if i != 2)
+    assert sel.budgets(N).whole == {2} and sel.is_whole(2, st.n_chunks(2), N)
+    m = st.n_chunks(2)
     units = m * C if sel.tokens else m  # the body in the selector's unit
     q = torch.randn(1, 2 * HKV, 1, D)
     every = torch.arange(units).expand(HKV, units)
@@ -74,14 +79,15 @@ def test_a_diffuse_layer_is_attended_whole_and_exactly(unit):
     want = st.attend(2, q, D**-0.5, select=every)  # every chunk (token), exact
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
     off = _store(0.0, unit=unit)
-    assert off.selector.select(2, q[:, :, 0], m, N).shape[1] < units and off.selector.ceiling == [None] * L
+    assert off.selector.select(2, q[:, :, 0], m, N).shape[1] < units and off.selector.plan.ceilings == (None,) * L
     st.close(), off.close()
 
 
 def test_a_whole_layer_that_does_not_fit_its_slots_stays_sparse():
     st = _store(0.5, slots=10)  # 48 chunks per layer, 10 slots: reading it whole would stream
-    m = st._mgr.n_chunks(2)
-    assert whole_layers(st.selector.ceiling, 0.5) == {2}  # chosen by its ceiling...
-    assert not st.selector.is_whole(2, m)  # ...but not read whole
+    m = st.n_chunks(2)
+    assert whole_layers(list(st.selector.plan.ceilings), 0.5) == {2}  # chosen by its ceiling...
+    assert 2 in st.selector.budgets(N).whole and st.slot_budget(2) == 10 < m
+    assert not st.selector.is_whole(2, m, N)  # ...but not read whole
     assert st.selector.select(2, torch.randn(1, 2 * HKV, D), m, N) is not None
     st.close()
