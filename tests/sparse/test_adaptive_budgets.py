@@ -11,6 +11,7 @@ from offload.sparse import SparseConfig
 from offload.sparse.adaptive_budgets import FLOOR_SHARE, WIDE_SHARE, adaptive_budgets, adaptive_split, mass_curve
 from offload.sparse.policies.token import Token
 from offload.sparse.whole_layers import oracle_recall
+from offload.attention import decode_attend
 from offload.tiers.store import TieredKVStore
 
 
@@ -159,6 +160,6 @@ def test_store_splits_by_prefill_attention(unit):
         assert ids.shape == (n_kv, max(split[layer]) // size)
         rows = split[layer] * (n_kv if len(split[layer]) == 1 else 1)
         assert [int((r >= 0).sum()) for r in ids] == [b // size for b in rows]
-        out = st.attend(layer, torch.randn(1, 2 * n_kv, 1, d, generator=g), d**-0.5)
+        out = decode_attend(st, layer, torch.randn(1, 2 * n_kv, 1, d, generator=g), d**-0.5, None)
         assert torch.isfinite(out).all()
     st.close()

@@ -13,6 +13,7 @@ from offload.sparse import SparseConfig, make_policy
 from offload.sparse.policies.bound import Bound
 from offload.sparse.policies.token import Token
 from offload.sparse.squeeze import layer_budgets
+from offload.attention import decode_attend
 from offload.tiers.store import TieredKVStore
 
 
@@ -64,7 +65,7 @@ def test_budgets_respected_per_layer(name, unit, split):
         assert ids.shape == (2, per_layer[layer] // size)
         for row in ids:
             assert len(set(row.tolist())) == len(row) and ((row >= 0) & (row < m * lay.chunk // size)).all()
-        out = st.attend(layer, q[:, :, None], 16**-0.5)
+        out = decode_attend(st, layer, q[:, :, None], 16**-0.5, None)  # the sparse step
         assert out.shape == (1, 1, 4, 16) and torch.isfinite(out).all()
     st.close()
 

@@ -8,6 +8,7 @@ from offload import ConfigError, OffloadConfig
 from offload.sparse import SparseConfig
 from offload.sparse.policies.token import Token
 from offload.sparse.whole_layers import oracle_recall, whole_layers
+from offload.attention import decode_attend
 from offload.tiers.store import TieredKVStore
 
 L, HKV, D, C, N = 8, 2, 16, 8, 400
@@ -75,7 +76,7 @@ def test_a_diffuse_layer_is_attended_whole_and_exactly(unit):
     picked = sel.select(3, q[:, :, 0], m, N)
     want_k = sel.token_budget(3, N) if sel.tokens else sel.chunk_budget(3, N)
     assert picked.shape[1] == want_k < units  # sparse
-    got = st.attend(2, q, D**-0.5)
+    got = decode_attend(st, 2, q, D**-0.5, None)  # the sparse step of a whole layer
     want = st.attend(2, q, D**-0.5, select=every)  # every chunk (token), exact
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
     off = _store(0.0, unit=unit)

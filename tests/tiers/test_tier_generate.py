@@ -21,7 +21,7 @@ def test_greedy_tokens_match_dense_with_spill(model, tmp_path):
     body = (n_prompt - 4 - 64) // 64  # chunks per layer after prefill
     assert body >= 4
     cfg = model.config.replace(kv_store="tiered", kv_chunk=64, sinks=4, window=64,
-                               gpu_mem=2 * n_layers * chunk_bytes,
+                               hot_set_bytes=2 * n_layers * chunk_bytes,
                                host_mem=body * n_layers // 2 * chunk_bytes, disk_dir=str(tmp_path))  # fmt: skip
     tiered = dataclasses.replace(model, config=cfg)
     store = tiered.new_store()

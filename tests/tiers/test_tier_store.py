@@ -17,7 +17,7 @@ L, HKV, D = 2, 2, 16
 def _cfg(chunk=8, sinks=3, window=8, budget=3, host_chunks=None, **kw):
     per_chunk = 2 * HKV * chunk * D * 4  # fp32, batch 1
     host = None if host_chunks is None else max(1, host_chunks * per_chunk)  # 1 byte: no chunk
-    return OffloadConfig(kv_chunk=chunk, sinks=sinks, window=window, gpu_mem=budget * L * per_chunk,
+    return OffloadConfig(kv_chunk=chunk, sinks=sinks, window=window, hot_set_bytes=budget * L * per_chunk,
                          host_mem=host, **kw)  # fmt: skip
 
 
@@ -73,13 +73,12 @@ def test_matches_dense_through_a_script(cfg, batch):
     assert tiered.spill_files == []
 
 
-@pytest.mark.parametrize("arena", [1, 3, 1000])
-def test_chunks_emitted_together_land_in_their_slots_across_host_arenas(arena):
+def test_chunks_emitted_together_land_in_their_slots():
     """A prefill append places many chunks at once (runs of consecutive GPU and host slots copied in
-    one go, cut at host arenas); every byte must still be where the manager says."""
+    one go); every byte must still be where the store says: each resident chunk's GPU slot (through
+    the block table) holds it, and reading the layer back gives what was appended."""
     cfg = _cfg(budget=5)
     tiered = TieredKVStore(L, HKV, D, torch.float32, "cpu", cfg)
-    tiered._host.arena_slots = arena  # before any arena exists: slots a*arena.. share one
     dense = DenseKVStore(L, HKV, D, torch.float32, "cpu")
     for i, t in enumerate([150, 1, 37, 9]):
         for layer in range(L):
@@ -88,13 +87,16 @@ def test_chunks_emitted_together_land_in_their_slots_across_host_arenas(arena):
             dense.append(layer, k, v)
     for layer in range(L):
         k, v = dense.read_layer(layer)
-        for j in range(tiered._mgr.n_chunks(layer)):
-            p = tiered._mgr.placement(layer, j)
+        m = tiered.n_chunks(layer)
+        slots = tiered.lookup(layer, torch.arange(m).view(1, -1))[0]
+        assert sum(tiered.is_resident(layer, j) for j in range(m)) == tiered.slot_budget(layer) == 5
+        for j in range(m):
             a = tiered.layout.chunk_start(j)
-            want = torch.stack([k[0, :, a : a + 8], v[0, :, a : a + 8]])  # [2, Hkv, C, D]
-            assert torch.equal(tiered._host.view(p.host_slot), want)
-            if p.gpu_slot is not None:
-                assert torch.equal(tiered._gpu.view(layer, p.gpu_slot), want)
+            if tiered.is_resident(layer, j):
+                gk, gv = tiered.pool.gather(slots[j : j + 1])
+                assert torch.equal(gk, k[0, :, a : a + 8]) and torch.equal(gv, v[0, :, a : a + 8])
+            else:
+                assert int(slots[j]) == -1
         _check(tiered, dense, layer, 1, seed=layer)
     assert tiered.stats()["chunks"] == L * ((197 - 3 - 8) // 8)
     tiered.close()
@@ -157,16 +159,26 @@ def test_half_spilled_to_disk_is_identical_to_all_in_memory():
     assert not any(os.path.exists(f) for f in files)
 
 
-def test_prefetch_makes_hits_and_stats_count_bytes():
+def test_pinning_fetches_and_stats_count_bytes():
     tiered = TieredKVStore(L, HKV, D, torch.float32, "cpu", _cfg(budget=4, host_chunks=64))
     k, v = _kv(100, 2)
     tiered.append(1, k, v)  # 3 sinks + 11 chunks + 9 window; 4 resident after prefill
-    tiered.prefetch(1, [7, 8])
+    hot = [j for j in range(11) if tiered.is_resident(1, j)]
+    cold = [j for j in range(11) if j not in hot][:2]
+    assert len(hot) == tiered.slot_budget(1) == 4 and not tiered.all_resident(1)
+    before = tiered.version(1)
+    slots = tiered.pin(1, cold)  # two misses from host, evicting two resident chunks
+    tiered.done(1, pinned=True)
+    assert all(tiered.is_resident(1, j) for j in cold) and tiered.version(1) != before
+    assert torch.equal(tiered.lookup(1, torch.tensor([cold]))[0], slots)
     st = tiered.stats()
-    assert st["prefetched"] == 2 and st["misses"] == 0
+    assert st["misses"] == 2 and st["misses_host"] == 2 and st["evictions"] == 2
     lay = tiered.layout
+    assert tiered.edge(1).shape == (2, HKV, lay.edge_capacity, D)
+    assert torch.equal(tiered.edge(1)[0, :, :3], k[0, :, :3])  # the sinks
     assert st["gpu_bytes"] == 4 * lay.chunk_bytes + (3 + 9) * lay.token_bytes
     assert st["host_bytes"] == 11 * lay.chunk_bytes and st["disk_bytes"] == 0
+    assert tiered.spec.gpu_slots == (4,) * L and tiered.spec.host_chunks == 64
     tiered.close()
     with pytest.raises(RuntimeError, match="closed"):
         tiered.attend(1, torch.randn(1, 4, 1, D), 0.1)
