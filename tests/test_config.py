@@ -18,9 +18,11 @@ from offload import ConfigError, OffloadConfig
         {"window": -1},
         {"compress": "yes"},
         {"host_mem": 0},
-        {"select_every": 0},
-        {"select_every": 2.0},
-        {"select_every": True},
+        {"gpu_mem": 0},
+        {"hot_set_bytes": -1},
+        {"hot_set_bytes": 1.5},
+        {"kv_chunk": 0},
+        {"sparse": 8},
     ],
 )
 def test_bad_fields_raise_config_error(kwargs):
@@ -47,27 +49,6 @@ def test_cuda_device_refused_without_cuda():
         OffloadConfig(device="cuda")
 
 
-def test_chunk_defaults_to_selection_granularity_with_a_budget():
-    from offload.config import DENSE_CHUNK, SPARSE_CHUNK, TOKEN_CHUNK
-
-    assert OffloadConfig().chunk == DENSE_CHUNK == 64
-    assert OffloadConfig(budget=256).chunk == TOKEN_CHUNK == 8  # policy "token", the default
-    for policy in ("bound", "quest", "landmark", "snapkv", "h2o"):  # per-chunk abstracts or scores
-        assert OffloadConfig(budget=256, policy=policy).chunk == SPARSE_CHUNK == 16
-    assert OffloadConfig(budget=256, kv_chunk=32).chunk == 32
-    assert OffloadConfig(kv_chunk=8).chunk == 8
-    with pytest.raises(ConfigError, match="kv_chunk"):
-        OffloadConfig(kv_chunk=0)
-
-
-def test_select_unit_defaults_to_tokens_for_the_token_policy_only():
-    assert OffloadConfig(budget=256).selects_tokens  # policy "token", the default
-    assert not OffloadConfig(budget=256, select_unit="chunk").selects_tokens
-    for policy in ("bound", "quest", "landmark", "snapkv", "h2o"):  # per-chunk abstracts or scores
-        assert not OffloadConfig(budget=256, policy=policy).selects_tokens
-        assert not OffloadConfig(budget=256, policy=policy, select_unit="chunk").selects_tokens
-        with pytest.raises(ConfigError, match="select_unit='token' needs policy 'token'"):
-            OffloadConfig(budget=256, policy=policy, select_unit="token")
-    for bad in ("tokens", "", 1, True):
-        with pytest.raises(ConfigError, match="select_unit"):
-            OffloadConfig(budget=256, select_unit=bad)
+def test_gpu_mem_and_hot_set_bytes_are_separate_knobs():
+    c = OffloadConfig(gpu_mem=8 << 30, hot_set_bytes=1 << 20)
+    assert (c.gpu_mem, c.hot_set_bytes) == (8 << 30, 1 << 20)
