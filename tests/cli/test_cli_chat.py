@@ -1,6 +1,9 @@
 """offload-chat through click's runner on the real embedded model."""
 
+import re
+
 import pytest
+import torch
 from click.testing import CliRunner
 
 from offload.cli.chat import main
@@ -80,6 +83,7 @@ def test_errors_have_exit_codes_and_no_traceback(model, runner, tmp_path):
         (["-c", "lots", "-p", "hi"], 2, "not a token count"),
         (["--budget", "1/8", "--policy", "magic", "-p", "hi"], 2, "'magic' is not one of"),
         (["--budget", "1/8", "--layer-budget", "steep", "-p", "hi"], 2, "'steep' is not one of"),
+        (["--budget", "1/8", "--split", "steep", "-p", "hi"], 2, "'steep' is not one of"),
         (["--budget", "1/8", "--select-every", "0", "-p", "hi"], 2, "--select-every"),
         (["--budget", "1/8", "--kv-chunk", "0", "-p", "hi"], 2, "--kv-chunk"),
     ]
@@ -106,7 +110,7 @@ def test_select_unit_reaches_the_config(args, tokens):
     from offload.cli.options import offload_config
 
     config = offload_config(main.make_context("offload-chat", list(args)).params)
-    assert config.selects_tokens is tokens
+    assert config.sparse.policy.selects_tokens is tokens
 
 
 def test_select_unit_token_with_a_chunk_policy_is_a_clear_error(tmp_path):
@@ -114,7 +118,7 @@ def test_select_unit_token_with_a_chunk_policy_is_a_clear_error(tmp_path):
     doc.write_text("hello")
     r = CliRunner().invoke(main, ["-f", str(doc), "-p", "hi", "--budget", "1/8", "--policy", "quest",
                                   "--select-unit", "token"])  # fmt: skip
-    assert r.exit_code != 0 and "select_unit='token' needs policy 'token'" in r.output
+    assert r.exit_code != 0 and "--select-unit applies to --policy token" in r.output
     assert "Traceback" not in r.output
 
 
@@ -129,4 +133,38 @@ def test_kv_chunk_reaches_the_config(args, chunk, store):
 
     params = main.make_context("offload-chat", list(args)).params
     config = offload_config(params)
-    assert (config.chunk, config.kv_store) == (chunk, store)
+    from offload.store_spec import StoreSpec
+
+    spec = StoreSpec.derive(config, 2, 1, 8, torch.float32, "cpu")
+    assert (StoreSpec.chunk_of(config), spec.kind) == (chunk, store)
+
+
+@pytest.mark.parametrize("args,split", [([], "adaptive"), (["--split", "squeeze"], "squeeze"),
+                                        (["--layer-budget", "uniform"], "uniform")])  # fmt: skip
+def test_split_and_its_alias_reach_the_sparse_config(args, split, monkeypatch):
+    from offload.cli.options import offload_config
+
+    config = offload_config(main.make_context("offload-chat", ["--budget", "1/8", *args]).params)
+    assert config.sparse.split == split
+    monkeypatch.setenv("OFFLOAD_SPLIT", "uniform")
+    config = offload_config(main.make_context("offload-chat", ["--budget", "1/8"]).params)
+    assert config.sparse.split == "uniform"
+
+
+def test_help_groups_the_options():
+    """--help has three sections: the common options, sparse decode (with --budget), and memory and
+    tiers; each option sits under its own."""
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0
+    out = r.output
+    heads = ["Options:", "Sparse decode (with --budget):", "Memory and tiers:"]
+    at = [out.index(h) for h in heads]
+    assert at == sorted(at)
+
+    def section(opt):
+        pos = re.search(rf"\n  {opt}[ ,]", out).start()  # the option's own line, not a mention in help text
+        return [h for h, a in zip(heads, at) if a < pos][-1]  # the last heading above it
+
+    assert section("--budget") == section("--policy") == section("--split") == "Sparse decode (with --budget):"
+    assert section("--gpu-mem") == section("--host-mem") == section("--kv-chunk") == "Memory and tiers:"
+    assert section("-f, --file") == "Options:"
