@@ -42,7 +42,13 @@ def test_sparse_config_errors_clearly():
     with pytest.raises(EvalError, match="not a sparse mode"):
         sparse_config(OffloadConfig(), Mode("dense"), "x", 4000)
     # --kv-chunk reaches the sparse modes through the base config
-    assert sparse_config(OffloadConfig(kv_chunk=8), Mode("sparse", 512), "token", 4000).chunk == 8
+    from offload.store_spec import StoreSpec
+
+    assert StoreSpec.chunk_of(sparse_config(OffloadConfig(kv_chunk=8), Mode("sparse", 512), "token", 4000)) == 8
+    cfg = sparse_config(OffloadConfig(), Mode("sparse", 512), "quest+squeeze", 4000, select_every=3)
+    assert (cfg.sparse.policy_name, cfg.sparse.split, cfg.sparse.budget, cfg.sparse.select_every) == ("quest", "squeeze", 512, 3)
+    with pytest.raises(EvalError, match="unknown split 'wide'"):
+        sparse_config(OffloadConfig(), Mode("sparse", 512), "quest+wide", 4000)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -51,7 +57,7 @@ def test_sparse_config_errors_clearly():
     (["--modes", "full,turbo"], "unknown mode 'turbo'"),
     (["--modes", "sparse@1/16"], "needs a selection policy"),
     (["--modes", "sparse@1/16", "--policy", "no-such-policy"], "no-such-policy"),
-    (["--modes", "sparse@1/16", "--policy", "bound,quest+wide"], "unknown layer budget 'wide'"),
+    (["--modes", "sparse@1/16", "--policy", "bound,quest+wide"], "unknown split 'wide'"),
     (["--modes", "sparse@1/16", "--policy", "bound,,quest"], "without empty items"),
     (["--samples", "0"], "--samples"),
     (["--limit", "0"], "--limit"),
@@ -164,4 +170,4 @@ def test_sparse_chunks_name_each_policys_chunk_when_they_differ():
     assert _sparse_chunks(cfg, sparse, ["bound", "quest+squeeze"]) == 16
     assert _sparse_chunks(cfg, sparse, ["token", "bound+squeeze"]) == {"token": 1, "bound+squeeze": 16}
     assert _sparse_chunks(cfg.replace(kv_chunk=8), sparse, ["quest", "bound"]) == 8
-    assert _sparse_chunks(cfg.replace(kv_chunk=16, select_unit="chunk"), sparse, ["token", "bound"]) == 16
+    assert _sparse_chunks(cfg.replace(kv_chunk=16), sparse, ["token", "bound"]) == {"token": 1, "bound": 16}
