@@ -28,7 +28,7 @@ def mount_tmpfs(path: Path, size: str):
 
 def spilling(model, disk_dir) -> OffloadModel:
     """`model`'s weights with a config that keeps ~1 MiB of KV in memory and spills the rest."""
-    cfg = OffloadConfig(kv_store="tiered", gpu_mem=1 << 20, host_mem=1 << 20, disk_dir=str(disk_dir))
+    cfg = OffloadConfig(kv_store="tiered", hot_set_bytes=1 << 20, host_mem=1 << 20, disk_dir=str(disk_dir))
     return OffloadModel(hf=model.hf, tokenizer=model.tokenizer, config=cfg, model_dir=model.model_dir)
 
 

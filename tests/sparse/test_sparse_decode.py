@@ -1,6 +1,6 @@
 """Sparse decode wired end to end on the embedded SmolLM2: a budget covering the context gives the
 dense greedy tokens (invariant 1); `bound` at 1/8 of a ~1.5k pass-key prompt selects the needle's
-chunk and answers; a sparse session reopens with its abstracts rebuilt."""
+chunk and answers; a sparse session reopens with its summaries (basis) restored."""
 
 import dataclasses
 
@@ -9,6 +9,7 @@ import pytest
 import offload
 from offload.engine import Engine
 from offload.eval.passkey import passkey
+from offload.sparse import SparseConfig
 
 PROMPT = ("The tiers keep every chunk of the cache somewhere: a few on the device, most in host memory, "
           "the rest in files on disk. ") * 8 + "Summarize the previous text in one sentence:"  # fmt: skip
@@ -23,7 +24,7 @@ def test_budget_over_context_gives_dense_tokens(model):
     """Every policy takes the same exact path once k >= body chunks (test_sparse_select checks
     that bitwise per policy); here the whole engine, with squeeze budgets from prefill."""
     sparse = dataclasses.replace(model, config=model.config.replace(
-        budget=100_000, policy="bound", layer_budget="squeeze"))  # fmt: skip
+        sparse=SparseConfig(budget=100_000, policy="bound", split="squeeze")))  # fmt: skip
     store = sparse.new_store()
     assert type(store).__name__ == "TieredKVStore"
     store.close()
@@ -38,7 +39,7 @@ def test_bound_finds_the_needle(model):
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     at = sample.prompt.index(f"The pass key is {key}")
     needle = [i for i, (a, b) in enumerate(offsets) if a >= at and b <= at + len(f"The pass key is {key}")]
-    cfg = model.config.replace(budget=0.125, policy="bound", layer_budget="uniform")  # 1/8 in every layer
+    cfg = model.config.replace(sparse=SparseConfig(budget=0.125, policy="bound", split="uniform"))  # 1/8 in every layer
     sparse = dataclasses.replace(model, config=cfg)
     store = sparse.new_store()
     try:
@@ -46,7 +47,7 @@ def test_bound_finds_the_needle(model):
         logits = engine.prefill(ids)
         lay = store.layout
         chunks = {(p - lay.sinks) // lay.chunk for p in needle}
-        m = store._mgr.n_chunks(0)
+        m = store.n_chunks(0)
         assert all(0 <= c < m for c in chunks)  # the needle sits in the body, not in sinks/window
         picked, seen = [], []
         select = store.selector.select
@@ -72,19 +73,21 @@ def test_bound_finds_the_needle(model):
         store.close()
 
 
-def test_sparse_session_rebuilds_abstracts(model, tmp_path):
-    sparse = dataclasses.replace(model, config=model.config.replace(budget=64, policy="bound"))
+def test_sparse_session_restores_its_summaries(model, tmp_path):
+    sparse = dataclasses.replace(model, config=model.config.replace(sparse=SparseConfig(budget=64, policy="bound")))
     chat = offload.Chat(sparse)
     chat.send(PROMPT, max_new_tokens=3)
-    assert chat.store.selector.chunk_budget(0, chat.n_tokens) < chat.store._mgr.n_chunks(0)  # sparse
+    assert chat.store.selector.chunk_budget(0, chat.n_tokens) < chat.store.n_chunks(0)  # sparse
     path = tmp_path / "s.offload"
     chat.save_session(path)
     n_layers = model.kv_shape()[0]
-    want = [chat.store.selector.abstracts.n[i] for i in range(n_layers)]
+    want = [chat.store.n_chunks(i) for i in range(n_layers)]
+    basis = chat.store.selector.state.basis.basis.clone()
     chat.close()
     again = offload.Chat(sparse)
     again.load_session(path)
-    ab = again.store.selector.abstracts
-    assert [ab.n[i] for i in range(n_layers)] == want and all(ab.has_basis)
+    state = again.store.selector.state
+    assert [again.store.n_chunks(i) for i in range(n_layers)] == want and all(state.basis.has)
+    assert state.basis.basis.equal(basis)
     assert again.send("And in one word?", max_new_tokens=2)
     again.close()
