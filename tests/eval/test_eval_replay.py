@@ -9,6 +9,7 @@ import torch
 from offload.engine import Engine
 from offload.eval.recall import natural_ids
 from offload.eval.replay import Prefilled, greedy_continue, greedy_many
+from offload.sparse import SparseConfig
 
 N_PROMPT, N_NEW = 400, 6
 
@@ -35,7 +36,7 @@ def _direct(model, ids, n):
 def _configs(model):
     budgets = [("bound", "uniform", 64), ("snapkv", "squeeze", 64), ("h2o", "uniform", 48),
                ("quest", "uniform", 10_000)]  # fmt: skip
-    return [dataclasses.replace(model, config=model.config.replace(budget=b, policy=p, layer_budget=lb))
+    return [dataclasses.replace(model, config=model.config.replace(sparse=SparseConfig(budget=b, policy=p, split=lb)))
             for p, lb, b in budgets]
 
 
