@@ -10,6 +10,7 @@ import torch
 from offload.eval import EvalError
 from offload.eval.needle_probe import forced_answer, needle_probe
 from offload.eval.runner import plan_samples
+from offload.sparse import SparseConfig
 
 LENGTH = 1024
 
@@ -44,8 +45,8 @@ def test_other_tasks_are_refused(model):
 
 def test_dense_is_full_attention_and_whole_budget_is_dense(model, hf_model, sample):
     prompt_ids, forced, spans = forced_answer(model.tokenizer, sample)
-    whole = dataclasses.replace(model, config=model.config.replace(budget=4 * LENGTH, policy="token"))
-    small = dataclasses.replace(model, config=model.config.replace(budget=32, policy="token"))
+    whole = dataclasses.replace(model, config=model.config.replace(sparse=SparseConfig(budget=4 * LENGTH, policy="token")))
+    small = dataclasses.replace(model, config=model.config.replace(sparse=SparseConfig(budget=32, policy="token")))
     dense, covered, sparse = needle_probe({"dense": model, "whole": whole, "small": small}, sample)
     # the reference: one HF forward over prompt + forced answer; the logits at position p predict p + 1
     ids = torch.tensor([prompt_ids + forced])
