@@ -91,8 +91,8 @@ def _offload_decode(model, pf, new: int) -> tuple[float, list[int], dict]:
         after = store.stats()
         # only the manager's event counters, as deltas over the timed steps (byte sizes are not events)
         counters = {k: after[k] - before.get(k, 0) for k in
-                    ("hits", "misses", "misses_host", "misses_disk", "evictions", "prefetched",
-                     "prefetch_hits", "selections", "selections_kept") if k in after}
+                    ("hits", "misses", "misses_host", "misses_disk", "evictions", "selections",
+                     "selections_kept") if k in after}
         return seconds, tokens, counters
     finally:
         store.close()

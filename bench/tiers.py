@@ -6,7 +6,7 @@
     python bench/tiers.py h2d       # CUDA only: pinned contiguous H2D vs N scattered chunks -> slots
     python bench/tiers.py capture   # real decode attention of SmolLM2 on 4k tokens -> --trace file
     python bench/tiers.py chunk     # chunk size: attention mass captured at a token budget, policy cost
-    python bench/tiers.py eviction  # hit rate of each eviction policy replaying decode selections
+    python bench/tiers.py eviction  # LRU's hit rate replaying decode selections, vs Belady's optimum
 
 Each prints one table; `--json FILE` appends one JSON row per table line. Traces are teacher-forced:
 the model reads the last `--steps` tokens of a real text one position at a time (as decode does) and
@@ -33,7 +33,6 @@ from offload.config import OffloadConfig
 from offload.hf_compat import cache_keyword, output_cache
 from offload.tiers.codec import ChunkCodec
 from offload.tiers.disk import DiskStore
-from offload.tiers.eviction import POLICIES
 from offload.tiers.layout import ChunkLayout
 from offload.tiers.manager import TierManager
 from offload.tiers.spill import SpillDir
@@ -313,17 +312,16 @@ def bench_eviction(args):
             slots = min(n_chunks, max(peak, int(mult * k * att.shape[1])))
             row = {"chunk": c, "top_k/head": k, "slots": slots, "body_chunks": n_chunks}
             total = sum(len(s) for layer in sel for s in layer)
-            for name in sorted(POLICIES):
-                hits = 0
-                for layer in sel:
-                    mgr = TierManager([slots], host_capacity=1 << 20, policy=name)
-                    for _ in range(n_chunks):
-                        mgr.add_chunk(0)  # prefill fills the free slots with chunks 0..slots-1
-                    for step in layer:
-                        mgr.acquire(0, step)
-                        mgr.release(0)
-                    hits += mgr.counters["hits"]
-                row[name] = hits / total
+            hits = 0
+            for layer in sel:
+                mgr = TierManager([slots], host_capacity=1 << 20)  # LRU, as the store
+                for _ in range(n_chunks):
+                    mgr.add_chunk(0)  # prefill fills the free slots with chunks 0..slots-1
+                for step in layer:
+                    mgr.acquire(0, step)
+                    mgr.release(0)
+                hits += mgr.counters["hits"]
+            row["lru"] = hits / total
             row["belady"] = sum(_belady(layer, slots) for layer in sel) / total
             rows.append(row)
     _emit(args, "eviction: hit rate replaying oracle top-k selections (union over KV heads) per layer", rows)

@@ -1,5 +1,4 @@
-"""The public ops: Triton when the tensors are on CUDA, torch otherwise (the reference, or for sparse
-decode a CPU path with fewer ops in the case the store hands it, `sparse_decode_cpu.py`).
+"""The public ops: Triton when the tensors are on CUDA, the torch reference otherwise.
 
 The Triton interpreter never runs here, whatever TRITON_INTERPRET says: CPU tensors always take the
 reference (which is what the CPU engine wants: vectorised torch, fp32). Triton modules are imported
@@ -15,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from . import reference as ref
-from .sparse_decode_cpu import sparse_decode_attention_cpu
 
 __all__ = [
     "sparse_decode_attention",
@@ -50,10 +48,6 @@ def sparse_decode_attention(
         return sparse_decode_attention_triton(
             q, k_pool, v_pool, block_table, body_len, extra_k, extra_v, extra_len, scale
         )
-    fast = sparse_decode_attention_cpu(q, k_pool, v_pool, block_table, body_len, extra_k, extra_v, extra_len,
-                                       scale)  # fmt: skip
-    if fast is not None:  # the store's every-step case, in fewer ops
-        return fast
     return ref.sparse_decode_attention_ref(
         q, k_pool, v_pool, block_table, body_len, extra_k, extra_v, extra_len, scale
     )

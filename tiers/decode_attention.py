@@ -22,7 +22,7 @@ from offload.kernels.dispatch import sparse_decode_attention
 from .rounds import attend_rounds
 from .working_set import WorkingSet
 
-__all__ = ["DecodeAttention"]
+__all__ = ["DecodeAttention", "kernel_args"]
 
 
 class DecodeAttention:
@@ -94,22 +94,34 @@ class DecodeAttention:
         st, sel = self.store, self.selector
         lay = st.layout
         b, h, _, d = q.shape
-        hkv, k = st.n_kv_heads, select.shape[1]
-        slots = st.lookup(layer, select)  # [R, k] global pool slots
-        body_len = torch.full((b, hkv), k * lay.chunk, dtype=torch.int32, device=q.device)
-        if k == 0:  # a zero-width block table: give the kernel one (masked) entry
-            slots = torch.zeros(lay.rows, 1, dtype=torch.long, device=q.device)
-        n = st.layer_len(layer)
-        ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks
-        e = st.edge(layer)[:, :, :ext].view(2, b, hkv, ext, d)
-        extra_len = torch.full((b,), ext, dtype=torch.int32, device=q.device)
-        pool = st.pool
-        out, lse = sparse_decode_attention(q[:, :, 0], pool.k_pool, pool.v_pool, slots.view(b, hkv, -1), body_len,
-                                           e[0], e[1], extra_len, scaling)  # fmt: skip
+        args = kernel_args(st, layer, q, select)
+        out, lse = sparse_decode_attention(*args, scaling)
+        k = select.shape[1]
         if sel.wants_mass and k:
-            keys = pool.gather_rows(slots, parts=1)[0].reshape(lay.rows, k * lay.chunk, d)
-            g = h // hkv
+            slots = args[3].view(lay.rows, k)  # [R, k] global pool slots
+            keys = st.pool.gather_rows(slots, parts=1)[0].reshape(lay.rows, k * lay.chunk, d)
+            g = h // st.n_kv_heads
             s = torch.matmul(q[:, :, 0].reshape(lay.rows, g, d).float(), keys.float().transpose(-1, -2)) * scaling
             chunk_lse = torch.logsumexp(s.view(lay.rows, g, k, lay.chunk), dim=-1)  # [R, g, k]
             sel.attended(layer, select, torch.exp(chunk_lse - lse.view(lay.rows, g, 1)).sum(1))
         return out.view(b, 1, h, d)
+
+
+def kernel_args(store, layer: int, q: torch.Tensor, select: torch.Tensor) -> tuple:
+    """What the sparse kernel reads for `layer`'s chunk selection `select` [R, k] (resident chunks):
+    (q [B, H, D], k_pool, v_pool, block table [B, Hkv, k] of global slots, body_len, sinks + window
+    keys and values [B, Hkv, E, D] from the edge buffer, extra_len) — views of the store's own
+    buffers, read through its public view; the softmax scale goes last."""
+    lay = store.layout
+    b, _, _, d = q.shape
+    hkv, k = store.n_kv_heads, select.shape[1]
+    slots = store.lookup(layer, select)  # [R, k] global pool slots
+    body_len = torch.full((b, hkv), k * lay.chunk, dtype=torch.int32, device=q.device)
+    if k == 0:  # a zero-width block table: give the kernel one (masked) entry
+        slots = torch.zeros(lay.rows, 1, dtype=torch.long, device=q.device)
+    n = store.layer_len(layer)
+    ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks
+    e = store.edge(layer)[:, :, :ext].view(2, b, hkv, ext, d)
+    extra_len = torch.full((b,), ext, dtype=torch.int32, device=q.device)
+    pool = store.pool
+    return q[:, :, 0], pool.k_pool, pool.v_pool, slots.view(b, hkv, -1), body_len, e[0], e[1], extra_len

@@ -5,18 +5,16 @@ resident chunk was used) and `remove` (it left: evicted or truncated), and asks 
 chunk to evict, never one in `pinned` (chunks the current attention step is using).
 
 LRU is the only policy: `python bench/tiers.py eviction` replays oracle decode selections and compares
-the hit rate of each policy with Belady's offline optimum. FIFO, CLOCK, LFU and evicting the
-lowest-scoring chunk were none enough better to keep, so they were removed (issue 21). That run is
-not kept in `bench/results/`; its summary is in this file's docstring at commit 92ae404.
+its hit rate with Belady's offline optimum. FIFO, CLOCK, LFU and evicting the lowest-scoring chunk
+were none enough better to keep, so they were removed (issue 21); that comparison is summarised in
+this file's docstring at commit 92ae404.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-__all__ = ["LRU", "DEFAULT_POLICY", "POLICIES"]
-
-DEFAULT_POLICY = "lru"
+__all__ = ["LRU"]
 
 
 class LRU:
@@ -39,7 +37,3 @@ class LRU:
             if key not in pinned:
                 return key
         raise LookupError("every resident chunk is pinned: nothing can be evicted")
-
-
-# the policy names TierManager accepts; bench/tiers.py eviction replays each of them
-POLICIES = {DEFAULT_POLICY: LRU}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .eviction import DEFAULT_POLICY, LRU
+from .eviction import LRU
 
 __all__ = ["TierManager", "Placement", "Miss", "FetchPlan", "HOST", "DISK", "slot_runs"]
 
@@ -65,15 +65,12 @@ class TierManager:
     """Placement and eviction for `len(budgets)` layers.
 
     budgets: GPU slots per layer (>= 1 each); host_capacity: chunks the host pool holds. GPU copies
-    are evicted least recently used first (`eviction.LRU`); `policy` must be "lru" (the only name
-    left; the argument goes once no caller passes it).
+    are evicted least recently used first (`eviction.LRU`).
     """
 
-    def __init__(self, budgets: list[int], host_capacity: int, policy: str = DEFAULT_POLICY):
+    def __init__(self, budgets: list[int], host_capacity: int):
         if any(b < 1 for b in budgets):
             raise ValueError(f"every layer needs a budget >= 1, got {budgets}")
-        if policy != DEFAULT_POLICY:
-            raise ValueError(f"unknown eviction policy {policy!r}: only {DEFAULT_POLICY!r} (LRU) is left")
         self.budgets = list(budgets)
         self.host_capacity = host_capacity
         n = len(budgets)
@@ -89,8 +86,7 @@ class TierManager:
         # store's block table) rebuild a layer's row only when its version moved
         self._version = [0] * n
         self.counters = dict.fromkeys(
-            ("hits", "misses", "misses_host", "misses_disk", "evictions", "prefetched",
-             "prefetch_hits", "added_host", "added_disk"), 0)  # fmt: skip
+            ("hits", "misses", "misses_host", "misses_disk", "evictions", "added_host", "added_disk"), 0)
 
     # -- queries ---------------------------------------------------------------------------------
     def n_chunks(self, layer: int) -> int:
@@ -155,9 +151,9 @@ class TierManager:
                 self._version[layer] += 1
         return Placement(layer, chunk, home, host_slot, gpu_slot)
 
-    def acquire(self, layer: int, chunks, prefetch: bool = False) -> FetchPlan:
-        """Make `chunks` (distinct ids of `layer`) resident and, unless `prefetch`, pin them until
-        `release(layer)`. Raises ValueError when they cannot all fit in the layer's budget."""
+    def acquire(self, layer: int, chunks) -> FetchPlan:
+        """Make `chunks` (distinct ids of `layer`) resident and pin them until `release(layer)`.
+        Raises ValueError when they cannot all fit in the layer's budget."""
         chunks = tuple(chunks)
         for c in chunks:
             self._check(layer, c)
@@ -173,7 +169,7 @@ class TierManager:
             slot = gpu.get(c)
             if slot is not None:
                 lru.touch(c)
-                self.counters["prefetch_hits" if prefetch else "hits"] += 1
+                self.counters["hits"] += 1
             else:
                 slot, victim = self._take_slot(layer, pinned)
                 if victim is not None:
@@ -183,14 +179,10 @@ class TierManager:
                 self._version[layer] += 1
                 home = self._home[layer][c]
                 misses.append(Miss(c, slot, home, self._host_slot[layer][c]))
-                if prefetch:
-                    self.counters["prefetched"] += 1
-                else:
-                    self.counters["misses"] += 1
-                    self.counters["misses_host" if home == HOST else "misses_disk"] += 1
+                self.counters["misses"] += 1
+                self.counters["misses_host" if home == HOST else "misses_disk"] += 1
             slots.append(slot)
-        if not prefetch:
-            self._pinned[layer] = pinned
+        self._pinned[layer] = pinned
         return FetchPlan(layer, chunks, tuple(slots), tuple(misses), tuple(evicted))
 
     def release(self, layer: int) -> None:

@@ -192,7 +192,7 @@ class TieredKVStore(StoreView):
     def stats(self) -> dict:
         """Bytes per tier (gpu_bytes includes sinks + window), pool sizes, token count, the manager's
         counters (hits: + one per (KV head, chunk or token) a sparse step read, all resident;
-        misses, misses_host, misses_disk, evictions, prefetched, ...) and the selector's."""
+        misses, misses_host, misses_disk, evictions, ...) and the selector's."""
         lay = self.layout
         edge_tokens = sum(lay.sink_len(n) + lay.window_len(n) for n in self._n)
         return {

@@ -11,11 +11,11 @@ from offload.eval.policies import (
     fixed_mask,
     get_policy,
     policy_names,
-    register_policy,
     selection_mask,
 )
 from offload.eval.recall import attention_recall, capture_qk, format_recall_table, natural_ids
-from offload.eval.sparse_policies import ChunkPolicy
+from offload.eval.sparse_policies import StorePolicy
+from offload.sparse.policies.token import Token
 
 
 class OraclePolicy:
@@ -37,16 +37,19 @@ class OraclePolicy:
         return mass.topk(min(budget, t), dim=-1).indices
 
 
-register_policy("test_oracle")(OraclePolicy)
-
-
 def test_registry():
-    assert {"full", "window"} <= set(policy_names())
+    """The harness's names: its baselines, every runtime policy (one registry) and the
+    measurement-only ones; each name gives a policy that answers to it."""
+    from offload.sparse import policy_names as runtime_names
+
+    names = set(policy_names())
+    assert {"full", "window", "oracle", "token8"} <= names and set(runtime_names()) <= names
     assert isinstance(get_policy("window", sinks=2, window=8), WindowPolicy)
+    for name in runtime_names():
+        policy = get_policy(name, sinks=2, window=8)
+        assert isinstance(policy, StorePolicy) and policy.name == name and (policy.sinks, policy.window) == (2, 8)
     with pytest.raises(ValueError, match="unknown selection policy 'nope'"):
         get_policy("nope")
-    with pytest.raises(ValueError, match="already registered"):
-        register_policy("window")(OraclePolicy)
 
 
 def test_selection_mask_forms():
@@ -89,7 +92,7 @@ def test_capture_is_exact_and_leaves_the_model_as_it_was(model, hf_model):
 
 
 def test_recall_full_is_one_and_oracle_bounds_window(model, hf_model):
-    res = attention_recall(hf_model, model.tokenizer, ["full", "window", "test_oracle"],
+    res = attention_recall(hf_model, model.tokenizer, ["full", "window", OraclePolicy(sinks=4, window=16)],
                            [Fraction(1, 16), 10_000], n_context=384, n_steps=3, sinks=4, window=16)
     by = {(r.policy, r.budget): r for r in res}
     full = by[("full", "1/16")]
@@ -105,20 +108,21 @@ def test_recall_full_is_one_and_oracle_bounds_window(model, hf_model):
     assert "window@1/16" in table and " mean " in table
 
 
-class CountingToken(ChunkPolicy):
-    """Test-only: `token` that counts its selections (how often the harness asked for a fresh one)."""
+class CountingToken:
+    """Test-only: `token` picking 16-token chunks that counts its selections (how often the harness
+    asked for a fresh one)."""
 
-    calls: list[int] = []
+    name = "test_counting"
+    respects_budget = True
 
     def __init__(self, sinks=4, window=64):
-        super().__init__("test_counting", "token", sinks=sinks, window=window)
+        self.inner = StorePolicy("token16", Token(unit="chunk"), 16, sinks=sinks, window=window)
+        self.sinks, self.window, self.chunk = sinks, window, self.inner.chunk
+        self.calls: list[int] = []
 
     def select(self, layer, query, keys, budget):
         self.calls.append(layer)
-        return super().select(layer, query, keys, budget)
-
-
-register_policy("test_counting")(CountingToken)
+        return self.inner.select(layer, query, keys, budget)
 
 
 def test_recall_keeps_a_selection_for_select_every_steps(model, hf_model):
@@ -127,11 +131,11 @@ def test_recall_keeps_a_selection_for_select_every_steps(model, hf_model):
     n_layers = hf_model.config.num_hidden_layers
     counts = {}
     for every in (1, 3):
-        CountingToken.calls.clear()
-        res = attention_recall(hf_model, model.tokenizer, ["test_counting", "full"], [Fraction(1, 16)],
+        counting = CountingToken(sinks=4, window=16)
+        res = attention_recall(hf_model, model.tokenizer, [counting, "full"], [Fraction(1, 16)],
                                n_context=384, n_steps=3, sinks=4, window=16, select_every=every,
                                whole_below=0)  # fmt: skip
-        counts[every] = len(CountingToken.calls)
+        counts[every] = len(counting.calls)
         full = next(r for r in res if r.policy == "full")
         assert all(abs(x - 1.0) < 1e-5 for x in full.per_layer)
     assert counts == {1: 3 * n_layers, 3: n_layers}

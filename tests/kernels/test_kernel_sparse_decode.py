@@ -147,21 +147,24 @@ def test_bad_inputs_raise():
 @pytest.mark.parametrize("dtype,batch,k", [(F32, 1, 3), (BF16, 2, 2), (F16, 1, 0)])
 def test_what_the_store_hands_the_kernel(dtype, batch, k, error_rule):
     """The tiered store's sparse step passes views of its own buffers (pool [S, B*Hkv, C, D] with k
-    and v interleaved per slot, sinks + window from the edge buffer, global slots as the block table):
-    the kernel must read them as the reference does, a zero-width selection included."""
-    from offload import OffloadConfig
+    and v interleaved per slot, sinks + window from the edge buffer, global slots as the block table),
+    read through its public view: the kernel must read them as the reference does, a zero-width
+    selection included."""
+    from offload import OffloadConfig, SparseConfig
+    from offload.tiers.decode_attention import kernel_args
     from offload.tiers.store import TieredKVStore
-    from offload.tiers.store_attention import kernel_args
 
     g = torch.Generator().manual_seed(7)
-    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, budget=64, whole_below=0)
+    cfg = OffloadConfig(kv_chunk=16, sinks=4, window=16, sparse=SparseConfig(budget=64, whole_below=0))
     st = TieredKVStore(2, 2, 64, dtype, "cpu", config=cfg, batch=batch)
     for layer in range(2):
         kv = torch.randn(2, batch, 2, 150, 64, generator=g).to(dtype)
         st.append(layer, kv[0], kv[1])
     q = torch.randn(batch, 6, 1, 64, generator=g).to(dtype)
-    m = st._mgr.n_chunks(1)
+    m = st.n_chunks(1)
+    assert m > k and st.all_resident(1)  # the kernel reads resident chunks only
     select = torch.stack([torch.randperm(m, generator=g)[:k] for _ in range(batch * 2)])  # [R, k]
-    slots = st._table.slots(1, st._mgr, select)
-    check(kernel_args(st, 1, q, slots), error_rule, num_splits=2, block_n=16)
+    args = kernel_args(st, 1, q, select)
+    assert args[3].shape == (batch, 2, max(k, 1)) and int(args[4].max()) == k * 16
+    check(args, error_rule, num_splits=2, block_n=16)
     st.close()

@@ -18,7 +18,7 @@ def _check_invariants(mgr: TierManager):
 
 
 ops = st.lists(
-    st.tuples(st.sampled_from(["add", "hot", "acquire", "prefetch", "truncate"]),
+    st.tuples(st.sampled_from(["add", "hot", "acquire", "truncate"]),
               st.integers(0, 2), st.lists(st.integers(0, 40), max_size=6), st.integers(0, 40)),
     max_size=60,
 )  # fmt: skip
@@ -37,15 +37,14 @@ def test_budget_and_pin_invariants(ops, host):
             mgr.truncate(layer, min(n, count))
         elif count:
             want = list(dict.fromkeys(c % count for c in chunks))[: mgr.budgets[layer]]
-            plan = mgr.acquire(layer, want, prefetch=op == "prefetch")
+            plan = mgr.acquire(layer, want)
             assert set(plan.evicted).isdisjoint(want)  # never evict what this step reads
             for c, s in zip(plan.chunks, plan.slots):
                 assert mgr.gpu_slot(layer, c) == s
-            if op == "acquire":  # pinned chunks survive any later add in the same step
-                for _ in range(3):
-                    mgr.add_chunk(layer, hot=True)
-                assert all(mgr.gpu_slot(layer, c) is not None for c in want)
-                mgr.release(layer)
+            for _ in range(3):  # pinned chunks survive any later add in the same step
+                mgr.add_chunk(layer, hot=True)
+            assert all(mgr.gpu_slot(layer, c) is not None for c in want)
+            mgr.release(layer)
         _check_invariants(mgr)
 
 
@@ -110,12 +109,6 @@ def test_lru_never_picks_pinned():
     assert p.victim({0, 1, 2, 3}) == 4
     with pytest.raises(LookupError):
         p.victim({0, 1, 2, 3, 4})
-
-
-def test_lru_is_the_only_policy_name():
-    assert TierManager([1], host_capacity=0, policy="lru").budgets == [1]
-    with pytest.raises(ValueError, match="only 'lru'"):
-        TierManager([1], host_capacity=0, policy="fifo")
 
 
 def test_slot_runs_cut_consecutive_slots_into_one_copy_each():
