@@ -1,6 +1,6 @@
 """`BlockTable`: the device mirror of the TierManager's chunk -> GPU slot map, what sparse kernels read.
 
-The manager (policy) keeps the map as Python dicts; a decode step that selected chunks per KV head
+The manager (placement) keeps the map as Python dicts; a decode step that selected chunks per KV head
 ([R, k] ids on the device) needs their global pool slots as a tensor without a round trip to Python.
 `slots(layer, ids)` looks them up in a per-layer row `[capacity]` int64 (global slot, -1 = no GPU
 copy), rebuilt from the manager only when its `version(layer)` moved (a chunk joined the hot set,

@@ -1,4 +1,4 @@
-"""`TierManager`: the policy — where every chunk lives, per-layer GPU budgets, eviction, fetch plans.
+"""`TierManager`: placement — where every chunk lives, per-layer GPU budgets, eviction, fetch plans.
 
 Pure Python over integer ids (layer, chunk j, slot numbers); no tensors, so every decision is unit
 tested without CUDA. The store asks, then moves bytes with the pools and `transfer`.

@@ -2,7 +2,7 @@
 
 Per layer (see `layout.ChunkLayout`): sinks and the recent window sit in one preallocated device
 buffer [2, R, S + W + C, D] (sinks at [:S], window at [S:]); the body is chunks placed by the
-`TierManager` (policy) and moved by `Transfer` (mechanism). Sizes come from the `StoreSpec`.
+`TierManager` (placement) and moved by `Transfer` (mechanism). Sizes come from the `StoreSpec`.
 
 The store keeps placement and bytes. Attention reads it through a public view (`store_view.py`)
 in `decode_attention.py` (`sparse_attention`: a decode step over the `Selector`'s choice — the
