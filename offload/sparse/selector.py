@@ -56,7 +56,13 @@ class Selector:
         self.state.before_chunks(layer, keys)
 
     def add_chunks(self, layer: int, j: int, keys: torch.Tensor) -> None:
-        """Chunks j .. j+n-1 of `layer` joined the body; keys [R, n*C, D] on the device."""
+        """Chunks j .. j+n-1 of `layer` joined the body; keys [R, n*C, D] on the device. The store
+        numbers the chunks (the one writer of the count); whole chunks of its rows only."""
+        g = self.geometry
+        rows = g.batch * g.n_kv
+        if keys.dim() != 3 or keys.shape[0] != rows or keys.shape[1] % g.chunk or keys.shape[2] != g.head_dim:
+            raise ValueError(f"layer {layer}: summaries take keys [{rows}, n*{g.chunk}, {g.head_dim}] "
+                             f"(whole chunks), got {list(keys.shape)}")
         self.state.add(layer, j, keys)
 
     def observe(self, layer: int, q_tail: torch.Tensor | None, keys: torch.Tensor | None, scaling: float,

@@ -160,3 +160,17 @@ def test_state_dict_round_trips_into_a_fresh_selector():
     assert torch.equal(other.selector.state.basis.basis, st.selector.state.basis.basis)
     assert other.selector.state.basis.has == [True] * 4
     st.close(), other.close()
+
+
+def test_summaries_take_whole_chunks_of_the_stores_rows():
+    """What joins a policy's summary is whole chunks of every row: a partial chunk, another row count
+    or head dim is a ValueError naming the shape expected, and the summary is left as it was."""
+    st, _ = _filled_store(SparseConfig(budget=64, policy=policy("bound"), whole_below=0), n_layers=1)
+    sel, m = st.selector, st.n_chunks(0)
+    before = {k: v.clone() for k, v in sel.state.state_dict().items()}
+    for shape in ((2, 24, 16), (3, 32, 16), (2, 32, 8), (2, 32)):
+        with pytest.raises(ValueError, match=r"summaries take keys \[2, n\*16, 16\]"):
+            sel.add_chunks(0, m, torch.randn(*shape))
+    after = sel.state.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    st.close()
