@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import time
 
 
 def machine() -> str:
@@ -79,3 +81,25 @@ def unit_facts(config) -> dict:
 
     tokens = config.sparse is not None and config.sparse.policy.selects_tokens
     return {"kv_chunk": StoreSpec.chunk_of(config), "select_unit": "token" if tokens else "chunk"}
+
+
+def emit(args, name, rows):
+    """Print `rows` (dicts with the same keys) as one table titled `name`; with args.json append each
+    row to that JSONL file."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    print(f"\n# {name}  ({platform.node()}, torch {_torch_version()}, {time.strftime('%Y-%m-%d')})")
+    print("  ".join(f"{k:>12}" for k in keys))
+    for r in rows:
+        print("  ".join(f"{r[k]:>12.3f}" if isinstance(r[k], float) else f"{r[k]!s:>12}" for k in keys))
+    if args.json:
+        with open(args.json, "a") as f:
+            for r in rows:
+                f.write(json.dumps({"bench": name, "machine": platform.node(), **r}) + "\n")
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__

@@ -1,14 +1,14 @@
-"""Tier speeds and the two tier design choices (chunk size, eviction policy), each a subcommand.
+"""Tier speeds and the decode trace the tier design choices replay (`bench/tier_choices.py`), each a
+subcommand.
 
     python bench/tiers.py disk      # scattered chunk reads from the mmap'd disk tier, warm and cold
     python bench/tiers.py codec     # shuffle+zstd-1 compress / decompress GB/s and ratio per dtype
     python bench/tiers.py session   # save / load of a 4k-token SmolLM2-sized store vs its prefill
     python bench/tiers.py h2d       # CUDA only: pinned contiguous H2D vs N scattered chunks -> slots
     python bench/tiers.py capture   # real decode attention of SmolLM2 on 4k tokens -> --trace file
-    python bench/tiers.py chunk     # chunk size: attention mass captured at a token budget, policy cost
-    python bench/tiers.py eviction  # LRU's hit rate replaying decode selections, vs Belady's optimum
 
-Each prints one table; `--json FILE` appends one JSON row per table line. Traces are teacher-forced:
+Each prints one table; `--json FILE` appends one JSON row per table line (codec and session use the
+trace's KV when there is one). Traces are teacher-forced:
 the model reads the last `--steps` tokens of a real text one position at a time (as decode does) and
 we keep, per layer, step and KV head, the attention mass on every key.
 """
@@ -20,40 +20,24 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
-import json
-import platform
 import random
 import sys
 import tempfile
 import time
 
 import torch
+from _common import emit
 
 from offload.config import OffloadConfig
 from offload.hf_compat import cache_keyword, output_cache
 from offload.tiers.codec import ChunkCodec
 from offload.tiers.disk import DiskStore
 from offload.tiers.layout import ChunkLayout
-from offload.tiers.manager import TierManager
 from offload.tiers.spill import SpillDir
 from offload.tiers.transfer import Transfer
 
 PREFILL_4K_S = 11.6  # DESIGN.md: SmolLM2 fp32 prefill of 4k tokens on this CPU
 TEXT = "/usr/share/common-licenses/GPL-3"  # real English prose, on every Debian machine
-
-
-def _emit(args, name, rows):
-    if not rows:
-        return
-    keys = list(rows[0])
-    print(f"\n# {name}  ({platform.node()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')})")
-    print("  ".join(f"{k:>12}" for k in keys))
-    for r in rows:
-        print("  ".join(f"{r[k]:>12.3f}" if isinstance(r[k], float) else f"{r[k]!s:>12}" for k in keys))
-    if args.json:
-        with open(args.json, "a") as f:
-            for r in rows:
-                f.write(json.dumps({"bench": name, "machine": platform.node(), **r}) + "\n")
 
 
 def _kv_like(shape, dtype, seed=0):
@@ -89,7 +73,7 @@ def bench_disk(args):
                 rows.append({"chunk": c, "chunk_KiB": lay.chunk_bytes // 1024, "zstd": compress,
                              "cache": state, "read_GB/s": gbs, "write_GB/s": write})  # fmt: skip
             disk.close()
-    _emit(args, "disk: scattered chunk reads (decoded into a host buffer, CRC checked)", rows)
+    emit(args, "disk: scattered chunk reads (decoded into a host buffer, CRC checked)", rows)
 
 
 # -- codec --------------------------------------------------------------------------------------
@@ -114,7 +98,7 @@ def bench_codec(args):
         rows.append({"dtype": str(dtype)[6:], "data": "SmolLM2 KV" if src is not None else "synthetic",
                      "ratio": raw / sum(len(p) for p, _, _ in enc),
                      "compress_GB/s": raw / ct / 1e9, "decompress_GB/s": raw / dt / 1e9})  # fmt: skip
-    _emit(args, "codec: byte-shuffle + zstd level 1 + CRC per 256 KiB (bf16) chunk, 1 core", rows)
+    emit(args, "codec: byte-shuffle + zstd level 1 + CRC per 256 KiB (bf16) chunk, 1 core", rows)
 
 
 # -- session ------------------------------------------------------------------------------------
@@ -143,7 +127,7 @@ def bench_session(args):
             loaded.close()
         rows.append({"store": kind, "MB": size / 1e6, "save_s": save, "load_s": load,
                      "prefill_s": PREFILL_4K_S, "prefill/load": PREFILL_4K_S / load})  # fmt: skip
-    _emit(args, "session: 4k tokens, 30 layers x 3 KV heads x 64, fp32", rows)
+    emit(args, "session: 4k tokens, 30 layers x 3 KV heads x 64, fp32", rows)
 
 
 # -- h2d ----------------------------------------------------------------------------------------
@@ -185,7 +169,7 @@ def bench_h2d(args):
         rows.append({"chunk": c, "chunk_KiB": lay.chunk_bytes // 1024, "chunks": n,
                      "contig_GB/s": contiguous, "scatter_GB/s": scattered,
                      "ratio": scattered / contiguous})  # fmt: skip
-    _emit(args, f"h2d: pinned host -> {torch.cuda.get_device_name()} (goal: scatter >= 70 % of contig)", rows)
+    emit(args, f"h2d: pinned host -> {torch.cuda.get_device_name()} (goal: scatter >= 70 % of contig)", rows)
 
 
 # -- capture ------------------------------------------------------------------------------------
@@ -220,12 +204,6 @@ def bench_capture(args):
     print(f"saved {args.trace}: attention {tuple(att.shape)} [layers, Hkv, steps, keys]")
 
 
-def _load_trace(args):
-    if not os.path.exists(args.trace):
-        sys.exit(f"no trace at {args.trace}: run `python bench/tiers.py capture` first")
-    return torch.load(args.trace)
-
-
 def _load_kv(args, all_layers=False):
     if not os.path.exists(args.trace):
         return None
@@ -233,107 +211,13 @@ def _load_kv(args, all_layers=False):
     return kv if all_layers else kv[12]
 
 
-def _chunk_mass(att, start, c, sinks, window):
-    """Per (layer, head, step): mass of every full chunk of the body, and of sinks + window.
-    att [L, Hkv, T, N] (step t sees keys < start + t + 1)."""
-    n_keys = att.shape[-1]
-    n_chunks = (start - sinks - window) // c  # body of the first step; same chunks for all steps
-    body = att[..., sinks : sinks + n_chunks * c].float().unflatten(-1, (n_chunks, c)).sum(-1)
-    rest = att.float().sum(-1) - body.sum(-1)  # sinks + everything after the body (window, new)
-    return body, rest, n_keys
-
-
-# -- chunk --------------------------------------------------------------------------------------
-def bench_chunk(args):
-    tr = _load_trace(args)
-    att, start = tr["attention"], tr["prompt"]
-    rows = []
-    for c in (16, 32, 64, 128):
-        body, rest, _ = _chunk_mass(att, start, c, 4, 64)
-        for budget in (128, 256, 512, 1024):
-            k = max(1, budget // c)
-            top = body.topk(min(k, body.shape[-1]), dim=-1).values.sum(-1)
-            recall = (top + rest)  # attention mass that sparse attention would keep, per query
-            rows.append({"chunk": c, "budget_tok": budget, "chunks/head": k, "mass_kept": recall.mean().item(),
-                         "worst_5%": recall.flatten().quantile(0.05).item()})  # fmt: skip
-    # policy cost per chunk: what the decode loop pays in Python per selected chunk
-    mgr = TierManager([4096], host_capacity=1 << 20)
-    for _ in range(8192):
-        mgr.add_chunk(0)
-    ids = list(range(0, 8192, 8))[:512]
-    t0 = time.perf_counter()
-    for _ in range(20):
-        mgr.acquire(0, ids)
-        mgr.release(0)
-    us = (time.perf_counter() - t0) / (20 * len(ids)) * 1e6
-    _emit(args, f"chunk size: attention mass kept by the best chunks (sinks 4 + window 64 always kept); "
-                f"manager acquire costs {us:.2f} us per chunk", rows)  # fmt: skip
-
-
-# -- eviction -----------------------------------------------------------------------------------
-def _selections(att, start, c, k):
-    """Per layer: per step, the union over KV heads of the oracle top-k chunks."""
-    body, _, _ = _chunk_mass(att, start, c, 4, 64)  # [L, Hkv, T, M]
-    top = body.topk(k, dim=-1).indices  # [L, Hkv, T, k]
-    n_layers, _, steps, _ = top.shape
-    return [[sorted(set(top[li, :, t].flatten().tolist())) for t in range(steps)] for li in range(n_layers)]
-
-
-def _belady(trace, slots):
-    """Offline optimum (evict the chunk used farthest in the future): an upper bound."""
-    nxt, hits, cache = {}, 0, set()
-    future = [dict() for _ in trace]
-    for t in range(len(trace) - 1, -1, -1):
-        future[t] = dict(nxt)
-        for ch in trace[t]:
-            nxt[ch] = t
-    for t, step in enumerate(trace):
-        for ch in step:
-            if ch in cache:
-                hits += 1
-                continue
-            if len(cache) >= slots:
-                keep = set(step)
-                victim = max((x for x in cache if x not in keep), key=lambda x: future[t].get(x, 1 << 30))
-                cache.remove(victim)
-            cache.add(ch)
-    return hits
-
-
-def bench_eviction(args):
-    tr = _load_trace(args)
-    att, start = tr["attention"], tr["prompt"]
-    rows = []
-    for c, k in ((16, 8), (64, 4)):
-        sel = _selections(att, start, c, k)
-        n_chunks = (start - 68) // c
-        peak = max(len(s) for layer in sel for s in layer)
-        for mult in (1.0, 1.5, 2.0, 3.0):
-            slots = min(n_chunks, max(peak, int(mult * k * att.shape[1])))
-            row = {"chunk": c, "top_k/head": k, "slots": slots, "body_chunks": n_chunks}
-            total = sum(len(s) for layer in sel for s in layer)
-            hits = 0
-            for layer in sel:
-                mgr = TierManager([slots], host_capacity=1 << 20)  # LRU, as the store
-                for _ in range(n_chunks):
-                    mgr.add_chunk(0)  # prefill fills the free slots with chunks 0..slots-1
-                for step in layer:
-                    mgr.acquire(0, step)
-                    mgr.release(0)
-                hits += mgr.counters["hits"]
-            row["lru"] = hits / total
-            row["belady"] = sum(_belady(layer, slots) for layer in sel) / total
-            rows.append(row)
-    _emit(args, "eviction: hit rate replaying oracle top-k selections (union over KV heads) per layer", rows)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["disk", "codec", "session", "h2d", "capture", "chunk", "eviction"])
+    ap.add_argument("what", choices=["disk", "codec", "session", "h2d", "capture"])
     ap.add_argument("--json", help="append result rows to this JSONL file")
     ap.add_argument("--trace", default=os.path.join(tempfile.gettempdir(), "offload-trace.pt"))
     ap.add_argument("--ctx", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=256, help="capture: teacher-forced decode steps")
     ap.add_argument("--disk-dir", default=None, help="spill root (default: the cache's spill dir)")
     ap.add_argument("--disk-mb", type=int, default=256)
     ap.add_argument("--reads", type=int, default=1000)

@@ -4,7 +4,7 @@ Pure Python over chunk ids. The TierManager calls `insert` (a chunk became resid
 resident chunk was used) and `remove` (it left: evicted or truncated), and asks `victim(pinned)`: the
 chunk to evict, never one in `pinned` (chunks the current attention step is using).
 
-LRU is the only eviction rule: `python bench/tiers.py eviction` replays oracle decode selections
+LRU is the only eviction rule: `python bench/tier_choices.py eviction` replays oracle decode selections
 and compares its hit rate with Belady's offline optimum. FIFO, CLOCK, LFU and evicting the
 lowest-scoring chunk were none enough better to keep, so they were removed (issue 21); that
 comparison is summarised in this file's docstring at commit 92ae404.
