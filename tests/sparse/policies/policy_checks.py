@@ -4,6 +4,7 @@ best q.k of the chunk's keys), on random keys and on SmolLM2's real post-RoPE ke
 import dataclasses
 
 import torch
+from hypothesis import strategies as st
 
 from offload.engine import Engine
 from offload.sparse import SparseConfig
@@ -105,3 +106,33 @@ def same_summaries(policy, buffers, seed=5):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-5)
     q = torch.randn(1, 2 * n_kv, d, generator=g)
     torch.testing.assert_close(chunk_scores(many, 0, q, m), chunk_scores(one, 0, q, m), rtol=1e-4, atol=1e-4)
+
+
+RANDOM_KEYS = dict(  # hypothesis strategies of `check_bound_on_random_keys`'s case
+    seed=st.integers(0, 2**31 - 1),
+    n_kv=st.sampled_from([1, 3]),
+    group=st.sampled_from([1, 3]),
+    d=st.sampled_from([8, 64]),
+    chunk=st.sampled_from([1, 4, 16]),
+    m=st.integers(1, 6),
+    spread=st.floats(0.01, 100.0),
+    offset=st.floats(-10.0, 10.0),
+    outlier=st.booleans(),
+)
+
+
+def check_bound_on_random_keys(policy, seed, n_kv, group, d, chunk, m, spread, offset, outlier, any_basis=True):
+    """Invariant 5 on random keys [Hkv, m, C, D] (an outlier: one key far off the basis, the needle a
+    mean landmark would hide), on the keys' own basis and, for a low-rank policy, on any basis; a key
+    as the query: its own chunk's score reaches at least |k|^2."""
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n_kv, m, chunk, d, generator=g) * spread + offset
+    if outlier:
+        keys[:, 0, 0] = torch.randn(n_kv, d, generator=g) * spread * 50
+    q = torch.randn(1, n_kv * group, d, generator=g) * spread
+    check_bound(policy, keys, q)
+    if any_basis:
+        check_bound(policy, keys, q, basis_keys=torch.randn(n_kv, 3 * d, d, generator=g))
+    q = keys[:, -1, -1].repeat_interleave(group, 0)[None]
+    got, want = check_bound(policy, keys, q)
+    assert (got[:, -1] >= want[:, -1] - TOL * scale(q, keys)).all()

@@ -7,7 +7,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policy_checks import TOL, check_bound, check_bound_on_real_keys, geometry, same_summaries, scale
+from policy_checks import (
+    RANDOM_KEYS,
+    check_bound_on_random_keys,
+    check_bound_on_real_keys,
+    geometry,
+    same_summaries,
+)
 
 from offload.errors import ConfigError
 from offload.sparse.policies.bound import Bound
@@ -18,31 +24,9 @@ def test_chunks_added_together_equal_chunks_added_one_by_one():
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    n_kv=st.sampled_from([1, 3]),
-    group=st.sampled_from([1, 3]),
-    d=st.sampled_from([8, 64]),
-    chunk=st.sampled_from([1, 4, 16]),
-    m=st.integers(1, 6),
-    rank=st.integers(1, 12),
-    spread=st.floats(0.01, 100.0),
-    offset=st.floats(-10.0, 10.0),
-    outlier=st.booleans(),
-)
-def test_bound_on_random_keys(seed, n_kv, group, d, chunk, m, rank, spread, offset, outlier):
-    g = torch.Generator().manual_seed(seed)
-    keys = torch.randn(n_kv, m, chunk, d, generator=g) * spread + offset
-    if outlier:  # one key far off the basis: the needle a mean landmark would hide
-        keys[:, 0, 0] = torch.randn(n_kv, d, generator=g) * spread * 50
-    q = torch.randn(1, n_kv * group, d, generator=g) * spread
-    policy = Bound(rank=rank)
-    check_bound(policy, keys, q)
-    check_bound(policy, keys, q, basis_keys=torch.randn(n_kv, 3 * d, d, generator=g))  # any basis
-    # a key as the query: its own chunk's score reaches at least |k|^2
-    q = keys[:, -1, -1].repeat_interleave(group, 0)[None]
-    got, want = check_bound(policy, keys, q)
-    assert (got[:, -1] >= want[:, -1] - TOL * scale(q, keys)).all()
+@given(rank=st.integers(1, 12), **RANDOM_KEYS)
+def test_bound_on_random_keys(rank, **case):
+    check_bound_on_random_keys(Bound(rank=rank), **case)
 
 
 def test_bound_on_real_keys(model):

@@ -4,8 +4,7 @@ chunk's best q.k (invariant 5), on random keys and on SmolLM2's real keys."""
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
-from policy_checks import check_bound, check_bound_on_real_keys, geometry, same_summaries
+from policy_checks import RANDOM_KEYS, check_bound_on_random_keys, check_bound_on_real_keys, geometry, same_summaries
 
 from offload.sparse.policies.quest import Quest
 
@@ -15,20 +14,9 @@ def test_chunks_added_together_equal_chunks_added_one_by_one():
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    n_kv=st.sampled_from([1, 3]),
-    group=st.sampled_from([1, 3]),
-    d=st.sampled_from([8, 64]),
-    chunk=st.sampled_from([1, 4, 16]),
-    m=st.integers(1, 6),
-    spread=st.floats(0.01, 100.0),
-    offset=st.floats(-10.0, 10.0),
-)
-def test_bound_on_random_keys(seed, n_kv, group, d, chunk, m, spread, offset):
-    g = torch.Generator().manual_seed(seed)
-    keys = torch.randn(n_kv, m, chunk, d, generator=g) * spread + offset
-    check_bound(Quest(), keys, torch.randn(1, n_kv * group, d, generator=g) * spread)
+@given(**RANDOM_KEYS)
+def test_bound_on_random_keys(**case):
+    check_bound_on_random_keys(Quest(), **case, any_basis=False)
 
 
 def test_bound_on_real_keys(model):

@@ -9,7 +9,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policy_checks import TOL, check_bound, check_bound_on_real_keys, geometry, same_summaries, scale, summarized
+from policy_checks import (
+    RANDOM_KEYS,
+    check_bound_on_random_keys,
+    check_bound_on_real_keys,
+    geometry,
+    same_summaries,
+    scale,
+    summarized,
+)
 
 from offload.config import OffloadConfig
 from offload.errors import ConfigError
@@ -29,36 +37,9 @@ def test_chunks_added_together_equal_chunks_added_one_by_one():
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    n_kv=st.sampled_from([1, 3]),
-    group=st.sampled_from([1, 3]),
-    d=st.sampled_from([8, 64]),
-    chunk=st.sampled_from([1, 4, 16]),
-    m=st.integers(1, 6),
-    rank=st.integers(1, 12),
-    spread=st.floats(0.01, 100.0),
-    offset=st.floats(-10.0, 10.0),
-    outlier=st.booleans(),
-)
-def test_bound_on_random_keys(seed, n_kv, group, d, chunk, m, rank, spread, offset, outlier):
-    g = torch.Generator().manual_seed(seed)
-    keys = torch.randn(n_kv, m, chunk, d, generator=g) * spread + offset
-    if outlier:  # one key far off the basis: the needle a mean landmark would hide
-        keys[:, 0, 0] = torch.randn(n_kv, d, generator=g) * spread * 50
-    q = torch.randn(1, n_kv * group, d, generator=g) * spread
-    policy = Token(rank=rank)
-    check_bound(policy, keys, q)
-    check_bound(policy, keys, q, basis_keys=torch.randn(n_kv, 3 * d, d, generator=g))  # any basis
-    q = keys[:, -1, -1].repeat_interleave(group, 0)[None]  # a key as the query
-    got, want = check_bound(policy, keys, q)
-    assert (got[:, -1] >= want[:, -1] - TOL * scale(q, keys)).all()
-    # per token: each token's own bound is >= the group's best q.k with that token
-    state = summarized(policy, keys)
-    per_token = state.bound_and_mass(0, q, m, None, per_token=True)[0][0]  # [Hkv, m*C]
-    qg = q[0].reshape(n_kv, group, d).double()
-    dots = torch.einsum("kgd,knd->kgn", qg, keys.reshape(n_kv, m * chunk, d).double()).amax(1)
-    assert (per_token.double() >= dots - TOL * scale(q, keys)).all()
+@given(rank=st.integers(1, 12), **RANDOM_KEYS)
+def test_bound_on_random_keys(rank, **case):
+    check_bound_on_random_keys(Token(rank=rank), **case)
 
 
 def test_bound_on_real_keys(model):
