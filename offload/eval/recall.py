@@ -158,6 +158,7 @@ def attention_recall(
     insts = [(get_policy(base, sinks=sinks, window=window) if isinstance(base, str) else base, split)
              for base, split in names]  # fmt: skip
     combos = [(p, b, _budget_tokens(b, n_context), split) for p, split in insts for b in budgets]
+    layouts = [ChunkLayout(1, 1, getattr(p, "chunk", 1), 1, torch.float32, sinks, window) for p, *_ in combos]
     sums = torch.zeros(len(combos), len(layers), dtype=torch.float64)
     read = torch.zeros(len(combos), dtype=torch.float64)
     kept: dict[tuple[int, int], tuple] = {}  # (combo, layer) -> (mask, body chunks, step)
@@ -194,7 +195,7 @@ def attention_recall(
                     sums[ci, li] += 1.0
                     read[ci] += t
                     continue
-                body = (t - sinks - window) // getattr(policy, "chunk", 1)  # chunks past the window
+                body = layouts[ci].body_chunks(t)  # chunks past the window
                 held = kept.get((ci, layer))
                 if held is None or held[1] != body or j - held[2] >= select_every:
                     held = (selection_mask(policy.select(layer, query, keys, budget), n_kv, t), body, j)
