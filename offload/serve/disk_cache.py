@@ -23,6 +23,7 @@ from pathlib import Path
 from offload.errors import SessionError
 from offload.paths import private_dir
 from offload.session import load_session, read_session_info, save_session
+from offload.store_spec import StoreSpec
 
 from .slots import common_prefix
 
@@ -39,11 +40,13 @@ def _size(path: Path) -> int:
 class DiskCache:
     """Sessions of one model under `root`. Methods are called from the one worker thread."""
 
-    def __init__(self, root, fingerprint: str, max_bytes: int, config, device, dtype, log=None):
+    def __init__(self, root, fingerprint: str, max_bytes: int, config, device, dtype, log=None,
+                 planned_hot_set: int | None = None):  # fmt: skip
         self.root = private_dir(root)
         self.dir = private_dir(self.root / fingerprint[:16])
         self.fingerprint, self.max_bytes = fingerprint, max_bytes
         self._config, self._device, self._dtype = config, device, dtype
+        self._hot_set = planned_hot_set  # the model's memory plan's (`OffloadModel.planned_hot_set`)
         self._log = log or (lambda msg: None)
         self._index: dict[Path, tuple[int, ...]] = {}
         for entry in sorted(self.dir.iterdir()):
@@ -75,7 +78,7 @@ class DiskCache:
         """(store, tokens) of the session at `path`, or None when it cannot be used (then dropped)."""
         try:
             store, tokens = load_session(path, self.fingerprint, self._config, device=self._device,
-                                         dtype=self._dtype)  # fmt: skip
+                                         dtype=self._dtype, planned_hot_set=self._hot_set)  # fmt: skip
         except SessionError as e:
             self._log(f"cache: dropping {path.name}: {e}")
             self._index.pop(path, None)
@@ -91,7 +94,7 @@ class DiskCache:
         path = self.dir / f"{name}.session"
         try:
             save_session(path, store, tokens, self.fingerprint, meta={"offload-serve": "prefix cache"},
-                         chunk=self._config.chunk)  # fmt: skip
+                         chunk=StoreSpec.chunk_of(self._config))  # fmt: skip
         except SessionError as e:
             self._log(f"cache: not saved: {e}")
             return None
