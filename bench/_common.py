@@ -76,11 +76,13 @@ def with_fields(config, **fields):
 
 
 def unit_facts(config) -> dict:
-    """What a row selects in: its chunk and whether it picks single tokens or chunks."""
+    """What a row selects in: its chunk and whether it picks single tokens or chunks (None: a run
+    without sparse decode selects nothing)."""
     from offload.store_spec import StoreSpec
 
     tokens = config.sparse is not None and config.sparse.policy.selects_tokens
-    return {"kv_chunk": StoreSpec.chunk_of(config), "select_unit": "token" if tokens else "chunk"}
+    unit = None if config.sparse is None else "token" if tokens else "chunk"
+    return {"kv_chunk": StoreSpec.chunk_of(config), "select_unit": unit}
 
 
 def emit(args, name, rows):
