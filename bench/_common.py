@@ -88,10 +88,12 @@ def unit_facts(config) -> dict:
 def emit(args, name, rows):
     """Print `rows` (dicts with the same keys) as one table titled `name`; with args.json append each
     row to that JSONL file."""
+    import torch
+
     if not rows:
         return
     keys = list(rows[0])
-    print(f"\n# {name}  ({platform.node()}, torch {_torch_version()}, {time.strftime('%Y-%m-%d')})")
+    print(f"\n# {name}  ({platform.node()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')})")
     print("  ".join(f"{k:>12}" for k in keys))
     for r in rows:
         print("  ".join(f"{r[k]:>12.3f}" if isinstance(r[k], float) else f"{r[k]!s:>12}" for k in keys))
@@ -99,9 +101,3 @@ def emit(args, name, rows):
         with open(args.json, "a") as f:
             for r in rows:
                 f.write(json.dumps({"bench": name, "machine": platform.node(), **r}) + "\n")
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__

@@ -26,15 +26,13 @@ def _load_trace(args):
     return torch.load(args.trace)
 
 
-
 def _chunk_mass(att, start, c, sinks, window):
     """Per (layer, head, step): mass of every full chunk of the body, and of sinks + window.
     att [L, Hkv, T, N] (step t sees keys < start + t + 1)."""
-    n_keys = att.shape[-1]
     n_chunks = (start - sinks - window) // c  # body of the first step; same chunks for all steps
     body = att[..., sinks : sinks + n_chunks * c].float().unflatten(-1, (n_chunks, c)).sum(-1)
     rest = att.float().sum(-1) - body.sum(-1)  # sinks + everything after the body (window, new)
-    return body, rest, n_keys
+    return body, rest
 
 
 # -- chunk --------------------------------------------------------------------------------------
@@ -43,7 +41,7 @@ def bench_chunk(args):
     att, start = tr["attention"], tr["prompt"]
     rows = []
     for c in (16, 32, 64, 128):
-        body, rest, _ = _chunk_mass(att, start, c, 4, 64)
+        body, rest = _chunk_mass(att, start, c, 4, 64)
         for budget in (128, 256, 512, 1024):
             k = max(1, budget // c)
             top = body.topk(min(k, body.shape[-1]), dim=-1).values.sum(-1)
@@ -67,7 +65,7 @@ def bench_chunk(args):
 # -- eviction -----------------------------------------------------------------------------------
 def _selections(att, start, c, k):
     """Per layer: per step, the union over KV heads of the oracle top-k chunks."""
-    body, _, _ = _chunk_mass(att, start, c, 4, 64)  # [L, Hkv, T, M]
+    body, _ = _chunk_mass(att, start, c, 4, 64)  # [L, Hkv, T, M]
     top = body.topk(k, dim=-1).indices  # [L, Hkv, T, k]
     n_layers, _, steps, _ = top.shape
     return [[sorted(set(top[li, :, t].flatten().tolist())) for t in range(steps)] for li in range(n_layers)]
@@ -100,12 +98,12 @@ def bench_eviction(args):
     rows = []
     for c, k in ((16, 8), (64, 4)):
         sel = _selections(att, start, c, k)
-        n_chunks = (start - 68) // c
+        n_chunks = (start - 68) // c  # body chunks past sinks 4 + window 64, as _selections
         peak = max(len(s) for layer in sel for s in layer)
+        total = sum(len(s) for layer in sel for s in layer)
         for mult in (1.0, 1.5, 2.0, 3.0):
             slots = min(n_chunks, max(peak, int(mult * k * att.shape[1])))
             row = {"chunk": c, "top_k/head": k, "slots": slots, "body_chunks": n_chunks}
-            total = sum(len(s) for layer in sel for s in layer)
             hits = 0
             for layer in sel:
                 mgr = TierManager([slots], host_capacity=1 << 20)  # LRU, as the store
