@@ -108,21 +108,17 @@ def test_recall_full_is_one_and_oracle_bounds_window(model, hf_model):
     assert "window@1/16" in table and " mean " in table
 
 
-class CountingToken:
+class CountingToken(StorePolicy):
     """Test-only: `token` picking 16-token chunks that counts its selections (how often the harness
     asked for a fresh one)."""
 
-    name = "test_counting"
-    respects_budget = True
-
     def __init__(self, sinks=4, window=64):
-        self.inner = StorePolicy("token16", Token(unit="chunk"), 16, sinks=sinks, window=window)
-        self.sinks, self.window, self.chunk = sinks, window, self.inner.chunk
+        super().__init__("test_counting", Token(unit="chunk"), 16, sinks=sinks, window=window)
         self.calls: list[int] = []
 
     def select(self, layer, query, keys, budget):
         self.calls.append(layer)
-        return self.inner.select(layer, query, keys, budget)
+        return super().select(layer, query, keys, budget)
 
 
 def test_recall_keeps_a_selection_for_select_every_steps(model, hf_model):
