@@ -146,6 +146,7 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
 
     from .corpus import natural_text_source
     from .modes import sparse_config
+    from .kept import format_kept
     from .report import JsonWriter, format_table, format_vs_full
     from .runner import run_eval
 
@@ -195,6 +196,8 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
     if any(r.mode == "full" for r in records) and any(r.mode != "full" for r in records):
         click.echo("\nanswers vs full (identical = same answer tokens):")
         click.echo(format_vs_full(records))
+    if any(r.mode in ("full", "dense") for r in records) and any(r.mode.startswith("sparse@") for r in records):
+        click.echo("\n" + format_kept(records))
     shown = ", ".join(map(format_length, lengths))
     click.echo(f"\nscores: mean x 100 per cell (RULER string match); lengths {shown}; "
                f"natural text: {natural_text_source()}")

@@ -17,6 +17,7 @@ __all__ = [
     "noise_units",
     "natural_units",
     "word_keys",
+    "distinct_word_keys",
     "numbers",
     "uuids",
     "uppercase_names",
@@ -53,6 +54,17 @@ def word_keys(rng, n: int) -> list[str]:
     """n distinct two-word keys like "buffer-orchard" from the corpus vocabulary."""
     vocab = vocabulary()
     return _distinct(lambda: f"{rng.choice(vocab)}-{rng.choice(vocab)}", n)
+
+
+def distinct_word_keys(rng, n: int) -> list[str]:
+    """n word keys none of which contains another (so each key names exactly one record)."""
+    keys: list[str] = []
+    for key in word_keys(rng, 4 * n):
+        if not any(key in k or k in key for k in keys):
+            keys.append(key)
+        if len(keys) == n:
+            return keys
+    raise AssertionError("vocabulary too small for distinct keys")  # pragma: no cover
 
 
 def numbers(rng, n: int, digits: int = 7) -> list[str]:

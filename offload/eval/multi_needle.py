@@ -7,7 +7,7 @@ where landmark/summary-based selection is known to lose needles."""
 
 from __future__ import annotations
 
-from .haystack import haystack_sample, natural_units, numbers, spread_depths, word_keys
+from .haystack import distinct_word_keys, haystack_sample, natural_units, numbers, spread_depths
 from .sample import Sample, make_rng
 
 __all__ = ["multi_needle", "MULTI_NEEDLE_COUNT", "MULTI_NEEDLE_MAX_NEW_TOKENS"]
@@ -24,22 +24,11 @@ MULTI_NEEDLE_COUNT = 8
 MULTI_NEEDLE_MAX_NEW_TOKENS = 160  # "- key: value" x 8 is ~120 tokens
 
 
-def _distinct_keys(rng, n: int) -> list[str]:
-    """n word keys none of which contains another (so each key names exactly one needle)."""
-    keys: list[str] = []
-    for key in word_keys(rng, 4 * n):
-        if not any(key in k or k in key for k in keys):
-            keys.append(key)
-        if len(keys) == n:
-            return keys
-    raise AssertionError("vocabulary too small for distinct keys")  # pragma: no cover
-
-
 def multi_needle(tokenizer, length: int, seed, depth: float | None = None) -> Sample:
     """`depth` is ignored: the 8 needles always sit at 0, 1/7, ..., 1 of the haystack."""
     del depth
     rng = make_rng("multi_needle", length, seed)
-    keys = _distinct_keys(rng, MULTI_NEEDLE_COUNT)
+    keys = distinct_word_keys(rng, MULTI_NEEDLE_COUNT)
     values = numbers(rng, MULTI_NEEDLE_COUNT)
     units = natural_units(rng, (length - MULTI_NEEDLE_MAX_NEW_TOKENS) // 3 + 8)
     query = ", ".join(keys[:-1]) + " and " + keys[-1]

@@ -24,7 +24,7 @@ from .scoring import score
 from .tasks import get_task
 
 __all__ = [
-    "Record", "run_eval", "plan_samples", "answer_full", "answer_offload", "sample_seed",
+    "Record", "run_eval", "plan_samples", "answer_full", "sample_seed",
 ]
 
 
@@ -102,18 +102,6 @@ def answer_full(reference, model, ids: list[int], max_new_tokens: int) -> list[i
     return _until_eos(out[0, len(ids):].tolist(), model.eos_ids)
 
 
-def answer_offload(model, prompt: str, max_new_tokens: int) -> list[int]:
-    """Greedy answer of offload's engine under `model.config`."""
-    from ..generate import stream_generate
-
-    tokens = [
-        r.token
-        for r in stream_generate(model, prompt, max_new_tokens=max_new_tokens, temperature=0.0)
-        if r.token is not None
-    ]
-    return _until_eos(tokens, model.eos_ids)
-
-
 def _mode_model(model, mode: Mode, policy: str | None, n_prompt: int, length: int, select_every: int = 1):
     """`model` under the config a mode runs with (weights and tokenizer shared, nothing reloaded).
     The context is raised to the eval length when that exceeds the model's, so both modes see the
@@ -164,10 +152,11 @@ def run_eval(
     (samples are deterministic), they are returned in place.
     policy: one policy or several (`NAME` or `NAME+squeeze`); every sparse mode runs once per policy.
     select_every: the sparse modes' `SparseConfig.select_every`.
-    A sample's sparse (mode, policy) pairs share one exact prefill (`replay.Prefilled`) and decode
-    together as rows of batches of at most `rows` (`replay.greedy_many`; each row holds its own copy
-    of the prompt's KV, so `rows` bounds memory); each record's `seconds` is the sample's sparse time
-    divided by its rows.
+    A sample's offload (mode, policy) pairs — dense and sparse — share one exact prefill
+    (`replay.Prefilled`) and decode together as rows of batches of at most `rows`
+    (`replay.greedy_many`; each row holds its own copy of the prompt's KV, so `rows` bounds memory);
+    each record's `seconds` is the sample's offload time divided by its rows. `dense` (exact
+    attention) is then the cheap reference: one prefill serves it and every sparse mode.
     """
     from tqdm.auto import tqdm
 
@@ -207,26 +196,22 @@ def run_eval(
                 for i, sample in enumerate(plan_samples(task, tok, length, samples, seed)[:limit]):
                     ids = model.encode(sample.prompt)
                     n_new = min(sample.max_new_tokens, max_new_tokens or sample.max_new_tokens)
-                    sparse = []  # (mode, policy) still to run: decoded together below
+                    sparse = []  # offload (mode, policy) pairs still to run: decoded together below
                     for mode, pol in jobs:
                         key = (task, length, mode.label, pol, i, sample.seed)
                         if key in finished:
                             records.append(finished[key])
                             bar.update(1)
-                        elif mode.kind == "sparse":
+                        elif mode.kind != "full":  # dense and sparse: offload, from one prefill
                             sparse.append((mode, pol))
                         else:
                             bar.set_postfix_str(f"{task} {length} {mode.label} #{i}", refresh=False)
                             t0 = time.perf_counter()
-                            if mode.kind == "full":
-                                new = answer_full(reference, model, ids, n_new)
-                            else:
-                                m = _mode_model(model, mode, pol, len(ids), length, select_every)
-                                new = answer_offload(m, sample.prompt, n_new)
+                            new = answer_full(reference, model, ids, n_new)
                             emit(sample, i, task, length, mode, pol, ids, new, time.perf_counter() - t0)
                     if sparse:
-                        # one exact prefill, then every sparse config decodes from it in one batch
-                        bar.set_postfix_str(f"{task} {length} {len(sparse)} sparse #{i}", refresh=False)
+                        # one exact prefill, then every offload config decodes from it in one batch
+                        bar.set_postfix_str(f"{task} {length} {len(sparse)} offload #{i}", refresh=False)
                         t0 = time.perf_counter()
                         shared = Prefilled.capture(_mode_model(model, Mode("dense"), None, len(ids), length),
                                                    ids)

@@ -61,9 +61,15 @@ class Sample:
 
 
 def render_prompt(tokenizer, messages: Sequence[dict], answer_prefix: str = "") -> str:
-    """Chat template with the generation prompt, then the answer prefix: what the model reads."""
-    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    return text + answer_prefix
+    """What the model reads. Chat form (a tokenizer with a chat template: instruct models): the
+    template with the generation prompt, then the answer prefix. Completion form (no template: base
+    models): the messages' text, a blank line, then the answer prefix on its own line, so the
+    answer is the document's natural continuation."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return text + answer_prefix
+    body = "\n\n".join(m["content"] for m in messages)
+    return body + "\n\n" + answer_prefix  # a BOS is the tokenizer's to add when encoding
 
 
 def count_tokens(tokenizer, text: str) -> int:

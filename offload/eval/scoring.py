@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-__all__ = ["normalize_prediction", "string_match_all", "string_match_part", "score", "METRICS"]
+__all__ = ["normalize_prediction", "found", "string_match_all", "string_match_part", "score", "METRICS"]
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
@@ -20,12 +20,17 @@ def normalize_prediction(text: str) -> str:
     return _CONTROL.sub("\n", text.strip()).strip()
 
 
+def found(prediction: str, references: Sequence[str]) -> list[bool]:
+    """For each reference: does it occur in `prediction`, ignoring case."""
+    pred = normalize_prediction(prediction).lower()
+    return [ref.lower() in pred for ref in references]
+
+
 def string_match_all(prediction: str, references: Sequence[str]) -> float:
     """Fraction of `references` that occur in `prediction`, ignoring case."""
     if not references:
         raise ValueError("no references to score against")
-    pred = normalize_prediction(prediction).lower()
-    return sum(ref.lower() in pred for ref in references) / len(references)
+    return sum(found(prediction, references)) / len(references)
 
 
 def string_match_part(prediction: str, references: Sequence[str]) -> float:

@@ -10,9 +10,13 @@ from typing import Callable
 
 from .common_words import CWE_MAX_NEW_TOKENS, common_words
 from .frequent_words import FWE_MAX_NEW_TOKENS, frequent_words
+from .json_extract import JSON_MAX_NEW_TOKENS, json_extract
+from .multi_hop import MULTI_HOP_MAX_NEW_TOKENS, multi_hop
 from .multi_needle import MULTI_NEEDLE_MAX_NEW_TOKENS, multi_needle
 from .niah import NIAH_MAX_NEW_TOKENS, niah_multikey_2, niah_multikey_3, niah_single_1
 from .passkey import PASSKEY_MAX_NEW_TOKENS, passkey
+from .prose_fact import PROSE_FACT_MAX_NEW_TOKENS, prose_fact
+from .records import RECORDS_MAX_NEW_TOKENS, csv_1key, jsonl_1key, log_1key, records_3key
 from .sample import Sample
 from .variable_tracking import VT_MAX_NEW_TOKENS, variable_tracking
 
@@ -50,6 +54,21 @@ TASKS: dict[str, Task] = {
              "5-digit pass key in noise"),
         Task("multi_needle", multi_needle, MULTI_NEEDLE_MAX_NEW_TOKENS, False,
              "8 key -> number facts spread over natural text; list all 8"),
+        # extraction families (issue 22): structured records, prose, two hops, a JSON object
+        Task("log_1key", log_1key, RECORDS_MAX_NEW_TOKENS[1], True,
+             "one session -> 7-digit code in a service log of look-alike lines"),
+        Task("csv_1key", csv_1key, RECORDS_MAX_NEW_TOKENS[1], True,
+             "one session -> code in a CSV table"),
+        Task("jsonl_1key", jsonl_1key, RECORDS_MAX_NEW_TOKENS[1], True,
+             "one session -> code in JSON lines"),
+        Task("records_3key", records_3key, RECORDS_MAX_NEW_TOKENS[3], False,
+             "three sessions -> codes at once (log, csv, jsonl in turn)"),
+        Task("prose_fact", prose_fact, PROSE_FACT_MAX_NEW_TOKENS, True,
+             "a two-word passphrase stated once in natural prose"),
+        Task("multi_hop", multi_hop, MULTI_HOP_MAX_NEW_TOKENS, False,
+             "person -> locker -> combination, two facts apart, among 3 other chains"),
+        Task("json_extract", json_extract, JSON_MAX_NEW_TOKENS, False,
+             "fill a 6-field JSON object from facts scattered over prose (per field)"),
     )
 }
 

@@ -58,7 +58,8 @@ def _depth_of(context: str, needles, i: int) -> float:
     return (pos - before) / (len(context) - sum(len(n) for n in needles))
 
 
-@pytest.mark.parametrize("task", [t for t in TASKS if TASKS[t].single_needle] + ["multi_needle", "vt"])
+@pytest.mark.parametrize("task", [t for t in TASKS if TASKS[t].single_needle]
+                         + ["multi_needle", "vt", "records_3key", "multi_hop", "json_extract"])
 @pytest.mark.parametrize("length", LENGTHS)
 def test_needles_once_at_their_depth(tok, samples, task, length):
     s = samples[(task, length)]
@@ -162,3 +163,73 @@ def test_insert_at_depths_keeps_order_and_units():
 def test_too_short_length_is_a_clear_error(tok):
     with pytest.raises(GenerationError, match="budget"):
         generate_sample("multi_needle", tok, 200, 0)
+
+
+# --- extraction families (issue 22) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task,pattern", [
+    ("log_1key", r"session={key} code=(\d{{7}}) "),
+    ("csv_1key", r"^{key},(\d{{7}}),"),
+    ("jsonl_1key", r'"session": "{key}", "code": (\d{{7}}),'),
+])
+def test_records_answer_from_text(samples, task, pattern):
+    s = samples[(task, 4096)]
+    key = re.search(r"code of session (\S+)\?", s.messages[0]["content"]).group(1)
+    assert re.findall(pattern.format(key=re.escape(key)), s.context, re.M) == list(s.references)
+    assert s.answer_prefix.endswith(("code=", f"{key},", '"code": '))  # the answer starts the record
+    assert len(re.findall(r"\d{7}", s.context)) > 80  # ~90 look-alike records around it at 4k
+
+
+def test_records_3key_rotates_formats_and_asks_three(tok):
+    shapes = []
+    for i in range(3):
+        s = generate_sample("records_3key", tok, 2048, f"0:{i}")
+        keys = re.search(r"codes of sessions (.+)\?", s.messages[0]["content"]).group(1)
+        keys = re.split(r", | and ", keys)
+        assert len(keys) == 3 == len(s.references) and s.metric == "all"
+        for key, value in zip(keys, s.references):
+            assert re.search(rf"{re.escape(key)}\W.*{value}", s.context)
+        shapes.append("log" if "session=" in s.context else "jsonl" if '{"session"' in s.context else "csv")
+    assert shapes == ["log", "csv", "jsonl"]
+
+
+def test_prose_fact_is_prose_with_one_passphrase(samples):
+    s = samples[("prose_fact", 4096)]
+    thing = re.search(r"passphrase for (.+)\?", s.messages[0]["content"]).group(1)
+    assert re.findall(rf"passphrase for {re.escape(thing)} is (\w+ \w+),", s.context) == list(s.references)
+    assert "The grass is green" not in s.context  # natural text, not RULER's noise
+
+
+def test_multi_hop_needs_both_facts(samples):
+    s = samples[("multi_hop", 4096)]
+    person = re.search(r"does (\w+) keep", s.messages[0]["content"]).group(1)
+    locker = re.search(rf"{person} keeps the spare key in locker (K-\d+)\.", s.context).group(1)
+    code = re.search(rf"Locker {locker} opens with the combination (\d+)\.", s.context).group(1)
+    assert list(s.references) == [locker, code]
+    assert len(re.findall(r"opens with the combination", s.context)) == 4  # three other chains
+
+
+def test_json_extract_fields_scattered(samples):
+    from offload.eval.json_extract import JSON_FIELDS
+
+    s = samples[("json_extract", 8192)]
+    assert len(s.references) == len(JSON_FIELDS) == 6 and s.answer_prefix == '{"name": "'
+    for field, value in zip(JSON_FIELDS, s.references):
+        assert JSON_FIELDS[field].format(value) in s.context
+    assert list(s.depths) == [i / 5 for i in range(6)]  # spread over the whole document
+
+
+def test_completion_form_without_a_chat_template(tok):
+    """A base model's tokenizer has no chat template: the prompt is the document, then the answer
+    prefix on its own line — no chat markup."""
+    import copy
+
+    base = copy.deepcopy(tok)
+    base.chat_template = None
+    chat = generate_sample("log_1key", tok, 1024, "0:0", 0.5)
+    plain = generate_sample("log_1key", base, 1024, "0:0", 0.5)
+    assert "<|im_start|>" in chat.prompt and "<|im_start|>" not in plain.prompt
+    assert plain.prompt.startswith("Below is a service log") and plain.prompt.endswith("\n\n" + plain.answer_prefix)
+    assert plain.references == chat.references
+    assert 0.98 * (1024 - plain.max_new_tokens) <= count_tokens(base, plain.prompt) <= 1024 - plain.max_new_tokens
