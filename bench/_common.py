@@ -75,6 +75,26 @@ def with_fields(config, **fields):
     return config.replace(**top) if top else config
 
 
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return None if text == "none" else text
+
+
+def set_fields(spec: str) -> dict:
+    """--set "kv_chunk=8,share=0.5" -> {"kv_chunk": 8, "share": 0.5} (numbers cast, "none" -> None);
+    "" -> {}."""
+    if not spec:
+        return {}
+    pairs = [p.split("=", 1) for p in spec.split(",")]
+    if any(len(p) != 2 or not p[0].strip() for p in pairs):
+        raise SystemExit(f"--set takes KEY=VALUE[,KEY=VALUE...], got {spec!r}")
+    return {k.strip(): _value(v.strip()) for k, v in pairs}
+
+
 def unit_facts(config) -> dict:
     """What a row selects in: its chunk and whether it picks single tokens or chunks (None: a run
     without sparse decode selects nothing)."""

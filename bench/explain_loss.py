@@ -22,16 +22,7 @@ import dataclasses
 import json
 import sys
 
-from _common import with_fields
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+from _common import set_fields, with_fields
 
 
 def main() -> int:
@@ -44,9 +35,10 @@ def main() -> int:
     a = ap.parse_args()
 
     import offload
+    from offload.errors import ConfigError
     from offload.eval.explain import divergence, explain_step, format_explanation, source_span
     from offload.eval.kept import lost_answers, reference_column
-    from offload.eval.modes import Mode, parse_mode, sparse_config
+    from offload.eval.modes import parse_mode, sparse_config
     from offload.eval.replay import Prefilled
     from offload.eval.runner import Record, plan_samples
 
@@ -62,7 +54,7 @@ def main() -> int:
     print(f"{len(lost)} answers {ref_col} found and {a.column} did not ({a.json})")
     meta = doc["meta"]
     model = offload.load_model(meta.get("model"))
-    fields = dict(kv.split("=", 1) for kv in a.set.split(",") if kv)
+    fields = set_fields(a.set)
     totals: dict[str, float] = {}
     by_key = {(r.task, r.length, r.index, r.seed, r.column): r for r in records}
     for task, length, index, seed, answer in lost[: a.limit]:
@@ -71,7 +63,11 @@ def main() -> int:
         base = model.config.replace(ctx=max(model.n_ctx, length))
         dense = dataclasses.replace(model, config=base)
         cfg = sparse_config(base, parse_mode(f"sparse@{budget}"), policy, len(ids))
-        cfg = with_fields(cfg, **{k: _value(v) for k, v in fields.items()})
+        try:
+            cfg = with_fields(cfg, **fields)
+        except (ConfigError, TypeError) as e:
+            print(f"error: --set {a.set!r} does not fit {a.column}: {e}", file=sys.stderr)
+            return 2
         sparse = dataclasses.replace(model, config=cfg)
         reference = list(by_key[(task, length, index, seed, ref_col)].tokens)
         print(f"\n== {task} {length} #{index} (seed {seed}): lost {answer!r}; {ref_col} said "

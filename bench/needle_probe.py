@@ -26,24 +26,7 @@ import json
 import time
 
 import torch
-from _common import add_sparse_args, machine, parse_with_threads, unit_facts, with_fields, with_sparse
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return None if text == "none" else text
-
-
-def _fields(spec: str) -> dict:
-    """--set "kv_chunk=8,bound_share=0.5" -> {"kv_chunk": 8, "bound_share": 0.5}."""
-    pairs = [p.split("=", 1) for p in spec.split(",")]
-    if any(len(p) != 2 or not p[0].strip() for p in pairs):
-        raise SystemExit(f"--set takes KEY=VALUE[,KEY=VALUE...], got {spec!r}")
-    return {k.strip(): _value(v.strip()) for k, v in pairs}
+from _common import add_sparse_args, machine, parse_with_threads, set_fields, unit_facts, with_fields, with_sparse
 
 
 def main():
@@ -63,7 +46,7 @@ def main():
     n = parse_length(a.length)
     model = offload.load_model(config=offload.OffloadConfig(ctx=n))
     samples = plan_samples("multi_needle", model.tokenizer, n, a.samples, a.seed)
-    extras = [(s, _fields(s)) for s in a.set]
+    extras = [(s, set_fields(s)) for s in a.set]
     specs = {"dense": (model.config, None)}  # name -> (config, budget as the eval's modes give it)
     for spec in a.policies.split(","):
         for b in a.budgets.split(","):

@@ -147,16 +147,15 @@ def _layer_heads(store, sel, layer, seen, source) -> list[HeadLoss]:
         read[:] = True
     else:
         for r in range(hkv):
-            for u in chosen[r].tolist():
-                if u >= 0:
-                    read[r, s + u * unit: s + (u + 1) * unit] = True
+            units = chosen[r][chosen[r] >= 0]
+            read[r, s + (units[:, None] * unit + torch.arange(unit)).reshape(-1)] = True
     a, z = source
     scores = None
     if chosen is not None and not sel.is_whole(layer, m, n_tokens):
         kk = max(rows) // unit
         rk = sel.row_budgets(layer, n_tokens)
         rk = None if rk is None or not sel.tokens else torch.tensor(rk).view(1, hkv, 1)
-        scores = sel.state.scores(layer, q[:, :, :], m, kk, scale, rk)[0].float()  # [Hkv, units]
+        scores = sel.state.scores(layer, q, m, kk, scale, rk)[0].float()  # [Hkv, units]
     out = []
     for r in range(hkv):
         group_mass = attn[r].sum(0)[s: s + body]  # exact, per body token

@@ -100,7 +100,8 @@ def records_3key(tokenizer, length: int, seed, depth: float | None = None) -> Sa
     """Three keys asked at once, at sorted random depths; `depth` is ignored. The format follows
     the sample's seed (log, csv, jsonl in turn for seeds "s:0", "s:1", ...)."""
     del depth
-    index = int(str(seed).rsplit(":", 1)[-1]) if str(seed).rsplit(":", 1)[-1].isdigit() else 0
+    last = str(seed).rsplit(":", 1)[-1]
+    index = int(last) if last.isdigit() else 0
     fmt = tuple(FORMATS)[index % len(FORMATS)]
     return _records("records_3key", fmt, RECORDS_KEYS, tokenizer, length, seed,
                     lambda rng: sorted(rng.random() for _ in range(RECORDS_KEYS)))
