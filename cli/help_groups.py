@@ -9,7 +9,7 @@ import click
 __all__ = ["GroupedCommand", "SECTIONS"]
 
 SECTIONS = {
-    "Sparse decode (with --budget)": ("--budget", "--policy", "--split", "--select-every", "--select-unit",
+    "Sparse decode (with --budget)": ("--budget", "--policy", "--split", "--rest", "--select-every", "--select-unit",
                                       "--dense"),
     "Memory and tiers": ("--kv-chunk", "--prefill-chunk", "--gpu-mem", "--host-mem", "--disk-dir"),
 }

@@ -41,6 +41,7 @@ _RUNTIME = (
     opt("--policy", env="POLICY", type=click.Choice(tuple(policy_classes())), default="token", show_default=True, help=_policy_help()),
     opt("--split", "--layer-budget", "split", env="SPLIT", type=click.Choice(SPLITS), default="adaptive", show_default=True, help="With --budget: how the budget is split over layers (adaptive = where the prompt's attention says it keeps the most; squeeze = SqueezeAttention)."),
     opt("--select-every", env="SELECT_EVERY", type=click.IntRange(min=1), default=None, help="With --budget: decode steps a layer keeps its selection (1 = choose at every step; more is faster on CPU, may miss what a later step needs)."),
+    opt("--rest", env="REST", type=click.Choice(["k4v2", "k8v4", "k8v8", "k4v4", "none"], case_sensitive=False), default="k4v2", show_default=True, help="With --budget: the context a step does not select is still attended at low precision (K and V bits; none = dropped, as published selection methods do). k4v2 keeps exact attention's answers on record lookups and costs 1/4 of bf16 KV more memory."),
     opt("--select-unit", env="SELECT_UNIT", type=click.Choice(["token", "chunk"]), default=None, help="With --budget --policy token: pick single tokens (default) or whole chunks (the other policies score chunks)."),
     opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection)."),
     opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of placement and transfer (default with --budget: the policy's, 8 for token, 16 for the others; 64 without)."),
@@ -82,7 +83,7 @@ def offload_config(o: dict):
                 raise ConfigError(f"--select-unit applies to --policy token; {o['policy']} scores whole chunks")
             params["unit"] = o["select_unit"]
         sparse = SparseConfig(budget=o["budget"], policy=make_policy(o["policy"], **params), split=o["split"],
-                              select_every=o["select_every"] or 1)  # fmt: skip
+                              select_every=o["select_every"] or 1, rest=o["rest"].lower())  # fmt: skip
     tiered = not o["dense"] and any(o[k] is not None for k in ("gpu_mem", "host_mem", "disk_dir", "budget"))
     return OffloadConfig(ctx=o["ctx"], prefill_chunk=o["prefill_chunk"], gpu_mem=o["gpu_mem"],
                          host_mem=o["host_mem"], disk_dir=o["disk_dir"], kv_store="tiered" if tiered else "dense",

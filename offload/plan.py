@@ -7,7 +7,8 @@ Layer-major prefill holds one layer's KV at full context, the hidden states of t
 is left, capped at the whole body of the KV; it must reach `MIN_BUDGET_TOKENS` per layer. Every
 chunk also has a home copy: in the host pool while it has room, the rest on disk.
 Abstracts are the selection policy's key summary (`SelectionPolicy.summary_bytes`, through the
-`StoreSpec`); none without sparse decode.
+`StoreSpec`) and the rest (low-precision K/V of every token, `sparse.rest`); none without sparse
+decode.
 """
 
 from __future__ import annotations

@@ -118,9 +118,11 @@ class StoreSpec:
         return 1 if self.selects_tokens else self.layout.chunk
 
     def summary_bytes(self, n_tokens: int) -> int:
-        """Device bytes of the selection policy's key summary for n_tokens (all layers and heads)."""
+        """Device bytes of the selection policy's key summary and of the rest (low-precision K/V of
+        every token, SparseConfig.rest) for n_tokens (all layers and heads)."""
         if self.sparse is None:
             return 0
-        lay = self.layout
+        lay, rest = self.layout, self.sparse.rest
         per = self.sparse.policy.summary_bytes(lay.head_dim, lay.chunk, lay.itemsize)
+        per += 0 if rest is None else rest.bytes_per_token(lay.head_dim, lay.itemsize)
         return int(per * lay.rows * lay.n_layers * n_tokens)

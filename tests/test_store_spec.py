@@ -67,6 +67,10 @@ def test_slots_follow_hot_set_bytes_capped_by_ctx():
 
 
 def test_summary_bytes():
-    spec = _spec(OffloadConfig(sparse=SparseConfig(budget=8, policy="quest")))
+    spec = _spec(OffloadConfig(sparse=SparseConfig(budget=8, policy="quest", rest=None)))
     assert spec.summary_bytes(1000) == int(2 * D * 4 / 16 * HKV * L * 1000)
+    # the rest (k4v2, scales per 32 channels or the head, fp32 beside fp32 KV): levels + scale and min
+    rest = _spec(OffloadConfig(sparse=SparseConfig(budget=8, policy="quest", rest="k4v2")))
+    per = D * 6 / 8 + 2 * 2 * (D // min(32, D)) * 4
+    assert rest.summary_bytes(1000) - spec.summary_bytes(1000) == int(per * HKV * L * 1000)
     assert _spec(OffloadConfig()).summary_bytes(1000) == 0

@@ -6,7 +6,9 @@
   block table, no copy.
 - the exact fallback, `rounds.attend_rounds`: when the chunks a selection needs outgrow the layer's
   GPU slots.
-When every chunk of the layer has a GPU copy nothing is fetched or pinned and Python never sees the
+With a rest (SparseConfig.rest) each path also gives its log-sum-exp, and the body tokens a row did
+not read are attended at low precision (`sparse.rest`) and merged in (`_with_rest`); a whole layer
+read exactly has no rest. When every chunk of the layer has a GPU copy nothing is fetched or pinned and Python never sees the
 ids (no host sync); otherwise the union of the chunks is fetched first. Rows with budgets below the
 selection's width (adaptive splits per KV head) end in -1: a real unit of the row stands in for the
 gather and is masked out. h2o's mass per selected unit (`Selector.wants_mass`) comes back to the
@@ -19,6 +21,7 @@ import torch
 
 from offload.kernels.dispatch import sparse_decode_attention
 
+from .attention import merge_partials
 from .rounds import attend_rounds
 from .working_set import WorkingSet
 
@@ -49,28 +52,44 @@ class DecodeAttention:
             valid = chosen >= 0
             select = torch.where(valid, chosen, chosen[:, :1].clamp(min=0))
         chunks = torch.div(select, c, rounding_mode="floor") if sel.tokens else select  # [R, k]
+        rest = sel.rest is not None and not sel.whole[layer]
         pinned = not st.all_resident(layer)
         if pinned:
             ids = sorted(set(chunks.reshape(-1).tolist()))  # host sync: misses are fetched by Python
             if len(ids) > st.slot_budget(layer):  # in rounds of at most the slots, these units only
                 own = chosen if valid is None else chosen.masked_fill(~valid, -1)
-                out = attend_rounds(st, layer, q, scaling, None, own, sel.wants_mass)
+                out = attend_rounds(st, layer, q, scaling, None, own, sel.wants_mass, want_lse=rest)
                 if sel.wants_mass:
                     out, (ids_, mass) = out
                     sel.attended(layer, ids_, mass)
-                return out
+                return self._with_rest(layer, q, scaling, chosen, *out) if rest else out
             st.pin(layer, ids)
         hits = 0 if pinned else select.numel()  # one per (row, unit) read
         if q.is_cuda and not sel.tokens:
-            out = self._kernel(layer, q, scaling, select)
+            out = self._kernel(layer, q, scaling, select, rest)
         else:
-            out = self._gathered(layer, q, scaling, chosen, select, chunks, valid)
+            out = self._gathered(layer, q, scaling, chosen, select, chunks, valid, rest)
         st.done(layer, pinned, hits)
-        return out
+        return self._with_rest(layer, q, scaling, chosen, *out) if rest else out
 
-    def _gathered(self, layer, q, scaling, chosen, select, chunks, valid):
+    def _with_rest(self, layer, q, scaling, chosen, out, lse):
+        """The selected part (out [B, 1, H, D], its lse) merged with the rest's: every body token
+        the row did not select (chosen [R, k]: its units, -1 = none), at low precision."""
+        st, sel = self.store, self.selector
+        c, m = st.layout.chunk, st.n_chunks(layer)
+        units = m * c if sel.tokens else m
+        r = chosen.shape[0]
+        read = torch.zeros(r, units + 1, dtype=torch.bool, device=chosen.device)
+        read.scatter_(1, chosen.masked_fill(chosen < 0, units), True)  # -1: the spare last column
+        read = read[:, :units] if sel.tokens else read[:, :units].repeat_interleave(c, dim=1)
+        b, _, h, d = out.shape
+        o_rest, lse_rest = sel.rest.attend(layer, q[:, :, 0].reshape(r, h * b // r, d), scaling, read)
+        o, _ = merge_partials(out.reshape(r, -1, d).float(), lse.reshape(r, -1).float(), o_rest, lse_rest)
+        return o.reshape(b, 1, h, d).to(out.dtype)
+
+    def _gathered(self, layer, q, scaling, chosen, select, chunks, valid, want_lse=False):
         """The working set's step: the units gathered once per selection (`chosen`, the selector's
-        tensor, names it), one SDPA a step."""
+        tensor, names it), one SDPA a step (want_lse: (out, lse))."""
         st, sel = self.store, self.selector
         if sel.tokens:
             c = st.layout.chunk
@@ -84,13 +103,13 @@ class DecodeAttention:
             def gather():  # [2, R, k, C*D]
                 return st.pool.gather_rows(st.lookup(layer, select))
 
-        out = self.ws.attend(st, layer, q, scaling, chosen, gather, unit, valid)
+        out = self.ws.attend(st, layer, q, scaling, chosen, gather, unit, valid, want_lse)
         if sel.wants_mass:
             sel.attended(layer, select, self.ws.unit_mass(st, layer, q, scaling, select.shape[1], unit))
         return out
 
-    def _kernel(self, layer, q, scaling, select):
-        """CUDA: the Triton kernel over the block table (no copy of KV)."""
+    def _kernel(self, layer, q, scaling, select, want_lse=False):
+        """CUDA: the Triton kernel over the block table (no copy of KV); want_lse: (out, lse)."""
         st, sel = self.store, self.selector
         lay = st.layout
         b, h, _, d = q.shape
@@ -104,7 +123,7 @@ class DecodeAttention:
             s = torch.matmul(q[:, :, 0].reshape(lay.rows, g, d).float(), keys.float().transpose(-1, -2)) * scaling
             chunk_lse = torch.logsumexp(s.view(lay.rows, g, k, lay.chunk), dim=-1)  # [R, g, k]
             sel.attended(layer, select, torch.exp(chunk_lse - lse.view(lay.rows, g, 1)).sum(1))
-        return out.view(b, 1, h, d)
+        return (out.view(b, 1, h, d), lse) if want_lse else out.view(b, 1, h, d)
 
 
 def kernel_args(store, layer: int, q: torch.Tensor, select: torch.Tensor) -> tuple:

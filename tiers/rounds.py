@@ -20,11 +20,13 @@ from .attention import from_rows, merge_partials, partial_attention, to_rows
 __all__ = ["attend_rounds"]
 
 
-def attend_rounds(store, layer, q, scaling, sliding_window, select, want_mass: bool = False):
+def attend_rounds(store, layer, q, scaling, sliding_window, select, want_mass: bool = False,
+                  want_lse: bool = False):  # fmt: skip
     """Exact attention of q [B, H, Lq, D] over sinks + window + the chunks `select` names (None =
     every body chunk; ids of body tokens when the selector picks tokens) in rounds (module doc).
-    Returns [B, Lq, H, D]; want_mass (one query, a
-    selection given) also returns (ids [R, n] long, mass per row on each of them [R, n]) for h2o."""
+    Returns [B, Lq, H, D]; want_lse (a selection given): (that, its log-sum-exp [R, g, Lq]);
+    want_mass (one query, a selection given) also returns (ids [R, n] long, mass per row on each
+    of them [R, n]) for h2o: (out, (ids, mass))."""
     lay, n, lq = store.layout, store.layer_len(layer), q.shape[2]
     dev = store.device
     qr = to_rows(q, store.n_kv_heads)  # [R, g, Lq, D]
@@ -44,7 +46,7 @@ def attend_rounds(store, layer, q, scaling, sliding_window, select, want_mass: b
     edge_pos = torch.cat([torch.arange(ns), torch.arange(w) + lay.chunk_start(m)]).to(dev)
     budget = store.slot_budget(layer)
     shape = (store.batch, store.n_kv_heads, n, -1)
-    if row_has is None and len(ids) == m and m <= budget:  # whole layer in one round:
+    if row_has is None and len(ids) == m and m <= budget and not want_lse:  # whole layer, one round:
         k, v = store.pool.gather(store.pin(layer, ids))  # chunks in position order
         k = torch.cat([edge_k[0], k, edge_k[1]], dim=1).reshape(shape)
         v = torch.cat([edge_v[0], v, edge_v[1]], dim=1).reshape(shape)
@@ -85,6 +87,8 @@ def attend_rounds(store, layer, q, scaling, sliding_window, select, want_mass: b
             chunk_lse[:, :, idx] = _chunk_lse(store, qr, k, scaling, row_mask)
         store.done(layer, pinned=True)
     res = from_rows(out, store.batch, q.dtype)
+    if want_lse:
+        res = (res, lse)
     if want_mass:  # mass of chunk c on row r: sum over the group of exp(lse_c - lse)
         mass = torch.exp(chunk_lse - lse[:, :, :1]).sum(1)  # [R, len(ids)]
         cols = torch.tensor(ids, dtype=torch.long, device=dev).expand(lay.rows, -1)

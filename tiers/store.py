@@ -245,7 +245,8 @@ class TieredKVStore(StoreView):
         places = [self._mgr.add_chunk(layer, hot=hot) for _ in range(chunks.shape[0])]
         if self.selector is not None:  # summaries from the keys [R, n*C, D], every chunk at once
             n, _, r, c, d = chunks.shape
-            self.selector.add_chunks(layer, places[0].chunk, chunks[:, 0].permute(1, 0, 2, 3).reshape(r, n * c, d))
+            kv = chunks.permute(1, 2, 0, 3, 4).reshape(2, r, n * c, d)
+            self.selector.add_chunks(layer, places[0].chunk, kv[0], kv[1])
         # runs of consecutive slots (prefill: most of a layer's chunks) go in one copy each
         for a, b in slot_runs([p.gpu_slot for p in places]):
             self._xfer.to_slot(chunks[a:b], self._gpu.span(layer, places[a].gpu_slot, b - a))

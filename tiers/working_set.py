@@ -36,11 +36,12 @@ class WorkingSet:
         self._mask: list[torch.Tensor | None] = [None] * n_layers  # padded selections: [B, H, 1, size]
 
     def attend(self, store, layer: int, q: torch.Tensor, scaling: float, select: torch.Tensor,
-               gather, unit: int, valid: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+               gather, unit: int, valid: torch.Tensor | None = None, want_lse: bool = False):  # fmt: skip
         """q [B, H, 1, D] over sinks + window + the units (of `unit` tokens) select [R, k] of `layer`
         names, every one resident. gather: callable () -> their K/V, [2, R, k, unit * D], called
         only when the selection is new. valid [R, k] bool: the units each row attends to (rows
-        with budgets below k: the rest are stand-ins, masked out); None = all. Returns [B, 1, H, D]."""
+        with budgets below k: the rest are stand-ins, masked out); None = all. Returns [B, 1, H, D];
+        want_lse: (that, its log-sum-exp [R, g] fp32), for merging with another part (the rest)."""
         lay = store.layout
         b, h, _, d = q.shape
         r, k = select.shape
@@ -70,6 +71,14 @@ class WorkingSet:
         mask = self._mask[layer]
         if mask is not None:
             mask = mask[..., : body + ext]
+        if want_lse:  # the softmax by hand: SDPA does not give its log-sum-exp
+            g = h // (r // b)
+            s = torch.matmul(q[:, :, 0].reshape(b, r // b, g, d).float(), kv[0].float().transpose(-1, -2)) * scaling
+            if mask is not None:
+                s = s.masked_fill(~mask.view(b, r // b, g, -1), float("-inf"))
+            lse = torch.logsumexp(s, dim=-1)  # [B, Hkv, g]: sinks + window are always there, finite
+            out = torch.matmul(torch.exp(s - lse[..., None]), kv[1].float())
+            return out.reshape(b, 1, h, d).to(q.dtype), lse.reshape(r, g)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, scale=scaling, enable_gqa=True)
         return out.transpose(1, 2)  # [B, 1, H, D]
 

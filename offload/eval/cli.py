@@ -66,8 +66,9 @@ def _budgets(text: str):
                    "(B = 1/16, 0.0625, 512).")
 @click.option("--policy", default=None,
               help="Selection policies for sparse@B modes, a comma list (token, bound, quest, landmark, "
-                   "snapkv, h2o; NAME+squeeze for SqueezeAttention layer budgets), or 'all'. Every sparse mode "
-                   "runs once per policy, all from one prefill per sample.")
+                   "snapkv, h2o; NAME+squeeze for SqueezeAttention layer budgets; NAME/none drops what is not "
+                   "selected, as published, NAME/k8v4 another rest than the default k4v2), or 'all'. Every "
+                   "sparse mode runs once per policy, all from one prefill per sample.")
 @click.option("--select-every", default=None, type=click.IntRange(min=1),
               help="Decode steps a sparse mode keeps its chunk selection (SparseConfig.select_every; "
                    "default: the config's).")

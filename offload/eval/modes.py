@@ -29,6 +29,7 @@ __all__ = [
     "parse_modes",
     "sparse_config",
     "split_policy",
+    "policy_rest",
 ]
 
 _LENGTH = re.compile(r"^(\d+)([kK]?)$")
@@ -124,16 +125,23 @@ def _parts(text: str, what: str) -> list[str]:
 
 def split_policy(spec: str) -> tuple[str, str]:
     """`quest` -> ("quest", SparseConfig's default split: "adaptive"); `quest+uniform` ->
-    ("quest", "uniform")."""
-    name, _, split = str(spec).partition("+")
+    ("quest", "uniform"). A `/REST` suffix (`policy_rest`) is left out."""
+    name, _, split = str(spec).partition("/")[0].partition("+")
     return name, split or SparseConfig.split
+
+
+def policy_rest(spec: str) -> str | None:
+    """The rest a policy spec asks for: `quest/none` -> "none" (drop what is not selected, as
+    published), `token/k8v4` -> "k8v4"; None when the spec names none (SparseConfig's default)."""
+    _, slash, rest = str(spec).partition("/")
+    return rest if slash else None
 
 
 def sparse_config(base: OffloadConfig, mode: Mode, policy: str | None, n_context: int,
                   select_every: int = 1) -> OffloadConfig:  # fmt: skip
     """The config offload runs a sparse mode with: `base` plus a `SparseConfig` of the budget
-    (tokens), the selection policy and its split over layers; policy is `NAME` or `NAME+SPLIT`
-    (`split_policy`). SparseConfig validates."""
+    (tokens), the selection policy, its split over layers and its rest; policy is `NAME`,
+    `NAME+SPLIT` (`split_policy`), either with `/REST` (`policy_rest`). SparseConfig validates."""
     if mode.kind != "sparse":
         raise EvalError(f"mode {mode.label!r} is not a sparse mode")
     if not policy:
@@ -141,9 +149,10 @@ def sparse_config(base: OffloadConfig, mode: Mode, policy: str | None, n_context
     name, split = split_policy(policy)
     if split not in SPLITS:
         raise EvalError(f"unknown split {split!r} (policy NAME+SPLIT, SPLIT one of {', '.join(SPLITS)})")
+    rest = policy_rest(policy)
     try:
         sparse = SparseConfig(budget=mode.budget_tokens(n_context), policy=name, split=split,
-                              select_every=select_every)  # fmt: skip
+                              select_every=select_every, **({} if rest is None else {"rest": rest}))  # fmt: skip
         return base.replace(sparse=sparse)
     except (ConfigError, TypeError) as e:
         raise EvalError(f"{mode.label} with policy {policy!r}: {e}") from None

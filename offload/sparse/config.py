@@ -11,6 +11,9 @@ split: how the budget is split over layers (the total is unchanged): "adaptive" 
 whole_below: a layer whose best possible selection at the budget keeps less than this share of the
     prompt's last queries' attention is read whole while it fits its GPU slots, at most
     max(1, layers // 8) of them; 0 = never.
+rest: the body tokens a step does not select, attended at low precision (`Rest`, default K 4 bits
+    and V 2 bits, 1/4 of bf16 K+V more per token) and merged with the selection; None (or "none")
+    drops them, as the published selection methods do. rest.py says why.
 select_every: decode steps a layer keeps its selection (1 = choose afresh each step; more is faster
     on a CPU and misses what a later query turns to).
 What each default buys: bench/results/sparse-smollm2.md.
@@ -24,6 +27,7 @@ from ..errors import ConfigError
 from .budget_plan import SPLITS
 from .policies import make_policy
 from .policy import SelectionPolicy
+from .rest import Rest, parse_rest
 
 __all__ = ["SparseConfig"]
 
@@ -35,6 +39,7 @@ class SparseConfig:
     split: str = "adaptive"
     whole_below: float = 0.5
     select_every: int = 1
+    rest: Rest | str | None = Rest()
 
     def __post_init__(self):
         b = self.budget
@@ -56,6 +61,10 @@ class SparseConfig:
         e = self.select_every
         if isinstance(e, bool) or not isinstance(e, int) or e < 1:
             raise ConfigError(f"select_every must be a positive integer, got {e!r}")
+        if self.rest is None or isinstance(self.rest, str):
+            object.__setattr__(self, "rest", parse_rest(self.rest))
+        elif not isinstance(self.rest, Rest):
+            raise ConfigError(f"rest must be a Rest, kNvM (e.g. k4v2) or none, got {self.rest!r}")
 
     @property
     def policy_name(self) -> str:

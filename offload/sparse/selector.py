@@ -10,6 +10,8 @@ decode step. Mechanism around a policy (`policies/`) and a budget plan (`budget_
 - kept selections (SparseConfig.select_every): a layer's selection is returned again, the same
   tensor, for that many steps, and made afresh at once when a chunk leaves the window, the budget
   moves or the layer is truncated.
+- the rest (SparseConfig.rest, `rest.py`): low-precision copies of every body token, kept beside
+  the policy's summaries, for the step to attend to what it did not select.
 - prefill statistics (`observe`): the prompt's last queries' attention per key, for the plan
   (curves, ceilings, attn_cos) and for policies that observe (snapkv, h2o).
 `state_dict` / `load_state_dict`: the plan's statistics and the policy's state, for sessions.
@@ -25,6 +27,7 @@ from .budget_plan import BudgetPlan, Budgets
 from .config import SparseConfig
 from .policies.token import best_first
 from .policy import Geometry
+from .rest import RestCopies
 from .whole_layers import oracle_recall
 
 __all__ = ["Selector"]
@@ -44,6 +47,10 @@ class Selector:
         self._kept: list[tuple | None] = [None] * geometry.n_layers
         self.counters = {"selections": 0, "selections_kept": 0}  # made afresh / served again
         self.padded = [False] * geometry.n_layers  # the layer's selection has -1 past some rows' budgets
+        self.whole = [False] * geometry.n_layers  # the layer's selection is its whole body
+        g = geometry
+        self.rest = None if config.rest is None else RestCopies(config.rest, g.n_layers, g.batch * g.n_kv,
+                                                                 g.head_dim, g.kv_dtype, g.device)  # fmt: skip
 
     @property
     def wants_mass(self) -> bool:
@@ -55,15 +62,20 @@ class Selector:
         """The layer is about to emit its first chunks; keys [R, N, D]: what it holds so far."""
         self.state.before_chunks(layer, keys)
 
-    def add_chunks(self, layer: int, j: int, keys: torch.Tensor) -> None:
-        """Chunks j .. j+n-1 of `layer` joined the body; keys [R, n*C, D] on the device. The store
-        numbers the chunks (the one writer of the count); whole chunks of its rows only."""
+    def add_chunks(self, layer: int, j: int, keys: torch.Tensor, values: torch.Tensor | None = None) -> None:
+        """Chunks j .. j+n-1 of `layer` joined the body; keys, values [R, n*C, D] on the device (values
+        feed the rest; a selector with a rest needs them). The store numbers the chunks (the one
+        writer of the count); whole chunks of its rows only."""
         g = self.geometry
         rows = g.batch * g.n_kv
         if keys.dim() != 3 or keys.shape[0] != rows or keys.shape[1] % g.chunk or keys.shape[2] != g.head_dim:
             raise ValueError(f"layer {layer}: summaries take keys [{rows}, n*{g.chunk}, {g.head_dim}] "
                              f"(whole chunks), got {list(keys.shape)}")
         self.state.add(layer, j, keys)
+        if self.rest is not None:
+            if values is None or values.shape != keys.shape:
+                raise ValueError(f"layer {layer}: the rest takes values shaped as the keys {list(keys.shape)}")
+            self.rest.add(layer, j * g.chunk, keys, values)
 
     def observe(self, layer: int, q_tail: torch.Tensor | None, keys: torch.Tensor | None, scaling: float,
                 attn_cos: float | None, n_chunks: int) -> None:  # fmt: skip
@@ -151,6 +163,7 @@ class Selector:
         chosen = self._choose(layer, q, n_chunks, units, k, scale, rows_k, whole)
         self._kept[layer] = (chosen, (n_chunks, k), 1)
         self.padded[layer] = rows_k is not None and not whole
+        self.whole[layer] = whole
         return chosen
 
     def _choose(self, layer, q, n_chunks, units, k, scaling, rows_k, whole) -> torch.Tensor:
@@ -176,6 +189,8 @@ class Selector:
     def truncate(self, layer: int, m: int) -> None:
         self._kept[layer] = None
         self.state.truncate(layer, m)
+        if self.rest is not None:
+            self.rest.truncate(layer, m * self.geometry.chunk)
 
     # -- sessions ----------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -192,5 +207,5 @@ class Selector:
 
     @property
     def nbytes(self) -> int:
-        """Device bytes of the policy's summaries and scores."""
-        return self.state.nbytes
+        """Device bytes of the policy's summaries and scores, and of the rest."""
+        return self.state.nbytes + (0 if self.rest is None else self.rest.nbytes)

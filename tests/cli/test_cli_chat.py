@@ -113,6 +113,23 @@ def test_select_unit_reaches_the_config(args, tokens):
     assert config.sparse.policy.selects_tokens is tokens
 
 
+@pytest.mark.parametrize("args,rest", [
+    (["--budget", "1/8"], "k4v2"),  # on by default
+    (["--budget", "1/8", "--rest", "none"], None),
+    (["--budget", "1/8", "--rest", "K8V4"], "k8v4"),
+])
+def test_rest_reaches_the_config(args, rest):
+    from offload.cli.options import offload_config
+
+    config = offload_config(main.make_context("offload-chat", list(args)).params)
+    assert (config.sparse.rest.label if config.sparse.rest else None) == rest
+
+
+def test_a_bad_rest_is_a_usage_error():
+    r = CliRunner().invoke(main, ["-p", "hi", "--budget", "1/8", "--rest", "k3v2"])
+    assert r.exit_code == 2 and "--rest" in r.output and "Traceback" not in r.output
+
+
 def test_select_unit_token_with_a_chunk_policy_is_a_clear_error(tmp_path):
     doc = tmp_path / "d.txt"
     doc.write_text("hello")

@@ -49,6 +49,13 @@ def test_sparse_config_errors_clearly():
     assert (cfg.sparse.policy_name, cfg.sparse.split, cfg.sparse.budget, cfg.sparse.select_every) == ("quest", "squeeze", 512, 3)
     with pytest.raises(EvalError, match="unknown split 'wide'"):
         sparse_config(OffloadConfig(), Mode("sparse", 512), "quest+wide", 4000)
+    # NAME[+SPLIT]/REST: the rest a sparse mode attends with (default k4v2; none = as published)
+    assert sparse_config(OffloadConfig(), Mode("sparse", 512), "token", 4000).sparse.rest.label == "k4v2"
+    cfg = sparse_config(OffloadConfig(), Mode("sparse", 512), "quest+uniform/none", 4000)
+    assert (cfg.sparse.policy_name, cfg.sparse.split, cfg.sparse.rest) == ("quest", "uniform", None)
+    assert sparse_config(OffloadConfig(), Mode("sparse", 512), "token/k8v4", 4000).sparse.rest.label == "k8v4"
+    with pytest.raises(EvalError, match="rest must be kNvM"):
+        sparse_config(OffloadConfig(), Mode("sparse", 512), "token/k3", 4000)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -58,6 +65,7 @@ def test_sparse_config_errors_clearly():
     (["--modes", "sparse@1/16"], "needs a selection policy"),
     (["--modes", "sparse@1/16", "--policy", "no-such-policy"], "no-such-policy"),
     (["--modes", "sparse@1/16", "--policy", "bound,quest+wide"], "unknown split 'wide'"),
+    (["--modes", "sparse@1/16", "--policy", "token/k1v1"], "k_bits must be one of (2, 4, 8), got 1"),
     (["--modes", "sparse@1/16", "--policy", "bound,,quest"], "without empty items"),
     (["--samples", "0"], "--samples"),
     (["--limit", "0"], "--limit"),

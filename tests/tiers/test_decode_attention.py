@@ -3,7 +3,7 @@
 chunk resident, with misses fetched from host and disk, and when the selection's union outgrows the
 layer's slots (fallback to rounds); the block table follows the manager through evictions; hits are
 counted; h2o's masses agree between the paths; what it computes is softmax attention over sinks +
-each head's selection + window, nothing else; a budget covering the context is exact."""
+each head's selection + window, nothing else (without a rest); a budget covering the context is exact."""
 
 import pytest
 import torch
@@ -29,6 +29,7 @@ def _cfg(slots=None, host_chunks=None, policy="token", budget=64, **kw):
     hot = None if slots is None else slots * L * per_chunk
     host = None if host_chunks is None else max(1, host_chunks * per_chunk)
     # random keys: every layer is diffuse; whole layers off, so that every layer takes the step
+    kw.setdefault("rest", None)  # the selection alone (the rest's merge: tests/sparse/test_rest.py)
     sparse = SparseConfig(budget=budget, policy=_policy(policy), whole_below=0, **kw)
     return OffloadConfig(kv_chunk=C, sinks=4, window=8, hot_set_bytes=hot, host_mem=host, sparse=sparse)
 
@@ -149,7 +150,7 @@ def test_the_step_is_exact_attention_over_its_selection(policy, unit):
     """What decode computes: per KV head, softmax attention over sinks + that head's selected chunks
     (or tokens) + window, and nothing else (the store's gathers and masks against a plain reference);
     adaptive budgets per row (token selections) pad with -1 past a row's budget."""
-    sparse = SparseConfig(budget=0.25, policy=_policy(policy, unit), whole_below=0)
+    sparse = SparseConfig(budget=0.25, policy=_policy(policy, unit), whole_below=0, rest=None)
     st = TieredKVStore(4, HKV, D, torch.float32, "cpu", config=OffloadConfig(kv_chunk=16, sinks=4, window=16,
                                                                                sparse=sparse))  # fmt: skip
     g = torch.Generator().manual_seed(0)

@@ -17,7 +17,7 @@ L, HKV, D, C, N = 2, 2, 16, 8, 300
 
 def _store(every, policy="token", seed=0, budget=64, batch=1):
     pol = Token(rank=4) if policy == "token" else make_policy(policy)
-    sparse = SparseConfig(budget=budget, policy=pol, whole_below=0, select_every=every)
+    sparse = SparseConfig(budget=budget, policy=pol, whole_below=0, select_every=every, rest=None)
     cfg = OffloadConfig(kv_chunk=C, sinks=4, window=8, sparse=sparse)
     g = torch.Generator().manual_seed(seed)
     st = TieredKVStore(L, HKV, D, torch.float32, "cpu", config=cfg, batch=batch)
