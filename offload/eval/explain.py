@@ -9,7 +9,8 @@ back from the store to compute the exact attention of that query. The *source* i
 lost reference inside the needle that holds it. Per query head:
 
 - source mass: exact attention on the source; captured: the part of it on tokens the step read
-  (sinks + window + the head's selection); recall: the mass the step read in all.
+  (sinks + window + the head's selection); recall: the mass the step read in all (exactly: a
+  rest, SparseConfig.rest, attends the remainder at low precision and is not counted as read).
 - exact rank: how many body tokens an oracle of the same unit would take before the best source
   token (exact attention summed over the KV head's group); policy rank: the same by the policy's
   own scores; row budget: tokens this KV head could select.

@@ -1,7 +1,7 @@
 """`explain`: where a sparse config parts from exact attention, and how much of the answer's source
 it failed to read. A chunk policy at 8 tokens (less than one 16-token chunk) reads nothing but sinks
-and window, so it loses a 1k log lookup (computed here, not assumed); a budget covering the context
-loses nothing."""
+and window, so without a rest it loses a 1k log lookup (computed here, not assumed); a budget
+covering the context loses nothing."""
 
 import dataclasses
 
@@ -23,8 +23,9 @@ def case(model):
     pre.close()
 
 
-def _with(model, policy, budget):
-    return dataclasses.replace(model, config=model.config.replace(sparse=SparseConfig(budget=budget, policy=policy)))
+def _with(model, policy, budget, rest="k4v2"):
+    sparse = SparseConfig(budget=budget, policy=policy, rest=rest)
+    return dataclasses.replace(model, config=model.config.replace(sparse=sparse))
 
 
 def test_source_span_is_the_value_tokens(model, case):
@@ -41,7 +42,7 @@ def test_a_budget_covering_the_context_never_diverges(model, case):
 def test_a_starved_selection_is_explained(model, case):
     sample, ids, pre, answer = case
     assert sample.references[0] in model.tokenizer.decode(answer)  # exact attention answers it
-    starved = _with(model, "bound", 8)
+    starved = _with(model, "bound", 8, rest=None)  # what the selection reads: no rest behind it
     step = divergence(model, starved, pre, answer)
     assert step is not None and step >= 1  # step 0 is the exact prefill's
     e = explain_step(starved, pre, answer, step, source_span(model.tokenizer, sample, sample.references[0]))
