@@ -21,7 +21,7 @@ def machine() -> str:
 
 def add_sparse_args(ap, policies: str, budgets: str, json_rows: str) -> None:
     """The options every sparse-decode bench takes (policies, budgets, prompt seed, threads, JSON)."""
-    ap.add_argument("--policies", default=policies, help="comma list; POLICY+SPLIT sets the split over layers (uniform, squeeze; default adaptive)")
+    ap.add_argument("--policies", default=policies, help="comma list; POLICY+SPLIT sets the split over layers (uniform, squeeze; default adaptive), POLICY/REST the rest (none, k4v2, ...)")
     ap.add_argument("--budgets", default=budgets, help="fractions of the context (or token counts)")
     ap.add_argument("--seed", type=int, default=0, help="start of the natural-text prompt")
     ap.add_argument("--threads", type=int, default=None)
@@ -42,13 +42,24 @@ _ALIASES = {"layer_budget": "split", "select_unit": "unit", "bound_share": "shar
 
 
 def with_sparse(config, spec: str, budget, **fields):
-    """`config` decoding sparse: policy `spec` ("NAME" or "NAME+SPLIT") at `budget` (tokens or a
-    fraction), then `with_fields`."""
+    """`config` decoding sparse: policy `spec` ("NAME", "NAME+SPLIT", either with "/REST": the rest,
+    e.g. token/none) at `budget` (tokens or a fraction), then `with_fields`."""
     from offload.config import SparseConfig
-    from offload.eval.modes import split_policy
+    from offload.eval.modes import policy_rest, split_policy
 
     name, split = split_policy(spec)
-    return with_fields(config.replace(sparse=SparseConfig(budget=budget, policy=name, split=split)), **fields)
+    rest = policy_rest(spec)
+    sparse = SparseConfig(budget=budget, policy=name, split=split, **({} if rest is None else {"rest": rest}))
+    return with_fields(config.replace(sparse=sparse), **fields)
+
+
+def policy_split(spec: str) -> tuple[str, str]:
+    """(the policy with its "/REST" if any, the split): how the benches name a row."""
+    from offload.eval.modes import policy_rest, split_policy
+
+    name, split = split_policy(spec)
+    rest = policy_rest(spec)
+    return (name if rest is None else f"{name}/{rest}"), split
 
 
 def with_fields(config, **fields):
@@ -96,13 +107,15 @@ def set_fields(spec: str) -> dict:
 
 
 def unit_facts(config) -> dict:
-    """What a row selects in: its chunk and whether it picks single tokens or chunks (None: a run
-    without sparse decode selects nothing)."""
+    """What a row selects in: its chunk, whether it picks single tokens or chunks, and its rest (None:
+    a run without sparse decode selects nothing; rest "none": what is not selected is dropped)."""
     from offload.store_spec import StoreSpec
 
-    tokens = config.sparse is not None and config.sparse.policy.selects_tokens
-    unit = None if config.sparse is None else "token" if tokens else "chunk"
-    return {"kv_chunk": StoreSpec.chunk_of(config), "select_unit": unit}
+    sp = config.sparse
+    tokens = sp is not None and sp.policy.selects_tokens
+    unit = None if sp is None else "token" if tokens else "chunk"
+    rest = None if sp is None else "none" if sp.rest is None else sp.rest.label
+    return {"kv_chunk": StoreSpec.chunk_of(config), "select_unit": unit, "rest": rest}
 
 
 def emit(args, name, rows):

@@ -29,7 +29,7 @@ import json
 import time
 
 import torch
-from _common import add_sparse_args, machine, parse_with_threads, unit_facts, with_sparse
+from _common import add_sparse_args, machine, parse_with_threads, policy_split, unit_facts, with_sparse
 
 
 def _hf_reference(hf, ids: list[int], new: int) -> list[int]:
@@ -81,14 +81,14 @@ def main():
     a = parse_with_threads(ap)
     import offload
     from offload.config import SparseConfig
-    from offload.eval.modes import Mode, parse_budget, parse_length, split_policy
+    from offload.eval.modes import Mode, parse_budget, parse_length
     from offload.eval.recall import natural_ids
     from offload.eval.replay import Prefilled
     from offload.loading import load_reference
 
     n = parse_length(a.context)
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
-    policies = [split_policy(p.strip()) for p in a.policies.split(",")]
+    policies = [policy_split(p.strip()) for p in a.policies.split(",")]
     model = offload.load_model(config=offload.OffloadConfig(ctx=n + a.new + 8, kv_chunk=a.kv_chunk))
     configs = [  # built up front so a bad policy name fails before minutes of prefill
         (p, lb, b, Mode("sparse", b).budget_tokens(n)) for p, lb in policies for b in budgets

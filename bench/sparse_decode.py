@@ -38,7 +38,7 @@ import json
 import time
 
 import torch
-from _common import add_sparse_args, machine, parse_with_threads, unit_facts, with_sparse
+from _common import add_sparse_args, machine, parse_with_threads, policy_split, unit_facts, with_sparse
 
 from offload.hf_compat import cache_keyword, output_cache
 
@@ -108,7 +108,7 @@ def _variant(config, policy, split, tokens, every, chunk, unit):
     fields = {"select_every": every}
     if chunk is not None:
         fields["kv_chunk"] = chunk
-    if unit is not None and (policy == "token" or unit != "chunk"):
+    if unit is not None and (policy.partition("/")[0] == "token" or unit != "chunk"):
         fields["unit"] = unit
     return with_sparse(config, f"{policy}+{split}", tokens, **fields)
 
@@ -132,7 +132,7 @@ def main():
     import offload
     from offload.cli.units import parse_count
     from offload.config import SparseConfig
-    from offload.eval.modes import Mode, parse_budget, split_policy
+    from offload.eval.modes import Mode, parse_budget
     from offload.eval.recall import natural_ids
     from offload.eval.replay import Prefilled
     from offload.loading import load_reference
@@ -141,7 +141,7 @@ def main():
     if a.ceiling is not None and not 0 < a.ceiling < min(lengths):
         raise SystemExit(f"error: --ceiling must be in (0, {min(lengths)}), got {a.ceiling}")
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
-    policies = [split_policy(x.strip()) for x in a.policies.split(",")]
+    policies = [policy_split(x.strip()) for x in a.policies.split(",")]
     model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
     everies = [int(e) for e in a.select_every.split(",")] if a.select_every else [1]
     chunks = [int(c) for c in a.kv_chunks.split(",")] if a.kv_chunks else [None]

@@ -123,18 +123,25 @@ def _parts(text: str, what: str) -> list[str]:
     return parts
 
 
+def _policy_parts(spec: str) -> tuple[str, str, str | None]:
+    """NAME[+SPLIT][/REST], the two suffixes in either order -> (name, split or "", rest or None)."""
+    head, slash, tail = str(spec).partition("/")
+    rest, plus, after = tail.partition("+")
+    name, _, split = (head + plus + after).partition("+")
+    return name, split, rest if slash else None
+
+
 def split_policy(spec: str) -> tuple[str, str]:
     """`quest` -> ("quest", SparseConfig's default split: "adaptive"); `quest+uniform` ->
     ("quest", "uniform"). A `/REST` suffix (`policy_rest`) is left out."""
-    name, _, split = str(spec).partition("/")[0].partition("+")
+    name, split, _ = _policy_parts(spec)
     return name, split or SparseConfig.split
 
 
 def policy_rest(spec: str) -> str | None:
     """The rest a policy spec asks for: `quest/none` -> "none" (drop what is not selected, as
-    published), `token/k8v4` -> "k8v4"; None when the spec names none (SparseConfig's default)."""
-    _, slash, rest = str(spec).partition("/")
-    return rest if slash else None
+    published), `token+uniform/k8v4` -> "k8v4"; None when the spec names none (SparseConfig's default)."""
+    return _policy_parts(spec)[2]
 
 
 def sparse_config(base: OffloadConfig, mode: Mode, policy: str | None, n_context: int,

@@ -54,6 +54,8 @@ def test_sparse_config_errors_clearly():
     cfg = sparse_config(OffloadConfig(), Mode("sparse", 512), "quest+uniform/none", 4000)
     assert (cfg.sparse.policy_name, cfg.sparse.split, cfg.sparse.rest) == ("quest", "uniform", None)
     assert sparse_config(OffloadConfig(), Mode("sparse", 512), "token/k8v4", 4000).sparse.rest.label == "k8v4"
+    cfg = sparse_config(OffloadConfig(), Mode("sparse", 512), "quest/none+squeeze", 4000)  # either order
+    assert (cfg.sparse.policy_name, cfg.sparse.split, cfg.sparse.rest) == ("quest", "squeeze", None)
     with pytest.raises(EvalError, match="rest must be kNvM"):
         sparse_config(OffloadConfig(), Mode("sparse", 512), "token/k3", 4000)
 
