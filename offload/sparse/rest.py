@@ -11,8 +11,9 @@ loss of the 4k run was kept; K at 2 bits or V at 1 bit lost them (bench/results/
 `Rest` (the spec, SparseConfig.rest): bits of K and V levels and the channels that share one scale
 and minimum (asymmetric uniform levels per token and group). `RestCopies` (the mechanism, owned by
 the `Selector`, fed the body chunks the store emits): per layer, levels packed 8 // bits to a byte,
-tokens first ([R, N, D * bits / 8] uint8), scales and minimums [R, N, D / group, 2] in fp16 beside
-bf16/fp16 KV (fp32 beside fp32; levels use the stored, rounded values). Per token and KV head:
+tokens last ([R, D * bits / 8, N] uint8: the step is matmuls over tokens), scales and minimums
+[R, D / group, 2, N] in fp16 beside bf16/fp16 KV (fp32 beside fp32; levels use the stored, rounded
+values). Per token and KV head:
 D * (kb + vb) / 8 + 8 * D / group bytes, 1/4 of bf16 K+V at k4v2 (head_dim 128, group 32).
 `attend` gives the rest's part of a step: out and log-sum-exp over the body tokens a row did not
 read, for `merge_partials` with the selected part.
@@ -78,7 +79,9 @@ def parse_rest(text: str | None) -> Rest | None:
 
 
 def _quantize(x: torch.Tensor, bits: int, group: int, scale_dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [R, n, D] -> (packed levels [R, n, D * bits / 8] uint8, scale/minimum [R, n, D / group, 2])."""
+    """x [R, n, D] -> (packed levels [R, D * bits / 8, n] uint8, scale/minimum [R, D / group, 2, n]),
+    tokens last. Byte row j holds channels j, j + P, j + 2P, ... (P = D * bits / 8), each in its own
+    bits, so unpacking is a shift and a mask per plane of P channels."""
     r, n, d = x.shape
     xg = x.float().reshape(r, n, d // group, group)
     lo = xg.amin(-1, keepdim=True)
@@ -88,26 +91,34 @@ def _quantize(x: torch.Tensor, bits: int, group: int, scale_dtype) -> tuple[torc
     s, m = scale.float(), lo.float()  # the stored, rounded values
     levels = torch.where(s > 0, (xg - m) / s.clamp(min=1e-30), 0.0).round().clamp(0, top).to(torch.uint8)
     per = 8 // bits
-    levels = levels.reshape(r, n, d // per, per)
-    packed = levels[..., 0].clone()
+    planes = levels.reshape(r, n, per, d // per).permute(0, 2, 3, 1)  # [R, per, P, n]
+    packed = planes[:, 0].clone()
     for i in range(1, per):
-        packed |= levels[..., i] << (bits * i)
-    return packed, torch.cat([scale, lo], -1)
+        packed |= planes[:, i] << (bits * i)
+    return packed, torch.cat([scale, lo], -1).permute(0, 2, 3, 1).contiguous()  # [R, G, 2, n]
+
+
+def _levels(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packed levels [R, P, N] -> [R, D, N] fp32, channels in order."""
+    per = 8 // bits
+    if per == 1:
+        return packed.float()
+    r, p, n = packed.shape
+    out = torch.empty(r, p * per, n)
+    mask = 2**bits - 1
+    for i in range(per):
+        out[:, i * p : (i + 1) * p] = (packed >> (bits * i)) & mask if i else packed & mask
+    return out
 
 
 def _dequantize(packed: torch.Tensor, aux: torch.Tensor, bits: int, group: int) -> torch.Tensor:
-    """The inverse of `_quantize`: [R, n, D] fp32."""
-    r, n, nb = packed.shape
-    per = 8 // bits
-    mask = 2**bits - 1
-    if per == 1:
-        levels = packed.float()
-    else:
-        levels = torch.stack([(packed >> (bits * i)) & mask for i in range(per)], -1).float()
-    d = nb * per
+    """The inverse of `_quantize`, tokens first: [R, n, D] fp32 (a reference; the step does not
+    build it)."""
+    lv = _levels(packed, bits)
+    r, d, n = lv.shape
     aux = aux.float()
-    x = levels.view(r, n, d // group, group) * aux[..., :1] + aux[..., 1:]
-    return x.view(r, n, d)
+    x = lv.view(r, d // group, group, n) * aux[:, :, :1] + aux[:, :, 1:]
+    return x.view(r, d, n).transpose(1, 2)
 
 
 class RestCopies:
@@ -132,15 +143,15 @@ class RestCopies:
         for parts, x, bits in ((self._k, keys, self.spec.k_bits), (self._v, values, self.spec.v_bits)):
             packed, aux = _quantize(x, bits, self.group, self.scale_dtype)
             held = parts[layer]
-            if held is None or held[0].shape[1] < start + n:  # grow by doubling, like the sketches
-                cap = max(start + n, 2 * (0 if held is None else held[0].shape[1]))
-                grown = (torch.empty(self.rows, cap, packed.shape[2], dtype=torch.uint8, device=self.device),
-                         torch.empty(self.rows, cap, *aux.shape[2:], dtype=self.scale_dtype, device=self.device))
+            if held is None or held[0].shape[-1] < start + n:  # grow by doubling, like the sketches
+                cap = max(start + n, 2 * (0 if held is None else held[0].shape[-1]))
+                grown = (torch.empty(*packed.shape[:-1], cap, dtype=torch.uint8, device=self.device),
+                         torch.empty(*aux.shape[:-1], cap, dtype=self.scale_dtype, device=self.device))
                 if held is not None:
-                    grown[0][:, :start], grown[1][:, :start] = held[0][:, :start], held[1][:, :start]
+                    grown[0][..., :start], grown[1][..., :start] = held[0][..., :start], held[1][..., :start]
                 parts[layer] = held = grown
-            held[0][:, start : start + n] = packed
-            held[1][:, start : start + n] = aux
+            held[0][..., start : start + n] = packed
+            held[1][..., start : start + n] = aux
         self._n[layer] = start + n
 
     def truncate(self, layer: int, n_tokens: int) -> None:
@@ -148,18 +159,27 @@ class RestCopies:
 
     def attend(self, layer: int, q: torch.Tensor, scaling: float, read: torch.Tensor):
         """q [R, g, D]; read [R, N] bool: the body tokens each row attended exactly (N = the layer's
-        body). Returns (out [R, g, D], lse [R, g]) fp32 over the others (-inf, 0 where none)."""
+        body). Returns (out [R, g, D], lse [R, g]) fp32 over the others (-inf, 0 where none).
+        Levels are never scaled per element: per group, q . levels and p . levels are matmuls
+        and the scale and minimum enter on [R, groups, g, N] (q . k^ = s (q . l) + m sum(q))."""
         n = read.shape[1]
         if n > self._n[layer]:
             raise ValueError(f"layer {layer}: rest holds {self._n[layer]} body tokens, asked for {n}")
-        spec, k, v = self.spec, self._k[layer], self._v[layer]
-        keys = _dequantize(k[0][:, :n], k[1][:, :n], spec.k_bits, self.group)  # [R, N, D]
-        s = torch.matmul(q.float(), keys.transpose(1, 2)) * scaling  # [R, g, N]
+        spec, (pk, ak), (pv, av) = self.spec, self._k[layer], self._v[layer]
+        r, g, d = q.shape
+        ng, gs = d // self.group, self.group
+        qg = q.float().view(r, g, ng, gs).transpose(1, 2)  # [R, ng, g, gs]
+        lk = _levels(pk[..., :n], spec.k_bits).view(r, ng, gs, n)
+        ak = ak[..., :n].float()  # [R, ng, 2, N]
+        raw = torch.matmul(qg, lk)  # [R, ng, g, N]
+        s = (raw * ak[:, :, :1] + qg.sum(-1, keepdim=True) * ak[:, :, 1:]).sum(1) * scaling  # [R, g, N]
         s = s.masked_fill(read[:, None, :], float("-inf"))
         lse = torch.logsumexp(s, dim=-1)  # [R, g]
-        p = torch.exp(s - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
-        values = _dequantize(v[0][:, :n], v[1][:, :n], spec.v_bits, self.group)
-        return torch.matmul(p, values), lse
+        p = torch.exp(s - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])[:, None]  # [R, 1, g, N]
+        lv = _levels(pv[..., :n], spec.v_bits).view(r, ng, gs, n)
+        av = av[..., :n].float()
+        out = torch.matmul(p * av[:, :, :1], lv.transpose(-1, -2)) + (p * av[:, :, 1:]).sum(-1, keepdim=True)
+        return out.transpose(1, 2).reshape(r, g, d), lse  # [R, ng, g, gs] -> [R, g, D]
 
     @property
     def nbytes(self) -> int:

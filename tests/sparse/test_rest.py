@@ -30,10 +30,10 @@ HKV, D = 2, 32
 def test_levels_are_within_half_a_step(bits, group):
     x = torch.randn(3, 50, D) * torch.linspace(0.1, 10, D)  # channels of very different scales
     packed, aux = _quantize(x, bits, group, torch.float32)
-    assert packed.dtype == torch.uint8 and packed.shape == (3, 50, D * bits // 8)
-    assert aux.shape == (3, 50, D // group, 2)
+    assert packed.dtype == torch.uint8 and packed.shape == (3, D * bits // 8, 50)  # tokens last
+    assert aux.shape == (3, D // group, 2, 50)
     back = _dequantize(packed, aux, bits, group)
-    step = aux[..., :1].expand(3, 50, D // group, group).reshape(3, 50, D)
+    step = aux[:, :, :1].expand(3, D // group, group, 50).reshape(3, D, 50).transpose(1, 2)
     assert ((back - x).abs() <= step * 0.5 + 1e-5).all()
     const = torch.full((1, 4, D), 3.25)  # a flat group: scale 0, exact
     assert torch.equal(_dequantize(*_quantize(const, bits, group, torch.float32), bits, group), const)
