@@ -7,6 +7,7 @@ what it means to `offload-chat`."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -41,7 +42,7 @@ _RUNTIME = (
     opt("--policy", env="POLICY", type=click.Choice(tuple(policy_classes())), default="token", show_default=True, help=_policy_help()),
     opt("--split", "--layer-budget", "split", env="SPLIT", type=click.Choice(SPLITS), default="adaptive", show_default=True, help="With --budget: how the budget is split over layers (adaptive = where the prompt's attention says it keeps the most; squeeze = SqueezeAttention)."),
     opt("--select-every", env="SELECT_EVERY", type=click.IntRange(min=1), default=None, help="With --budget: decode steps a layer keeps its selection (1 = choose at every step; more is faster on CPU, may miss what a later step needs)."),
-    opt("--rest", env="REST", type=click.Choice(["k4v2", "k8v4", "k8v8", "k4v4", "none"], case_sensitive=False), default="k4v2", show_default=True, help="With --budget: the context a step does not select is still attended at low precision (K and V bits; none = dropped, as published selection methods do). k4v2 keeps exact attention's answers on record lookups and costs 1/4 of bf16 KV more memory."),
+    opt("--rest", env="REST", type=click.Choice(["auto", "k4v2", "k8v4", "k8v8", "k4v4", "none"], case_sensitive=False), default="auto", show_default=True, help="With --budget: the context a step does not select is still attended at low precision (K and V bits; none = dropped, as published selection methods do). k4v2 keeps exact attention's answers on record lookups and costs 1/4 of bf16 KV more memory; auto = k4v2 where the memory plan fits it, else none (said on stderr)."),
     opt("--select-unit", env="SELECT_UNIT", type=click.Choice(["token", "chunk"]), default=None, help="With --budget --policy token: pick single tokens (default) or whole chunks (the other policies score chunks)."),
     opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection)."),
     opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of placement and transfer (default with --budget: the policy's, 8 for token, 16 for the others; 64 without)."),
@@ -83,7 +84,7 @@ def offload_config(o: dict):
                 raise ConfigError(f"--select-unit applies to --policy token; {o['policy']} scores whole chunks")
             params["unit"] = o["select_unit"]
         sparse = SparseConfig(budget=o["budget"], policy=make_policy(o["policy"], **params), split=o["split"],
-                              select_every=o["select_every"] or 1, rest=o["rest"].lower())  # fmt: skip
+                              select_every=o["select_every"] or 1, rest=_rest(o))  # fmt: skip
     tiered = not o["dense"] and any(o[k] is not None for k in ("gpu_mem", "host_mem", "disk_dir", "budget"))
     return OffloadConfig(ctx=o["ctx"], prefill_chunk=o["prefill_chunk"], gpu_mem=o["gpu_mem"],
                          host_mem=o["host_mem"], disk_dir=o["disk_dir"], kv_store="tiered" if tiered else "dense",
@@ -102,12 +103,29 @@ def _plan(o: dict, config):
                 offload=config, dtype=config.torch_dtype())
 
 
+def _rest(o: dict) -> str:
+    """--rest as SparseConfig takes it (auto starts as the default rest; `checked_plan` may drop it)."""
+    rest = (o.get("rest") or "auto").lower()
+    return "k4v2" if rest == "auto" else rest
+
+
 def checked_plan(o: dict):
     """(config, memory plan) for the options, before any weight loads (the loaded model's store
     gets this plan's hot set: `OffloadModel.planned_hot_set` plans with the same inputs). A plan
-    that does not fit is returned, not refused (a dry run prints it); `load_checked` refuses it."""
+    that does not fit is returned, not refused (a dry run prints it); `load_checked` refuses it.
+    --rest auto: when the plan fits only without the rest, the rest is dropped and stderr says so."""
     config = offload_config(o)
-    return config, _plan(o, config)
+    memory = _plan(o, config)
+    auto = (o.get("rest") or "auto").lower() == "auto"
+    if not memory.fits and auto and config.sparse is not None and config.sparse.rest is not None:
+        lean = config.replace(sparse=dataclasses.replace(config.sparse, rest=None))
+        lean_memory = _plan(o, lean)
+        if lean_memory.fits:
+            click.echo(f"note: --rest auto: {config.sparse.rest.label} does not fit beside the weights at "
+                       f"{memory.ctx:,} tokens, so what a step does not select is dropped (--rest none); "
+                       "answers on record lookups may differ from exact attention's", err=True)  # fmt: skip
+            return lean, lean_memory
+    return config, memory
 
 
 def require_fit(memory) -> None:

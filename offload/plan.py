@@ -77,7 +77,7 @@ class MemoryPlan:
             ("GPU  weights", g(self.weights_bytes)),
             ("GPU  prefill activations", g(self.prefill_bytes)),
             ("GPU  sinks + window", g(self.edge_bytes)),
-            ("GPU  abstracts", g(self.abstracts_bytes)),
+            ("GPU  abstracts + rest", g(self.abstracts_bytes)),
             ("GPU  hot set", f"{g(self.hot_set_bytes)}  ({self.budget_tokens:,} tokens/layer)"),
             ("GPU  reserve", g(self.reserve_bytes)),
             ("GPU  total / limit", f"{g(self.gpu_total_bytes)} / {g(self.gpu_mem).strip()}"),
@@ -173,7 +173,7 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload) -> MemoryPla
     n_params = _n_params(m)
     weights = n_params * it
     body_chunks = spec.layout.body_chunks(ctx)
-    abstracts = spec.summary_bytes(ctx)  # the selection policy's key summary (0 when dense)
+    abstracts = spec.summary_bytes(ctx)  # key summary + rest (0 when dense)
     edge = L * (offload.sinks + offload.window + c) * tok_layer
     pc = min(offload.prefill_chunk, max(ctx, 1))
     prefill = (ctx * tok_layer  # one layer's KV
@@ -194,6 +194,12 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload) -> MemoryPla
     if short > 0:
         reasons.append(f"GPU: {short / GIB:.2f} GiB short of weights + activations + a "
                        f"{want}-token hot set per layer")  # fmt: skip
+        rest = spec.sparse.rest if spec.sparse is not None else None
+        if rest is not None:
+            freed = rest.bytes_per_token(d, it) * hkv * L * ctx
+            reasons.append(f"the rest ({rest.label}: what a step does not select, at low precision) takes "
+                           f"{freed / GIB:.2f} GiB of that; --rest none drops it (faster, may lose exact "
+                           f"attention's answers on record lookups)")  # fmt: skip
     if disk_need and free is not None and disk_need > free:
         reasons.append(f"disk: {disk_need / GIB:.2f} GiB to spill, {free / GIB:.2f} GiB free in {disk}")
     return MemoryPlan(
