@@ -81,7 +81,8 @@ def test_a_waiting_request_whose_client_left_never_runs(qserver):
     waiting = {"prompt": "A list of birds:", "max_tokens": 50, "temperature": 0, "stream": True}
     with httpx.Client(timeout=WAIT_S) as a, httpx.Client(timeout=WAIT_S) as b:
         with a.stream("POST", qserver.url + "/v1/completions", json=long) as ra:
-            assert next(line for line in ra.iter_lines() if line.startswith("data: "))
+            lines = ra.iter_lines()  # held: a dropped iterator closes A's connection (httpcore closes on
+            assert next(line for line in lines if line.startswith("data: "))  # GeneratorExit): A must stay
             with b.stream("POST", qserver.url + "/v1/completions", json=waiting) as rb:
                 h = _health(qserver)
                 assert rb.status_code == 200 and h["queue"] == 1 and h["running"] == 1, (h, qserver.log()[-2000:])
