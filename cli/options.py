@@ -42,7 +42,7 @@ _RUNTIME = (
     opt("--policy", env="POLICY", type=click.Choice(tuple(policy_classes())), default="token", show_default=True, help=_policy_help()),
     opt("--split", "--layer-budget", "split", env="SPLIT", type=click.Choice(SPLITS), default="adaptive", show_default=True, help="With --budget: how the budget is split over layers (adaptive = where the prompt's attention says it keeps the most; squeeze = SqueezeAttention)."),
     opt("--select-every", env="SELECT_EVERY", type=click.IntRange(min=1), default=None, help="With --budget: decode steps a layer keeps its selection (1 = choose at every step; more is faster on CPU, may miss what a later step needs)."),
-    opt("--rest", env="REST", type=click.Choice(["auto", "k4v2", "k8v4", "k8v8", "k4v4", "none"], case_sensitive=False), default="auto", show_default=True, help="With --budget: the context a step does not select is still attended at low precision (K and V bits; none = dropped, as published selection methods do). k4v2 keeps exact attention's answers on record lookups and costs 1/4 of bf16 KV more memory; auto = k4v2 where the memory plan fits it, else none (said on stderr)."),
+    opt("--rest", env="REST", type=click.Choice(["auto", "k4v4", "k4v2", "k8v4", "k8v8", "none"], case_sensitive=False), default="auto", show_default=True, help="With --budget: the context a step does not select is still attended at low precision (K and V bits; none = dropped, as published selection methods do). k4v4 keeps exact attention's answers on record lookups and costs 5/16 of bf16 KV more memory; auto = k4v4 where the memory plan fits it, else none (said on stderr)."),
     opt("--select-unit", env="SELECT_UNIT", type=click.Choice(["token", "chunk"]), default=None, help="With --budget --policy token: pick single tokens (default) or whole chunks (the other policies score chunks)."),
     opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection)."),
     opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of placement and transfer (default with --budget: the policy's, 8 for token, 16 for the others; 64 without)."),
@@ -105,8 +105,10 @@ def _plan(o: dict, config):
 
 def _rest(o: dict) -> str:
     """--rest as SparseConfig takes it (auto starts as the default rest; `checked_plan` may drop it)."""
+    from offload.sparse.rest import Rest
+
     rest = (o.get("rest") or "auto").lower()
-    return "k4v2" if rest == "auto" else rest
+    return Rest().label if rest == "auto" else rest
 
 
 def checked_plan(o: dict):

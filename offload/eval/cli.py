@@ -67,7 +67,7 @@ def _budgets(text: str):
 @click.option("--policy", default=None,
               help="Selection policies for sparse@B modes, a comma list (token, bound, quest, landmark, "
                    "snapkv, h2o; NAME+squeeze for SqueezeAttention layer budgets; NAME/none drops what is not "
-                   "selected, as published, NAME/k8v4 another rest than the default k4v2), or 'all'. Every "
+                   "selected, as published, NAME/k4v2 another rest than the default k4v4), or 'all'. Every "
                    "sparse mode runs once per policy, all from one prefill per sample.")
 @click.option("--select-every", default=None, type=click.IntRange(min=1),
               help="Decode steps a sparse mode keeps its chunk selection (SparseConfig.select_every; "

@@ -12,7 +12,7 @@ whole_below: a layer whose best possible selection at the budget keeps less than
     prompt's last queries' attention is read whole while it fits its GPU slots, at most
     max(1, layers // 8) of them; 0 = never.
 rest: the body tokens a step does not select, attended at low precision (`Rest`, default K 4 bits
-    and V 2 bits, 1/4 of bf16 K+V more per token) and merged with the selection; None (or "none")
+    and V 4 bits, 5/16 of bf16 K+V more per token) and merged with the selection; None (or "none")
     drops them, as the published selection methods do. rest.py says why.
 select_every: decode steps a layer keeps its selection (1 = choose afresh each step; more is faster
     on a CPU and misses what a later query turns to).

@@ -6,7 +6,9 @@ get, and still loses answers on structured records: a diffuse head reads 0.07-0.
 renormalising over what it read moves a digit's logit enough to flip a near-tie
 (bench/results/extract-4k.md). Attending the unselected body tokens at low precision, merged with
 the selected part by log-sum-exp, gives those answers back: with K at 4 bits and V at 2 bits every
-loss of the 4k run was kept; K at 2 bits or V at 1 bit lost them (bench/results/extract-rest.md).
+loss of session 13's 4k run was kept, but a record lookup that dropping the rest had kept was lost
+(a 2-bit value flips a digit); V at 4 bits keeps it, so the default is K 4 / V 4; K at 2 bits or V
+at 1 bit lost them all (bench/results/extract-rest.md).
 
 `Rest` (the spec, SparseConfig.rest): bits of K and V levels and the channels that share one scale
 and minimum (asymmetric uniform levels per token and group). `RestCopies` (the mechanism, owned by
@@ -14,7 +16,8 @@ the `Selector`, fed the body chunks the store emits): per layer, levels packed 8
 tokens last ([R, D * bits / 8, N] uint8: the step is matmuls over tokens), scales and minimums
 [R, D / group, 2, N] in fp16 beside bf16/fp16 KV (fp32 beside fp32; levels use the stored, rounded
 values). Per token and KV head:
-D * (kb + vb) / 8 + 8 * D / group bytes, 1/4 of bf16 K+V at k4v2 (head_dim 128, group 32).
+D * (kb + vb) / 8 + 8 * D / group bytes: at head_dim 128 and group 32, 5/16 of bf16 K+V (k4v4),
+1/4 (k4v2).
 `attend` gives the rest's part of a step: out and log-sum-exp over the body tokens a row did not
 read, for `merge_partials` with the selected part.
 """
@@ -38,7 +41,7 @@ class Rest:
     """k_bits / v_bits: levels of K and V (2, 4 or 8); group: channels sharing a scale (<= head_dim)."""
 
     k_bits: int = 4
-    v_bits: int = 2
+    v_bits: int = 4
     group: int = 32
 
     def __post_init__(self):

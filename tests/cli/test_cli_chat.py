@@ -114,7 +114,7 @@ def test_select_unit_reaches_the_config(args, tokens):
 
 
 @pytest.mark.parametrize("args,rest", [
-    (["--budget", "1/8"], "k4v2"),  # on by default (auto: while the plan fits it)
+    (["--budget", "1/8"], "k4v4"),  # on by default (auto: while the plan fits it)
     (["--budget", "1/8", "--rest", "none"], None),
     (["--budget", "1/8", "--rest", "K8V4"], "k8v4"),
 ])
@@ -127,7 +127,7 @@ def test_rest_reaches_the_config(args, rest):
 
 def test_rest_auto_drops_the_rest_only_when_the_plan_fits_without_it():
     """--rest auto: a GPU budget that fits the plan without the rest but not with it plans without it
-    and says so on stderr; --rest k4v2 asked for explicitly is refused there (exit 3)."""
+    and says so on stderr; --rest k4v4 asked for explicitly is refused there (exit 3)."""
     from offload.cli.options import checked_plan
     from offload.plan import MIN_BUDGET_TOKENS
 
@@ -138,14 +138,14 @@ def test_rest_auto_drops_the_rest_only_when_the_plan_fits_without_it():
         return (m.weights_bytes + m.reserve_bytes + m.prefill_bytes + m.edge_bytes + m.abstracts_bytes
                 + min(m.budget_tokens, MIN_BUDGET_TOKENS) * tok)  # fmt: skip
 
-    lean, full = need("none"), need("k4v2")
+    lean, full = need("none"), need("k4v4")
     assert full > lean
     gpu = str((lean + full) // 2)
     args = ["-c", "8k", "--budget", "1/16", "--gpu-mem", gpu, "--dry-run", "-p", "hi"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert "--rest auto: k4v2 does not fit" in r.output
-    r = CliRunner().invoke(main, [*args, "--rest", "k4v2"])
+    assert "--rest auto: k4v4 does not fit" in r.output
+    r = CliRunner().invoke(main, [*args, "--rest", "k4v4"])
     assert r.exit_code == 3 and "--rest none drops it" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, [*args[:-3], "--gpu-mem", "64G", "--dry-run", "-p", "hi"])
     assert r.exit_code == 0 and "--rest auto" not in r.output  # room for it: kept, nothing said

@@ -49,8 +49,8 @@ def test_sparse_config_errors_clearly():
     assert (cfg.sparse.policy_name, cfg.sparse.split, cfg.sparse.budget, cfg.sparse.select_every) == ("quest", "squeeze", 512, 3)
     with pytest.raises(EvalError, match="unknown split 'wide'"):
         sparse_config(OffloadConfig(), Mode("sparse", 512), "quest+wide", 4000)
-    # NAME[+SPLIT]/REST: the rest a sparse mode attends with (default k4v2; none = as published)
-    assert sparse_config(OffloadConfig(), Mode("sparse", 512), "token", 4000).sparse.rest.label == "k4v2"
+    # NAME[+SPLIT]/REST: the rest a sparse mode attends with (default k4v4; none = as published)
+    assert sparse_config(OffloadConfig(), Mode("sparse", 512), "token", 4000).sparse.rest.label == "k4v4"
     cfg = sparse_config(OffloadConfig(), Mode("sparse", 512), "quest+uniform/none", 4000)
     assert (cfg.sparse.policy_name, cfg.sparse.split, cfg.sparse.rest) == ("quest", "uniform", None)
     assert sparse_config(OffloadConfig(), Mode("sparse", 512), "token/k8v4", 4000).sparse.rest.label == "k8v4"

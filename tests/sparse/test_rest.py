@@ -53,8 +53,9 @@ def test_spec_parses_and_refuses_bad_input():
     assert SparseConfig(budget=8, rest="none").rest is None and SparseConfig(budget=8, rest="k8v8").rest == Rest(8, 8)
     with pytest.raises(ConfigError, match="rest"):
         SparseConfig(budget=8, rest=3)
-    # 1/4 of bf16 K+V at head_dim 128
-    assert Rest().bytes_per_token(128, 2) == 128 == 2 * 128 * 2 / 4
+    # 5/16 of bf16 K+V at head_dim 128 (k4v2: 1/4)
+    assert Rest().bytes_per_token(128, 2) == 160 == 2 * 128 * 2 * 5 / 16
+    assert Rest(4, 2).bytes_per_token(128, 2) == 128
 
 
 def test_rest_refuses_tokens_out_of_order():
@@ -177,7 +178,7 @@ def test_the_model_keeps_near_exact_logits_with_a_rest():
     assert 900 < len(ids) < 1400
     pre = Prefilled.capture(model, ids)
     models = [model] + [dataclasses.replace(model, config=model.config.replace(
-        sparse=SparseConfig(budget=1 / 16, rest=r))) for r in ("k4v2", None)]  # fmt: skip
+        sparse=SparseConfig(budget=1 / 16, rest=r))) for r in ("k4v4", None)]  # fmt: skip
     stores = [pre.store_for(m) for m in models]
     try:
         engine = Engine(model, stores[0])
