@@ -103,11 +103,16 @@ def _plan(o: dict, config):
                 offload=config, dtype=config.torch_dtype())
 
 
+def _rest_option(o: dict) -> str:
+    """--rest as given, lower case ("auto" when absent)."""
+    return (o.get("rest") or "auto").lower()
+
+
 def _rest(o: dict) -> str:
     """--rest as SparseConfig takes it (auto starts as the default rest; `checked_plan` may drop it)."""
     from offload.sparse.rest import Rest
 
-    rest = (o.get("rest") or "auto").lower()
+    rest = _rest_option(o)
     return Rest().label if rest == "auto" else rest
 
 
@@ -118,8 +123,7 @@ def checked_plan(o: dict):
     --rest auto: when the plan fits only without the rest, the rest is dropped and stderr says so."""
     config = offload_config(o)
     memory = _plan(o, config)
-    auto = (o.get("rest") or "auto").lower() == "auto"
-    if not memory.fits and auto and config.sparse is not None and config.sparse.rest is not None:
+    if not memory.fits and _rest_option(o) == "auto" and config.sparse is not None and config.sparse.rest is not None:
         lean = config.replace(sparse=dataclasses.replace(config.sparse, rest=None))
         lean_memory = _plan(o, lean)
         if lean_memory.fits:

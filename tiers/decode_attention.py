@@ -34,6 +34,7 @@ class DecodeAttention:
     def __init__(self, store, selector):
         self.store, self.selector = store, selector
         self.ws = WorkingSet(store.n_layers)
+        self._read: list[tuple | None] = [None] * store.n_layers  # (selection, n_chunks, body mask): the rest's
 
     @property
     def nbytes(self) -> int:
@@ -77,11 +78,16 @@ class DecodeAttention:
         the row did not select (chosen [R, k]: its units, -1 = none), at low precision."""
         st, sel = self.store, self.selector
         c, m = st.layout.chunk, st.n_chunks(layer)
-        units = m * c if sel.tokens else m
         r = chosen.shape[0]
-        read = torch.zeros(r, units + 1, dtype=torch.bool, device=chosen.device)
-        read.scatter_(1, chosen.masked_fill(chosen < 0, units), True)  # -1: the spare last column
-        read = read[:, :units] if sel.tokens else read[:, :units].repeat_interleave(c, dim=1)
+        held = self._read[layer]  # the mask of a kept selection (the same tensor) over the same body
+        if held is not None and held[0] is chosen and held[1] == m:
+            read = held[2]
+        else:
+            units = m * c if sel.tokens else m
+            read = torch.zeros(r, units + 1, dtype=torch.bool, device=chosen.device)
+            read.scatter_(1, chosen.masked_fill(chosen < 0, units), True)  # -1: the spare last column
+            read = read[:, :units] if sel.tokens else read[:, :units].repeat_interleave(c, dim=1)
+            self._read[layer] = (chosen, m, read)
         b, _, h, d = out.shape
         o_rest, lse_rest = sel.rest.attend(layer, q[:, :, 0].reshape(r, h * b // r, d), scaling, read)
         o, _ = merge_partials(out.reshape(r, -1, d).float(), lse.reshape(r, -1).float(), o_rest, lse_rest)

@@ -64,9 +64,14 @@ class Rest:
             raise ConfigError(f"rest: group {self.group} does not divide head_dim {head_dim}")
         return g
 
+    @staticmethod
+    def scale_dtype(kv_itemsize: int) -> torch.dtype:
+        """Scales and minimums: fp16 beside bf16/fp16 KV, fp32 beside fp32."""
+        return torch.float16 if kv_itemsize <= 2 else torch.float32
+
     def bytes_per_token(self, head_dim: int, kv_itemsize: int) -> float:
         """Bytes per token and KV head: packed K and V levels plus a scale and minimum per group each."""
-        scale = 2 if kv_itemsize <= 2 else 4
+        scale = self.scale_dtype(kv_itemsize).itemsize
         groups = head_dim // self.group_for(head_dim)
         return head_dim * (self.k_bits + self.v_bits) / 8 + 2 * 2 * groups * scale
 
@@ -130,7 +135,7 @@ class RestCopies:
     def __init__(self, spec: Rest, n_layers: int, rows: int, head_dim: int, kv_dtype, device):
         self.spec, self.rows, self.head_dim, self.device = spec, rows, head_dim, device
         self.group = spec.group_for(head_dim)
-        self.scale_dtype = torch.float16 if kv_dtype.itemsize <= 2 else torch.float32
+        self.scale_dtype = spec.scale_dtype(kv_dtype.itemsize)
         self._k: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
         self._v: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
         self._n = [0] * n_layers  # body tokens held per layer
