@@ -96,20 +96,26 @@ def _budgets(text: str):
               help="Budgets for --recall (fraction of the context or tokens).")
 @click.option("--recall-length", default="4k", show_default=True, callback=_checked(parse_length),
               help="Natural-text context length for --recall.")
+@click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+              help="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Compute dtype (auto: bf16 on CUDA, fp32 on CPU).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 def main(model_path, tasks, lengths, modes, policy, select_every, kv_chunk, samples, limit, rows, seed,
-         max_new_tokens, json_path, resume, recall_policies, budgets, recall_length, progress):
+         max_new_tokens, json_path, resume, recall_policies, budgets, recall_length, device, dtype, progress):
     """Score RULER-synthetic tasks (needle retrieval, multi-hop tracing, aggregation, multi-needle
     extraction) with full attention and with offload, on 2 CPU cores or a GPU."""
     t0 = time.perf_counter()
     try:
+        config = _config(device, dtype, kv_chunk)
         if recall_policies is not None:
             if kv_chunk is not None:
                 raise EvalError("--kv-chunk applies to task runs; --recall selects chunks of the default size")
-            _run_recall(model_path, recall_policies, budgets, recall_length, seed, select_every)
+            _run_recall(model_path, config, recall_policies, budgets, recall_length, seed, select_every)
         else:
-            _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens,
-                       json_path, resume, progress, select_every, kv_chunk)
+            _run_tasks(model_path, config, tasks, lengths, modes, policy, samples, limit, rows, seed,
+                       max_new_tokens, json_path, resume, progress, select_every)
     except EvalError as e:
         raise click.UsageError(str(e)) from None
     except OffloadError as e:
@@ -121,8 +127,10 @@ def main(model_path, tasks, lengths, modes, policy, select_every, kv_chunk, samp
     click.echo(f"elapsed {time.perf_counter() - t0:.1f} s")
 
 
-def _previous(json_path, settings: dict):
-    """Records of an earlier run in `json_path` made with the same settings (for --resume)."""
+def _previous(json_path, settings: dict, recorded: dict | None = None):
+    """Records of an earlier run in `json_path` made with the same settings (for --resume);
+    `recorded`: settings checked only where the file records them (runs before they were recorded
+    were all fp32 CPU runs)."""
     import json
     import os
 
@@ -133,7 +141,8 @@ def _previous(json_path, settings: dict):
     with open(json_path) as f:
         doc = json.load(f)
     meta = doc.get("meta", {})
-    for name, value in settings.items():
+    checks = {**settings, **{k: v for k, v in (recorded or {}).items() if k in meta}}
+    for name, value in checks.items():
         if meta.get(name) != value:
             raise EvalError(
                 f"--resume: {json_path} was written with {name}={meta.get(name)!r}, not {value!r}"
@@ -141,8 +150,24 @@ def _previous(json_path, settings: dict):
     return [Record.from_json(r) for r in doc.get("records", [])], meta
 
 
-def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens, json_path,
-               resume, progress, select_every=None, kv_chunk=None):
+def _config(device: str, dtype: str, kv_chunk: int | None):
+    """The OffloadConfig every mode starts from (a CUDA device torch cannot see is a ConfigError)."""
+    import offload
+
+    return offload.OffloadConfig(kv_chunk=kv_chunk, device=device, dtype=dtype)
+
+
+def _machine(model) -> str:
+    """Where the answers were computed: the CPU, or the GPU's name."""
+    import torch
+
+    if model.device.type == "cuda":
+        return torch.cuda.get_device_name(model.device)
+    return f"{platform.machine()} {platform.processor() or ''}".strip()
+
+
+def _run_tasks(model_path, config, tasks, lengths, modes, policy, samples, limit, rows, seed, max_new_tokens,
+               json_path, resume, progress, select_every=None):
     import offload
 
     from .corpus import natural_text_source
@@ -158,7 +183,6 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
                 sparse_config(offload.OffloadConfig(), m, p, 1024)
     if resume and not json_path:
         raise EvalError("--resume needs --json PATH (the file to resume)")
-    config = offload.OffloadConfig(kv_chunk=kv_chunk)
     select_every = select_every or 1
     sparse_chunk = _sparse_chunks(config, modes, policy)
     done, old_meta = [], {}
@@ -167,7 +191,7 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
                 "select_every": select_every}
         if sparse_chunk is not None:  # full and dense answers do not depend on it
             same["kv_chunk"] = sparse_chunk
-        done, old_meta = _previous(json_path, same)
+        done, old_meta = _previous(json_path, same, {"dtype": str(config.torch_dtype()).removeprefix("torch.")})
     model = offload.load_model(model_path, config=config)
     writer = None
     if json_path:
@@ -178,7 +202,8 @@ def _run_tasks(model_path, tasks, lengths, modes, policy, samples, limit, rows, 
             "samples": samples, "limit": limit, "seed": seed, "max_new_tokens_cap": max_new_tokens,
             "select_every": select_every, "kv_chunk": sparse_chunk,
             "natural_text": natural_text_source(),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "machine": _machine(model), "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
             "torch_threads": __import__("torch").get_num_threads(),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "finished": None,
@@ -237,7 +262,7 @@ def _policies(text: str | None) -> list[str] | None:
     return unique_list(str, text, "policies")
 
 
-def _run_recall(model_path, policies, budgets, length, seed, select_every=None):
+def _run_recall(model_path, config, policies, budgets, length, seed, select_every=None):
     import offload
     from offload.loading import load_reference
 
@@ -250,7 +275,7 @@ def _run_recall(model_path, policies, budgets, length, seed, select_every=None):
             get_policy(split_name(name)[0])
         except ValueError as e:
             raise EvalError(str(e)) from None
-    model = offload.load_model(model_path)
+    model = offload.load_model(model_path, config=config)
     reference = load_reference(model)
     results = attention_recall(reference, model.tokenizer, names, budgets, n_context=length, seed=seed,
                                select_every=select_every or 1)

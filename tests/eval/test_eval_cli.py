@@ -3,6 +3,7 @@
 from fractions import Fraction
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from offload import OffloadConfig
@@ -76,6 +77,8 @@ def test_sparse_config_errors_clearly():
     (["--recall", "full", "--kv-chunk", "8"], "--kv-chunk applies to task runs"),
     (["--recall", "no-such-policy"], "unknown selection policy"),
     (["--recall", "full", "--budgets", "1/0"], "not a budget"),
+    (["--dtype", "int4"], "--dtype"),
+    (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
 ])
 def test_cli_bad_input_is_a_usage_error(args, message):
     result = CliRunner().invoke(main, args)
@@ -83,6 +86,13 @@ def test_cli_bad_input_is_a_usage_error(args, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where torch sees no GPU")
+def test_cli_cuda_without_a_gpu_is_a_clear_error():
+    result = CliRunner().invoke(main, ["--device", "cuda", "--tasks", "passkey"])
+    assert result.exit_code == 2 and "torch sees no CUDA device" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_cli_help():
@@ -114,6 +124,7 @@ def test_cli_end_to_end_tiny(tmp_path):
     assert "elapsed" in result.stdout and "standard-library" in result.stdout
     doc = json.loads(path.read_text())
     assert doc["meta"]["finished"] and doc["meta"]["max_new_tokens_cap"] == 8
+    assert (doc["meta"]["device"], doc["meta"]["dtype"]) == ("cpu", "float32")
     assert [r["mode"] for r in doc["records"]] == ["full", "dense"]
 
 
