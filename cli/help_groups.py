@@ -9,9 +9,10 @@ import click
 __all__ = ["GroupedCommand", "SECTIONS"]
 
 SECTIONS = {
-    "Sparse decode (with --budget)": ("--budget", "--policy", "--split", "--rest", "--select-every", "--select-unit",
+    "Decode: exact or sparse (--budget)": ("--budget", "--policy", "--split", "--rest", "--select-every", "--select-unit",
                                       "--dense"),
-    "Memory and tiers": ("--kv-chunk", "--prefill-chunk", "--gpu-mem", "--host-mem", "--disk-dir"),
+    "Memory and tiers": ("--device", "--dtype", "--kv-chunk", "--prefill-chunk", "--gpu-mem", "--host-mem",
+                         "--disk-dir"),
 }
 
 

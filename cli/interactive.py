@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from offload.decode_choice import decode_label
 from offload.errors import OffloadError
 
 from .documents import read_document, with_documents
@@ -53,7 +54,7 @@ def _command(chat, line: str, state: dict) -> bool:
         click.echo(f"context {chat.n_tokens:,} / {chat.model.n_ctx:,} tokens, "
                    f"{len(chat.messages)} messages", err=True)
         if last is not None:
-            click.echo(speed_line(last), err=True)
+            click.echo(speed_line(last, decode=decode_label(chat.model.config)), err=True)
     else:
         click.echo(f"unknown command {cmd}\n{SLASH_HELP}", err=True)
     return True

@@ -38,7 +38,7 @@ def _policy_help() -> str:
 
 
 _RUNTIME = (
-    opt("--budget", env="BUDGET", type=BudgetType(), default=None, help="Sparse decode: KV tokens per layer (2048) or a fraction of the context (1/16, 0.05); without it every step reads the whole context."),
+    opt("--budget", env="BUDGET", type=BudgetType(), default="auto", show_default=True, help="KV tokens a step attends to per layer (2048) or a fraction of the context (1/16, 0.05); auto = exact attention when the whole KV fits the GPU hot set the memory plan leaves, else sparse at 1/16 (the plan output says which and why)."),
     opt("--policy", env="POLICY", type=click.Choice(tuple(policy_classes())), default="token", show_default=True, help=_policy_help()),
     opt("--split", "--layer-budget", "split", env="SPLIT", type=click.Choice(SPLITS), default="adaptive", show_default=True, help="With --budget: how the budget is split over layers (adaptive = where the prompt's attention says it keeps the most; squeeze = SqueezeAttention)."),
     opt("--select-every", env="SELECT_EVERY", type=click.IntRange(min=1), default=None, help="With --budget: decode steps a layer keeps its selection (1 = choose at every step; more is faster on CPU, may miss what a later step needs)."),
@@ -47,6 +47,8 @@ _RUNTIME = (
     opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection)."),
     opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of placement and transfer (default with --budget: the policy's, 8 for token, 16 for the others; 64 without)."),
     opt("--prefill-chunk", env="PREFILL_CHUNK", type=click.IntRange(min=1), default=512, show_default=True),
+    opt("--device", env="DEVICE", default="auto", show_default=True, metavar="DEVICE", help="Compute device: auto (CUDA when present), cpu, cuda, cuda:N. With --dry-run, cuda plans for a GPU this machine lacks (give --gpu-mem)."),
+    opt("--dtype", env="DTYPE", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True, help="Weights and KV dtype (auto: bf16 on CUDA, fp32 on CPU)."),
     opt("--gpu-mem", env="GPU_MEM", type=BytesType(), default=None, help="GPU memory to plan for (e.g. 24G; default: the device's)."),
     opt("--host-mem", env="HOST_MEM", type=BytesType(), default=None, help="Host memory for KV (e.g. 32G)."),
     opt("--disk-dir", env="DISK_DIR", type=click.Path(file_okay=False), default=None, help="Where KV spills to disk."),
@@ -69,26 +71,43 @@ def runtime_options(f):
     return _apply(_RUNTIME, f)
 
 
-def offload_config(o: dict):
+def _device_dtype(o: dict) -> tuple[str, str]:
+    """(device, dtype) for the config. A dry run may plan for a CUDA device this machine lacks: the
+    config then computes nothing (it runs on the CPU) and the plan gets the device (`_plan`)."""
+    import torch
+
+    device, dtype = o.get("device") or "auto", o.get("dtype") or "auto"
+    if device.startswith("cuda") and dtype == "auto":
+        dtype = "bf16"
+    if o.get("dry_run") and device.startswith("cuda") and not torch.cuda.is_available():
+        device = "cpu"
+    return device, dtype
+
+
+def offload_config(o: dict, budget="given"):
     """The OffloadConfig the shared options ask for (--gpu-mem is what the memory plan plans for:
-    the store's hot set is that plan's, `StoreSpec`)."""
+    the store's hot set is that plan's, `StoreSpec`); budget: the sparse budget to use instead of
+    --budget (None = exact attention), as `--budget auto` decides."""
     from offload.config import OffloadConfig, SparseConfig
     from offload.errors import ConfigError
     from offload.sparse import make_policy
 
+    budget = o["budget"] if budget == "given" else budget
     sparse = None
-    if o["budget"] is not None and not o["dense"]:
+    if budget is not None and budget != "auto" and not o["dense"]:
         params = {}
         if o["select_unit"] is not None:
             if o["policy"] != "token":
                 raise ConfigError(f"--select-unit applies to --policy token; {o['policy']} scores whole chunks")
             params["unit"] = o["select_unit"]
-        sparse = SparseConfig(budget=o["budget"], policy=make_policy(o["policy"], **params), split=o["split"],
+        sparse = SparseConfig(budget=budget, policy=make_policy(o["policy"], **params), split=o["split"],
                               select_every=o["select_every"] or 1, rest=_rest(o))  # fmt: skip
-    tiered = not o["dense"] and any(o[k] is not None for k in ("gpu_mem", "host_mem", "disk_dir", "budget"))
+    # memory limits tier the KV whatever the decode (exact attention then reads chunks from the tiers)
+    tiered = sparse is not None or any(o[k] is not None for k in ("gpu_mem", "host_mem", "disk_dir"))
+    device, dtype = _device_dtype(o)
     return OffloadConfig(ctx=o["ctx"], prefill_chunk=o["prefill_chunk"], gpu_mem=o["gpu_mem"],
                          host_mem=o["host_mem"], disk_dir=o["disk_dir"], kv_store="tiered" if tiered else "dense",
-                         kv_chunk=o["kv_chunk"], sparse=sparse)  # fmt: skip
+                         kv_chunk=o["kv_chunk"], sparse=sparse, device=device, dtype=dtype)  # fmt: skip
 
 
 def _plan(o: dict, config):
@@ -97,10 +116,13 @@ def _plan(o: dict, config):
     from offload.loading import resolve_model_dir
     from offload.plan import plan
 
-    hf_config = AutoConfig.from_pretrained(str(resolve_model_dir(o["model"])), local_files_only=True)
+    # a dry run plans from config.json alone: a directory without weights is enough
+    model_dir = resolve_model_dir(o["model"], need_weights=not o.get("dry_run"))
+    hf_config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     ctx = o["ctx"] or getattr(hf_config, "max_position_embeddings", 4096)
+    device = o.get("device") or "auto"
     return plan(hf_config, ctx, gpu_mem=o["gpu_mem"], host_mem=o["host_mem"], disk_dir=o["disk_dir"],
-                offload=config, dtype=config.torch_dtype())
+                offload=config, dtype=config.torch_dtype(), device=None if device == "auto" else device)
 
 
 def _rest_option(o: dict) -> str:
@@ -120,16 +142,30 @@ def checked_plan(o: dict):
     """(config, memory plan) for the options, before any weight loads (the loaded model's store
     gets this plan's hot set: `OffloadModel.planned_hot_set` plans with the same inputs). A plan
     that does not fit is returned, not refused (a dry run prints it); `load_checked` refuses it.
-    --rest auto: when the plan fits only without the rest, the rest is dropped and stderr says so."""
-    config = offload_config(o)
+    --budget auto picks exact or sparse decode (`offload.decode_choice`); the plan's `decode` says
+    which and why. --rest auto: when the plan fits only without the rest, the rest is dropped and
+    stderr says so."""
+    from offload.decode_choice import choose_decode, explicit_choice
+
+    if o["budget"] == "auto" and not o["dense"]:
+        choice, config, memory = choose_decode(lambda budget: _fitted(o, offload_config(o, budget)))
+    else:
+        config, memory = _fitted(o, offload_config(o))
+        choice = explicit_choice(config.sparse.budget if config.sparse else None, o["dense"])
+    if _rest_option(o) == "auto" and config.sparse is not None and config.sparse.rest is None:
+        click.echo(f"note: --rest auto: {_rest(o)} does not fit beside the weights at {memory.ctx:,} tokens, so "
+                   "what a step does not select is dropped (--rest none); answers on record lookups may "
+                   "differ from exact attention's", err=True)  # fmt: skip
+    return config, dataclasses.replace(memory, decode=choice.reason)
+
+
+def _fitted(o: dict, config):
+    """(config, plan) for `config`, without the rest when --rest auto and only that fits."""
     memory = _plan(o, config)
     if not memory.fits and _rest_option(o) == "auto" and config.sparse is not None and config.sparse.rest is not None:
         lean = config.replace(sparse=dataclasses.replace(config.sparse, rest=None))
         lean_memory = _plan(o, lean)
         if lean_memory.fits:
-            click.echo(f"note: --rest auto: {config.sparse.rest.label} does not fit beside the weights at "
-                       f"{memory.ctx:,} tokens, so what a step does not select is dropped (--rest none); "
-                       "answers on record lookups may differ from exact attention's", err=True)  # fmt: skip
             return lean, lean_memory
     return config, memory
 

@@ -101,6 +101,7 @@ def _run(o: dict) -> None:
 def _load(o, config, memory, service, server, failure) -> None:
     """On its own thread: load the model, open the disk cache, start serving; on failure stop the
     server so main exits with the error's code."""
+    from offload.decode_choice import decode_label
     from offload.serve.server import bound_address
 
     try:
@@ -119,7 +120,8 @@ def _load(o, config, memory, service, server, failure) -> None:
         host, port = bound_address(server, o["host"], o["port"])
         cached = f"; {len(disk)} cached prefixes in {o['cache_dir']}" if disk is not None else ""
         click.echo(f"offload-serve: ready on http://{host}:{port} (model {service.model_name}, context "
-                   f"{model.n_ctx:,} tokens{cached}); Ctrl-C stops", err=True)  # fmt: skip
+                   f"{model.n_ctx:,} tokens, {decode_label(model.config)} decode{cached}); Ctrl-C stops",
+                   err=True)  # fmt: skip
     except BaseException as e:
         failure.append(e)
         server.should_exit = True

@@ -7,6 +7,8 @@ import time
 
 import click
 
+from offload.decode_choice import decode_label
+
 from .speed import speed_line
 
 __all__ = ["answer", "PrefillProgress"]
@@ -52,5 +54,5 @@ def answer(chat, text: str, opts: dict, show_speed: bool = True):
         return last
     click.echo("")
     if last is not None and show_speed:
-        click.echo(speed_line(last, prompt_s), err=True)
+        click.echo(speed_line(last, prompt_s, decode_label(chat.model.config)), err=True)
     return last

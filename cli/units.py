@@ -91,6 +91,8 @@ class BudgetType(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, (int, float)):
             return value
+        if str(value).strip().lower() == "auto":
+            return "auto"
         try:
             return parse_budget(value)
         except ValueError as e:

@@ -131,7 +131,7 @@ def _first_line(e: BaseException) -> str:
     return text[0][:200] if text else ""
 
 
-def _check_model_dir(p: Path) -> Path:
+def _check_model_dir(p: Path, need_weights: bool = True) -> Path:
     """`p` if it looks like a loadable transformers model: config.json is a JSON object transformers
     knows, and weights are there. ModelFileError naming what is missing otherwise."""
     from transformers import AutoConfig
@@ -141,14 +141,15 @@ def _check_model_dir(p: Path) -> Path:
     except Exception as e:  # not JSON, an unknown model_type, unreadable
         raise ModelFileError(f"{p / 'config.json'} is not a usable model config ({type(e).__name__}: "
                              f"{_first_line(e)})") from None  # fmt: skip
-    if not any(p.glob("*.safetensors")) and not any(p.glob("pytorch_model*.bin")):
+    if need_weights and not any(p.glob("*.safetensors")) and not any(p.glob("pytorch_model*.bin")):
         raise ModelFileError(f"{p} holds a config.json but no weights (*.safetensors): pass a complete "
                              "transformers model directory or a .gguf file")  # fmt: skip
     return p
 
 
-def resolve_model_dir(path: str | os.PathLike | None) -> Path:
+def resolve_model_dir(path: str | os.PathLike | None, need_weights: bool = True) -> Path:
     """A local HF model directory for `path`: None = embedded model, a .gguf = its cached conversion.
+    need_weights=False accepts a directory holding only config.json (enough to plan memory).
     Raises ModelNotFoundError (missing) or ModelFileError (there but not a usable model)."""
     if path is None:
         return _convert_gguf(embedded_gguf())
@@ -156,7 +157,7 @@ def resolve_model_dir(path: str | os.PathLike | None) -> Path:
     if p.is_file() and p.suffix.lower() == ".gguf":
         return _gguf(p.resolve())
     if p.is_dir() and (p / "config.json").is_file():
-        return _check_model_dir(p.resolve())
+        return _check_model_dir(p.resolve(), need_weights)
     if p.is_dir():
         raise ModelNotFoundError(
             f"{p} is a directory but holds no config.json: pass a transformers model directory "

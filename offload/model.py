@@ -106,7 +106,7 @@ class OffloadModel:
         from .plan import plan
 
         memory = plan(self.hf.config, self.n_ctx, gpu_mem=cfg.gpu_mem, host_mem=cfg.host_mem,
-                      disk_dir=cfg.disk_dir, offload=cfg, dtype=self.dtype)  # fmt: skip
+                      disk_dir=cfg.disk_dir, offload=cfg, dtype=self.dtype, device=self.device)  # fmt: skip
         return max(1, memory.hot_set_bytes)
 
     def new_store(self) -> KVStore:

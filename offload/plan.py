@@ -23,6 +23,7 @@ import psutil
 import torch
 
 from .config import OffloadConfig
+from .errors import ConfigError
 from .tiers.host import HOST_FRACTION
 
 __all__ = ["MemoryPlan", "plan", "model_dims"]
@@ -61,6 +62,14 @@ class MemoryPlan:
     fits: bool
     reasons: tuple[str, ...]
     max_ctx: int
+    body_tokens: int = 0  # tokens past sinks + window, in whole chunks: what a hot set covering the KV holds
+    device: str = "cuda"  # what the plan plans for
+    decode: str = ""  # which decode runs and why (`offload.decode_choice`), when a command chose
+
+    @property
+    def whole_kv_fits(self) -> bool:
+        """The plan fits and its hot set holds every chunk: exact attention reads only the GPU."""
+        return self.fits and self.budget_tokens >= self.body_tokens
 
     def to_dict(self) -> dict:
         """Plain JSON-serializable dict (what `--dry-run --json` prints)."""
@@ -72,7 +81,7 @@ class MemoryPlan:
         g = lambda b: f"{b / GIB:9.2f} GiB"  # noqa: E731
         rows = [
             ("model", f"{self.n_params / 1e9:.2f} B params, {self.n_layers} layers, "
-                      f"{self.n_kv_heads} KV heads x {self.head_dim}, {self.dtype}"),
+                      f"{self.n_kv_heads} KV heads x {self.head_dim}, {self.dtype} on {self.device}"),
             ("KV cache", f"{g(self.kv_bytes)}  ({self.kv_token_bytes // 1024} KiB/token x {self.ctx:,})"),
             ("GPU  weights", g(self.weights_bytes)),
             ("GPU  prefill activations", g(self.prefill_bytes)),
@@ -86,6 +95,8 @@ class MemoryPlan:
                      + ("" if self.disk_free is None else f" ({self.disk_free / GIB:.1f} GiB free)")),
             ("fits", "yes" if self.fits else f"NO — largest context that fits: {self.max_ctx:,}"),
         ]  # fmt: skip
+        if self.decode:
+            rows.append(("decode", self.decode))
         width = max(len(k) for k, _ in rows)
         lines = [f"{k:<{width}}  {v}" for k, v in rows] + [f"  - {r}" for r in self.reasons]
         return "\n".join(lines)
@@ -131,11 +142,12 @@ def _disk_free(path: Path) -> int | None:
 
 def plan(config_or_model, ctx: int, gpu_mem: int | None = None, host_mem: int | None = None,
          disk_dir: str | os.PathLike | None = None, *, offload: OffloadConfig | None = None,
-         dtype: torch.dtype | None = None) -> MemoryPlan:  # fmt: skip
+         dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> MemoryPlan:  # fmt: skip
     """The memory plan for `ctx` tokens.
 
-    gpu_mem: device memory to plan for (None: this machine's CUDA total, else its RAM — CPU
-    compute); host_mem: host memory (None: available now); disk_dir: where spill goes (None: the
+    gpu_mem: device memory to plan for (None: the CUDA device's total, or the RAM when the compute
+    device is the CPU); device: the compute device planned for (None: CUDA when torch sees one, else
+    the CPU; a CUDA device this machine lacks needs gpu_mem); host_mem: host memory (None: available now); disk_dir: where spill goes (None: the
     default spill root); offload: chunk/sinks/window/prefill_chunk/host_mem knobs; dtype: KV and
     weight dtype (None: offload's dtype if set, else bf16 — the GPU target)."""
     from offload.tiers.spill import default_spill_root
@@ -144,13 +156,17 @@ def plan(config_or_model, ctx: int, gpu_mem: int | None = None, host_mem: int | 
     if dtype is None:
         dtype = torch.bfloat16 if offload.dtype == "auto" else offload.torch_dtype()
     m = model_dims(config_or_model)
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     if gpu_mem is None:
-        cuda = torch.cuda.is_available()
-        gpu_mem = torch.cuda.get_device_properties(0).total_memory if cuda else psutil.virtual_memory().total
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"planning for {device} on a machine where torch sees no CUDA device needs "
+                              "the GPU's memory: pass --gpu-mem (e.g. 24G)")
+        cuda = device.type == "cuda"
+        gpu_mem = torch.cuda.get_device_properties(device).total_memory if cuda else psutil.virtual_memory().total
     host_mem = psutil.virtual_memory().available if host_mem is None else host_mem
     disk = Path(disk_dir) if disk_dir is not None else default_spill_root()
     free = _disk_free(disk)
-    one = lambda c: _plan_at(m, c, dtype, gpu_mem, host_mem, disk, free, offload)  # noqa: E731
+    one = lambda c: _plan_at(m, c, dtype, gpu_mem, host_mem, disk, free, offload, device.type)  # noqa: E731
     p = one(ctx)
     if p.fits:
         return dataclasses.replace(p, max_ctx=ctx)
@@ -161,7 +177,7 @@ def plan(config_or_model, ctx: int, gpu_mem: int | None = None, host_mem: int | 
     return dataclasses.replace(p, max_ctx=lo if one(lo).fits else 0)
 
 
-def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload) -> MemoryPlan:
+def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> MemoryPlan:
     from .store_spec import StoreSpec
 
     it = torch.empty((), dtype=dtype).element_size()
@@ -208,5 +224,6 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload) -> MemoryPla
         reserve_bytes=CUDA_RESERVE, prefill_bytes=prefill, edge_bytes=edge, abstracts_bytes=abstracts,
         hot_set_bytes=hot, budget_tokens=budget, gpu_total_bytes=fixed + hot, gpu_mem=gpu_mem,
         host_pool_bytes=host_pool, host_mem=host_mem, disk_bytes=disk_need, disk_free=free,
-        disk_dir=str(disk), fits=not reasons, reasons=tuple(reasons), max_ctx=ctx,
+        disk_dir=str(disk), fits=not reasons, reasons=tuple(reasons), max_ctx=ctx, body_tokens=budget_cap,
+        device=device,
     )  # fmt: skip

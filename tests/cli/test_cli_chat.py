@@ -200,7 +200,7 @@ def test_help_groups_the_options():
     r = CliRunner().invoke(main, ["--help"])
     assert r.exit_code == 0
     out = r.output
-    heads = ["Options:", "Sparse decode (with --budget):", "Memory and tiers:"]
+    heads = ["Options:", "Decode: exact or sparse (--budget):", "Memory and tiers:"]
     at = [out.index(h) for h in heads]
     assert at == sorted(at)
 
@@ -208,6 +208,6 @@ def test_help_groups_the_options():
         pos = re.search(rf"\n  {opt}[ ,]", out).start()  # the option's own line, not a mention in help text
         return [h for h, a in zip(heads, at) if a < pos][-1]  # the last heading above it
 
-    assert section("--budget") == section("--policy") == section("--split") == "Sparse decode (with --budget):"
+    assert section("--budget") == section("--policy") == section("--split") == "Decode: exact or sparse (--budget):"
     assert section("--gpu-mem") == section("--host-mem") == section("--kv-chunk") == "Memory and tiers:"
     assert section("-f, --file") == "Options:"

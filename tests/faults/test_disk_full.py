@@ -50,7 +50,7 @@ def test_interactive_spill_onto_a_full_disk_reports_and_goes_on(model, tmp_path)
     mount_tmpfs(disk, "256m")
     try:
         env = dict(os.environ, PYTHONUNBUFFERED="1", TERM="dumb")
-        child = pexpect.spawn(offload_chat(), ["--disk-dir", str(disk), "--host-mem", "1M", "--gpu-mem", "1105M",
+        child = pexpect.spawn(offload_chat(), ["--disk-dir", str(disk), "--host-mem", "1M", "--gpu-mem", "1105M", "--dense",
                                                "-c", "2048", "-n", "2"], env=env, encoding="utf-8", timeout=180)  # fmt: skip
         try:
             child.expect_exact("> ")

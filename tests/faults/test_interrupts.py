@@ -61,7 +61,7 @@ def _spilling_chat(disk, doc):
     """offload-chat answering over `doc` with ~1 MiB of KV in memory: it spills into `disk`."""
     return subprocess.Popen(
         [offload_chat(), "-f", str(doc), "-p", "What did the keeper do?", "-n", "64", "-c", "2048",
-         "--disk-dir", str(disk), "--host-mem", "1M", "--gpu-mem", "1105M"],
+         "--disk-dir", str(disk), "--host-mem", "1M", "--gpu-mem", "1105M", "--dense"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
