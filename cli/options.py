@@ -161,13 +161,11 @@ def checked_plan(o: dict):
 
 def _fitted(o: dict, config):
     """(config, plan) for `config`, without the rest when --rest auto and only that fits."""
-    memory = _plan(o, config)
-    if not memory.fits and _rest_option(o) == "auto" and config.sparse is not None and config.sparse.rest is not None:
-        lean = config.replace(sparse=dataclasses.replace(config.sparse, rest=None))
-        lean_memory = _plan(o, lean)
-        if lean_memory.fits:
-            return lean, lean_memory
-    return config, memory
+    from offload.decode_choice import fit_rest
+
+    if _rest_option(o) == "auto":
+        return fit_rest(config, lambda c: _plan(o, c))
+    return config, _plan(o, config)
 
 
 def require_fit(memory) -> None:

@@ -12,12 +12,13 @@ exact), the rest is decided here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 from .plan import GIB, MemoryPlan
 
-__all__ = ["AUTO_FRACTION", "DecodeChoice", "choose_decode", "explicit_choice", "decode_label"]
+__all__ = ["AUTO_FRACTION", "DecodeChoice", "choose_decode", "explicit_choice", "decode_label", "fit_rest"]
 
 AUTO_FRACTION = 1 / 16
 
@@ -35,7 +36,19 @@ class DecodeChoice:
 
 
 def _gib(n: int) -> str:
-    return f"{n / GIB:.2f} GiB"
+    return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / (1 << 20):.1f} MiB"
+
+
+def fit_rest(config, plan_of: Callable[[object], MemoryPlan]):
+    """(config, plan) for `config`, or for it without the rest when only that fits (`--rest auto`:
+    the rest is what a step does not select, kept at low precision; it needs room beside the weights)."""
+    memory = plan_of(config)
+    sparse = config.sparse
+    if memory.fits or sparse is None or sparse.rest is None:
+        return config, memory
+    lean = config.replace(sparse=dataclasses.replace(sparse, rest=None))
+    lean_memory = plan_of(lean)
+    return (lean, lean_memory) if lean_memory.fits else (config, memory)
 
 
 def choose_decode(plan_for: Callable[[int | float | None], tuple[object, MemoryPlan]]):
@@ -44,8 +57,8 @@ def choose_decode(plan_for: Callable[[int | float | None], tuple[object, MemoryP
     config = config0
     kv = f"the KV ({_gib(exact.kv_bytes)} at {exact.ctx:,} tokens)"
     if exact.whole_kv_fits:
-        return DecodeChoice(None, f"exact attention (--budget auto): {kv} fits the GPU hot set "
-                                  f"({_gib(exact.hot_set_bytes)})"), config0, exact  # fmt: skip
+        return DecodeChoice(None, f"exact attention (--budget auto): {kv} fits on the GPU beside the "
+                                  "weights"), config0, exact  # fmt: skip
     config, sparse = plan_for(AUTO_FRACTION)
     want = max(1, int(exact.ctx * AUTO_FRACTION))
     why = (f"{kv} does not fit the {_gib(exact.hot_set_bytes)} GPU hot set the plan leaves"

@@ -1,13 +1,23 @@
-"""Chunk scoring: the Triton kernel (interpreted on CPU) against its reference, and its bounds
-against every key of the chunk (invariant 5)."""
+"""Chunk scoring: the Triton kernel (interpreted on CPU; compiled on a GPU with
+OFFLOAD_KERNEL_DEVICE=cuda TRITON_INTERPRET=0) against its reference, and its bounds against every key
+of the chunk (invariant 5)."""
+
+import os
 
 import pytest
 import torch
 
-from offload.kernels.chunk_score import chunk_score_triton
+from offload.kernels.chunk_score import chunk_score_triton as _kernel
 from offload.kernels.reference import chunk_score_ref
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+DEVICE = torch.device(os.environ.get("OFFLOAD_KERNEL_DEVICE", "cpu"))
+
+
+def chunk_score_triton(*args, **kw):
+    """The kernel on DEVICE (inputs moved there), its result back on the CPU."""
+    moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args]
+    return _kernel(*moved, **{k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}).cpu()
 
 
 def _round(x, dtype, down):

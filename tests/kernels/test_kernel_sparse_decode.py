@@ -1,12 +1,23 @@
-"""Sparse decode attention: the Triton kernel (interpreted on CPU) against its torch reference."""
+"""Sparse decode attention: the Triton kernel (interpreted on CPU; compiled on a GPU with
+OFFLOAD_KERNEL_DEVICE=cuda TRITON_INTERPRET=0, as bench/gpu_check.sh runs it) against its torch reference."""
+
+import os
 
 import pytest
 import torch
 
 from offload.kernels.reference import sparse_decode_attention_ref
-from offload.kernels.sparse_decode import sparse_decode_attention_triton
+from offload.kernels.sparse_decode import sparse_decode_attention_triton as _kernel
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+DEVICE = torch.device(os.environ.get("OFFLOAD_KERNEL_DEVICE", "cpu"))
+
+
+def sparse_decode_attention_triton(*args, **launch):
+    """The kernel on DEVICE (inputs moved there), its results back on the CPU."""
+    moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args]
+    out, lse = _kernel(*moved, **launch)
+    return out.cpu(), lse.cpu()
 
 
 def make_case(b, n_kv, group, d, dtype, chunk, width, body, n_extra, extra_len, seed=0, n_slots=None):
