@@ -13,9 +13,9 @@ step itself is one `scaled_dot_product_attention` over the buffer: a single quer
 of keys, so their order does not matter and no mask is needed (but for padded rows).
 
 Chunk contents never change once in the body, so a copy stays right while the selection is the
-same — the same tensor (kept by the `Selector`) or equal ids — and the layer's chunks are (the
-store's `version(layer)` moves when one is added, evicted or truncated); otherwise it is gathered
-afresh. Mechanism only: which units, and for how long, is the `Selector`'s business.
+same tensor (kept by the `Selector`) and the layer's chunks are (the store's `version(layer)` moves
+when one is added, evicted or truncated); otherwise it is gathered afresh. A new selection is not
+compared with the held one: that would read its values on the host at every step (a GPU sync). Mechanism only: which units, and for how long, is the `Selector`'s business.
 """
 
 from __future__ import annotations
@@ -50,8 +50,6 @@ class WorkingSet:
         ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks
         buf = self._buf[layer]
         held, version = self._sel[layer], store.version(layer)  # version: moves on add/truncate
-        if held is not None and held is not select and self._ver[layer] == version and torch.equal(held, select):
-            self._sel[layer] = held = select  # chosen afresh, the same chunks in the same order: no gather
         if held is not select or self._ver[layer] != version:
             if buf is None or buf.shape[2] < body + lay.edge_capacity:  # room to grow: a whole
                 size = body + body // 4 + lay.edge_capacity  # layer's selection gains a chunk per C steps

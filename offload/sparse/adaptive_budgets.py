@@ -23,6 +23,7 @@ exact (SmolLM2's layer 0 at 8k, 1/16: bench/results/sparse-smollm2.md, session 1
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .whole_layers import MAX_SHARE
@@ -53,12 +54,15 @@ def mass_curve(mass: torch.Tensor, sinks: int, body: int, points: int = POINTS,
     return torch.cat([ks.float()[None], rec.cpu()])
 
 
-def adaptive_budgets(base: int, curves: list[torch.Tensor | None], whole=frozenset(),
+def adaptive_budgets(base: int, curves: list, whole=frozenset(),
                      floor_share: float = FLOOR_SHARE) -> list[list[int]]:  # fmt: skip
     """Budget per layer and unit (`mass_curve`: one per layer, or one per row), summing to at most
     base * (number of units): whole layers and layers without a curve keep [base]; every other unit
     gets floor(base * floor_share), then the rest of the total goes to the steepest pieces of all
-    curves, and what the curves cannot take (a context grown past the prompt's) evenly."""
+    curves, and what the curves cannot take (a context grown past the prompt's) evenly.
+    Host arithmetic on numpy arrays (a tensor curve is read as one): a decode step that re-splits
+    reads no tensor value (`BudgetPlan` hands it the host copies)."""
+    curves = [None if c is None else np.asarray(c, dtype=np.float32) for c in curves]
     out: list[list[int]] = [[base] for _ in curves]
     live = [(i, u) for i, c in enumerate(curves) if c is not None and i not in whole
             for u in range(len(c) - 1)]  # (layer, unit) pairs that take part
@@ -69,17 +73,17 @@ def adaptive_budgets(base: int, curves: list[torch.Tensor | None], whole=frozens
     owner, size, slope = [], [], []
     for j, (i, u) in enumerate(live):
         ks, rec = curves[i][0], curves[i][1 + u]
-        lo = ks[:-1].clamp(min=floor)
-        dk = (ks[1:] - lo).clamp(min=0)  # each piece's part above the floor
+        lo = np.maximum(ks[:-1], np.float32(floor))
+        dk = np.maximum(ks[1:] - lo, np.float32(0))  # each piece's part above the floor
         keep = dk > 0
-        owner.append(torch.full((int(keep.sum()),), j))
+        owner.append(np.full(int(keep.sum()), j))
         size.append(dk[keep])
-        slope.append(((rec[1:] - rec[:-1]) / (ks[1:] - ks[:-1]).clamp(min=1))[keep])
-    owner, size, slope = torch.cat(owner), torch.cat(size), torch.cat(slope)
-    order = torch.argsort(slope, descending=True, stable=True)
-    upto = size[order].cumsum(0)  # tokens handed out once each piece is taken whole
-    taken = upto.clamp(max=spare) - (upto - size[order]).clamp(max=spare)  # [pieces]: what each gets
-    got = (floor + torch.zeros(len(live)).index_add_(0, owner[order], taken)).long().tolist()
+        slope.append(((rec[1:] - rec[:-1]) / np.maximum(ks[1:] - ks[:-1], np.float32(1)))[keep])
+    owner, size, slope = np.concatenate(owner), np.concatenate(size), np.concatenate(slope)
+    order = np.argsort(-slope, kind="stable")  # steepest first, ties in curve order
+    upto = np.cumsum(size[order], dtype=np.float64)  # tokens handed out once each piece is taken whole
+    taken = np.minimum(upto, spare) - np.minimum(upto - size[order], spare)  # what each piece gets
+    got = (floor + np.bincount(owner[order], weights=taken, minlength=len(live))).astype(np.int64).tolist()
     each, extra = divmod(max(0, base * len(live) - sum(got)), len(live))
     for j, (i, u) in enumerate(live):
         if u == 0:
@@ -88,12 +92,13 @@ def adaptive_budgets(base: int, curves: list[torch.Tensor | None], whole=frozens
     return out
 
 
-def adaptive_split(base: int, curves: list[torch.Tensor | None], whole=frozenset(),
+def adaptive_split(base: int, curves: list, whole=frozenset(),
                    wide: bool = True) -> tuple[list[list[int]], frozenset[int]]:  # fmt: skip
     """(`adaptive_budgets`, the whole layers): with `wide`, a layer whose units the split gives on
     average at least WIDE_SHARE of the body its curve spans joins the whole layers (the widest first,
     as many as whole_layers' cap leaves room for) and the split is made again without it."""
     whole = frozenset(whole)
+    curves = [None if c is None else np.asarray(c, dtype=np.float32) for c in curves]
     cap = max(1, len(curves) // MAX_SHARE)
     while True:
         split = adaptive_budgets(base, curves, whole)

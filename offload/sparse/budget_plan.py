@@ -7,12 +7,13 @@ tokens (one per row — KV head — when an adaptive split of token selections i
 layers read whole. Frozen: each layer's observation at prefill makes a new plan
 (`observed`); a session saves the statistics (`state`) and a reopened store rebuilds the same plan,
 so it decodes as the original did. Until every layer has a curve, `adaptive` splits uniformly.
+`at` reads no tensor value: the curves' host copies (`host_curves`) are made with the plan.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -46,6 +47,11 @@ class BudgetPlan:
     ceilings: tuple[float | None, ...]
     curves: tuple[torch.Tensor | None, ...]
     attn_cos: tuple[float | None, ...]
+    host_curves: tuple = field(init=False, repr=False, compare=False)  # numpy copies of curves
+
+    def __post_init__(self):  # made where statistics arrive (prefill, a reopened session), never in a step
+        host = tuple(None if c is None else c.detach().float().numpy() for c in self.curves)
+        object.__setattr__(self, "host_curves", host)
 
     @classmethod
     def empty(cls, budget, split: str, whole_below: float, n_layers: int) -> "BudgetPlan":
@@ -64,8 +70,8 @@ class BudgetPlan:
         whole = whole_layers(list(self.ceilings), self.whole_below)
         if self.split == "adaptive":
             rows = [[tokens] for _ in range(n)]
-            if all(c is not None for c in self.curves):  # whole: also the layers too wide to select
-                rows, whole = adaptive_split(tokens, list(self.curves), whole, self.whole_below > 0)
+            if all(c is not None for c in self.host_curves):  # whole: also the layers too wide to select
+                rows, whole = adaptive_split(tokens, list(self.host_curves), whole, self.whole_below > 0)
         else:
             stats = list(self.attn_cos) if all(c is not None for c in self.attn_cos) else None
             rows = [[b] for b in layer_budgets(tokens, n, self.split, stats)]
