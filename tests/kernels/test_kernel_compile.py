@@ -3,9 +3,9 @@ class this runtime targets) and sm_90, with the launchers' tile choices, and ptx
 register spills and shared memory within the architecture's limit.
 
 The interpreter runs kernels as numpy and checks none of this (tl.dot shape minimums, layouts,
-register pressure). Compiling needs no device: triton ships ptxas. It runs in a subprocess because
-this process has TRITON_INTERPRET=1, under which @triton.jit builds interpreter objects. The JIT
-marks integer arguments divisible by 16 at launch (strides, D, C), so the script does too.
+register pressure). Compiling needs no device: triton ships ptxas (`offload/kernels/_compile_check.py`).
+It runs in a subprocess because this process has TRITON_INTERPRET=1, under which @triton.jit builds
+interpreter objects. A new kernel adds its entries to SCRIPT.
 """
 
 import json
@@ -20,27 +20,10 @@ triton = pytest.importorskip("triton")
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 SCRIPT = r'''
-import json, os, subprocess, sys, tempfile
-import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import json
+import torch
 from offload.kernels import chunk_score as cs, sparse_decode as sd
-
-BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-
-def build(fn, types, consts, nodiv, arch, num_warps=4, num_stages=2):
-    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-             if sig[n] not in ("constexpr", "fp32") and n not in nodiv}
-    k = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                       options=dict(num_warps=num_warps, num_stages=num_stages))
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"]); f.flush()
-        usage = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", f.name],
-                               capture_output=True, text=True, check=True).stdout
-    line = next(l for l in usage.splitlines() if "REG:" in l)
-    stack = int(line.split("STACK:")[1].split()[0])
-    return dict(shared=k.metadata.shared, stack=stack, usage=line.strip())
+from offload.kernels._compile_check import build
 
 out = {}
 for arch in (89, 90):
