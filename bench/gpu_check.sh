@@ -2,7 +2,8 @@
 # The one script a session with a lent GPU runs (about 5 minutes on an H100/H200, under 8):
 #   1. installs the carried wheels the machine lacks (.whl: zstandard, gguf; see bench/_device.sh);
 #   2. the Triton kernels compiled on the GPU against their torch references
-#      (OFFLOAD_KERNEL_DEVICE=cuda TRITON_INTERPRET=0: tests/kernels), and the compile-without-spills test;
+#      (OFFLOAD_KERNEL_DEVICE=cuda TRITON_INTERPRET=0: tests/kernels), the compile-without-spills test,
+#      and the CUDA-only tests (a sparse step makes no new allocator segments);
 #   3. bench/long_context.py (W-GPU: Llama-3.1-8B geometry, random bf16 weights, the GPU capped at
 #      24 GiB): offload decode at 32k/128k/200k/500k against its bandwidth floor, HF's offloaded cache
 #      at 32k/128k, exact offload at 32k, layer-major prefill at 32k/128k.
@@ -32,14 +33,16 @@ export PYTHONUNBUFFERED=1
 if [ "$smoke" = 1 ]; then
     export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" OFFLOAD_KERNEL_DEVICE=cpu TRITON_INTERPRET=1
     kernel_tests=(tests/kernels/test_kernel_sparse_decode.py tests/kernels/test_kernel_chunk_score.py
-                  -k "default_launch or no_chunks or row_with_nothing")
+                  tests/kernels/test_kernel_token_decode.py -k "default_launch or no_chunks or row_with_nothing")
     bench=(--tiny)
 else
     packages
     "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || die "torch sees no GPU"
     export OFFLOAD_KERNEL_DEVICE=cuda TRITON_INTERPRET=0
     kernel_tests=(tests/kernels/test_kernel_sparse_decode.py tests/kernels/test_kernel_chunk_score.py
-                  tests/kernels/test_kernel_compile.py tests/kernels/test_kernel_reference.py)
+                  tests/kernels/test_kernel_token_decode.py tests/kernels/test_kernel_sketch_score.py
+                  tests/kernels/test_kernel_compile.py tests/kernels/test_kernel_reference.py
+                  tests/test_sync_free_step.py::test_sparse_steps_make_no_new_cuda_segments)
     bench=()
 fi
 

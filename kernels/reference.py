@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "sparse_decode_attention_ref",
+    "token_decode_attention_ref",
     "chunk_score_ref",
     "top_chunks_ref",
     "prefill_attention_ref",
@@ -96,12 +97,18 @@ def sparse_decode_attention_ref(
     -inf and out = 0 when a row attends to nothing). upcast=False computes in the input dtype: the
     low-precision baseline of the error rule.
     """
-    b, h, d = q.shape
-    n_kv = block_table.shape[1]
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    cdt = torch.float32 if upcast else q.dtype
     k_sel, keep = _gather_selection(k_pool, block_table, body_len)
     v_sel, _ = _gather_selection(v_pool, block_table, body_len)
+    return _attend_selected(q, k_sel, v_sel, keep, extra_k, extra_v, extra_len, scale, upcast)
+
+
+def _attend_selected(q, k_sel, v_sel, keep, extra_k, extra_v, extra_len, scale, upcast):
+    """The decode attention both sparse specs share, over selected k_sel, v_sel [B, Hkv, N, D] (keep
+    [B, Hkv, N] bool, None = all) plus the extra tokens; returns (out [B, H, D], lse [B, H])."""
+    b, h, d = q.shape
+    n_kv = k_sel.shape[1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    cdt = torch.float32 if upcast else q.dtype
     if extra_k is not None:
         n_extra = extra_k.shape[2]
         k_sel = torch.cat([k_sel, extra_k], dim=2)
@@ -121,6 +128,40 @@ def sparse_decode_attention_ref(
     p = torch.exp(s.float() - lse[..., None]).nan_to_num(0.0).to(cdt)
     out = torch.matmul(p, v_sel.to(cdt))  # [B, Hkv, G, D]
     return out.reshape(b, h, d).to(q.dtype), lse.reshape(b, h)
+
+
+def token_decode_attention_ref(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    chunk_slot: torch.Tensor,
+    token_ids: torch.Tensor,
+    row_len: torch.Tensor,
+    extra_k: torch.Tensor | None = None,
+    extra_v: torch.Tensor | None = None,
+    extra_len: torch.Tensor | None = None,
+    scale: float | None = None,
+    upcast: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode attention of one query token per sequence over single selected tokens plus extra tokens.
+
+    q: [B, H, D]. k_pool, v_pool: [S, R, C, D], tiers' pool (a slot holds a chunk of C tokens of every
+    row; R = B*Hkv rows, row b*Hkv + h). chunk_slot: [M] int, the slot of each body chunk of the layer.
+    token_ids: [R, K] int body positions in any order: token t is at offset t % C of slot
+    chunk_slot[t // C], row r. row_len: [R] int, how many leading ids row r attends (0..K; the rest
+    may be garbage such as -1 and are never read). extra_k, extra_v, extra_len, scale, upcast and the
+    results (out [B, H, D] in q.dtype, lse [B, H] fp32): as `sparse_decode_attention_ref`.
+    """
+    n_rows, width = token_ids.shape
+    chunk, d = k_pool.shape[2:]
+    keep = torch.arange(width, device=q.device) < row_len.long()[:, None]  # [R, K]
+    ids = token_ids.long().masked_fill(~keep, 0)  # garbage past row_len: a real token, masked out
+    slots = chunk_slot.long()[ids // chunk] if chunk_slot.numel() else torch.zeros_like(ids)
+    rows = torch.arange(n_rows, device=q.device)[:, None]
+    shape = (q.shape[0], n_rows // q.shape[0], width, d)  # [B, Hkv, K, D]
+    k_sel = k_pool[slots, rows, ids % chunk].reshape(shape)  # [R, K, D] gathered
+    v_sel = v_pool[slots, rows, ids % chunk].reshape(shape)
+    return _attend_selected(q, k_sel, v_sel, keep.reshape(shape[:3]), extra_k, extra_v, extra_len, scale, upcast)
 
 
 def merge_attention_ref(

@@ -29,27 +29,10 @@ import triton.language as tl
 
 from ._launch import FLOATS, INTS, check_device, check_dtype, check_last_contiguous, check_shape
 from ._launch import interpreting, next_pow2
+from .decode_common import LN2, attend_block, decode_reduce_kernel, default_block_n, default_splits, precision
 
 __all__ = ["sparse_decode_attention_triton"]
 
-_LN2 = math.log(2.0)
-
-
-@triton.jit
-def _attend_block(q, k, v, ok, m_i, l_i, acc, scale_log2, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    """One online-softmax step. q [BLOCK_G, D]; k, v [BLOCK_N, D]; ok [BLOCK_N] valid tokens;
-    m_i, l_i [BLOCK_G] running max (log2 units) and denominator; acc [BLOCK_G, D] fp32."""
-    if DOT_FP32:  # interpreter: tl.dot on bf16 is wrong there (triton#11584)
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [BLOCK_G, BLOCK_N]
-    s = tl.where(ok[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return m_new, l_i, acc
 
 
 @triton.jit
@@ -102,7 +85,7 @@ def _decode_split_kernel(
         kv_mask = ok[:, None] & d_ok[None, :]
         k = tl.load(K + off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(V + off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        m_i, l_i, acc = _attend_block(q, k, v, ok, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION)
+        m_i, l_i, acc = attend_block(q, k, v, ok, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION)
     if HAS_EXTRA:
         for t0 in range(tl.maximum(start, body), end, BLOCK_N):
             t = t0 + offs_n  # [BLOCK_N] positions in body ++ extra; extra token t - body
@@ -111,7 +94,7 @@ def _decode_split_kernel(
             kv_mask = ok[:, None] & d_ok[None, :]
             k = tl.load(XK + x_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(XV + x_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-            m_i, l_i, acc = _attend_block(q, k, v, ok, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION)
+            m_i, l_i, acc = attend_block(q, k, v, ok, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -125,56 +108,6 @@ def _decode_split_kernel(
         row = (b * (n_kv * GROUP) + head) * n_splits + split
         tl.store(MID_O + row[:, None] * head_dim + offs_d[None, :], out, mask=st_mask)
         tl.store(MID_LSE + row, lse, mask=g_ok)
-
-
-@triton.jit
-def _decode_reduce_kernel(
-    MID_O, MID_LSE, O, LSE, n_heads, head_dim, n_splits, s_ob, s_oh,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    # one program per (batch, query head): out = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max)
-    bh = tl.program_id(0)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_ok = offs_s < n_splits
-    d_ok = offs_d < head_dim
-    lse = tl.load(MID_LSE + bh * n_splits + offs_s, mask=s_ok, other=float("-inf"))
-    m = tl.max(lse, 0)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.exp(lse - m)  # [BLOCK_S], 0 for empty splits
-    o = tl.load(MID_O + (bh * n_splits + offs_s)[:, None] * head_dim + offs_d[None, :],
-                mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-    denom = tl.sum(w, 0)
-    out = tl.sum(w[:, None] * o, 0) / tl.where(denom == 0.0, 1.0, denom)
-    b = bh // n_heads
-    h = bh % n_heads
-    tl.store(O + b * s_ob + h * s_oh + offs_d, out.to(O.dtype.element_ty), mask=d_ok)
-    lse_out = tl.where(denom == 0.0, float("-inf"), m + tl.log(tl.where(denom == 0.0, 1.0, denom)))
-    tl.store(LSE + bh, lse_out)  # -inf: an empty row
-
-
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs must not be rounded to TF32 (they are the exact path); 16-bit ones ignore the flag
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _block_n(dtype: torch.dtype, block_d: int) -> int:
-    """Tokens per loop step (num_warps=4, num_stages=2). Chosen so that ptxas reports no spills for
-    sm_80/89/90 (tests/kernels/test_kernel_compile.py); fp32 dots run on FMA units and need smaller
-    tiles. Speed is to be measured on a GPU."""
-    if dtype == torch.float32:
-        return 32 if block_d <= 64 else 16
-    return 64 if block_d <= 128 else 32
-
-
-def _num_splits(device: torch.device, n_programs: int, capacity: int, block_n: int) -> int:
-    """Splits per row so that ~2 waves of programs fill the GPU, each split >= 4 blocks of tokens."""
-    if interpreting() or device.type != "cuda":
-        sms = 1
-    else:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = triton.cdiv(2 * sms, max(1, n_programs))
-    return int(max(1, min(want, triton.cdiv(capacity, 4 * block_n), 64)))
 
 
 def sparse_decode_attention_triton(
@@ -240,11 +173,11 @@ def sparse_decode_attention_triton(
 
     group = h // n_kv
     block_d = max(16, next_pow2(d))
-    block_n = block_n or _block_n(q.dtype, block_d)
+    block_n = block_n or default_block_n(q.dtype, block_d)
     if block_n < 16 or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
     capacity = block_table.shape[2] * chunk + n_extra  # tokens a row can hold: known without a sync
-    splits = num_splits or _num_splits(dev, b * n_kv, capacity, block_n)
+    splits = num_splits or default_splits(dev, b * n_kv, capacity, block_n)
     if not 1 <= splits <= 64:
         raise ValueError(f"num_splits must be in [1, 64], got {splits}")
     out = torch.empty((b, h, d), dtype=q.dtype, device=dev)
@@ -257,16 +190,16 @@ def sparse_decode_attention_triton(
     xs = extra_k.stride()[:3] if has_extra else (0, 0, 0)
     _decode_split_kernel[(b * n_kv, splits)](
         q, k_pool, v_pool, block_table, body_len, xk, xv, xlen, out, lse, mid_o, mid_lse,
-        scale / _LN2, n_kv, d, chunk, splits,
+        scale / LN2, n_kv, d, chunk, splits,
         q.stride(0), q.stride(1), k_pool.stride(0), n_kv * k_pool.stride(1) if n_rows != n_kv else 0,
         k_pool.stride(1), k_pool.stride(2), block_table.stride(0), block_table.stride(1),
         body_len.stride(0), body_len.stride(1), *xs, out.stride(0), out.stride(1),
         GROUP=group, SPLIT=splits > 1, HAS_EXTRA=has_extra,
-        DOT_FP32=interpreting() and q.dtype == torch.bfloat16, PRECISION=_precision(q.dtype),
+        DOT_FP32=interpreting() and q.dtype == torch.bfloat16, PRECISION=precision(q.dtype),
         BLOCK_G=max(16, next_pow2(group)), BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, num_stages=2,
     )
     if splits > 1:
-        _decode_reduce_kernel[(b * h,)](
+        decode_reduce_kernel[(b * h,)](
             mid_o, mid_lse, out, lse, h, d, splits, out.stride(0), out.stride(1),
             BLOCK_S=next_pow2(splits), BLOCK_D=block_d, num_warps=4,
         )

@@ -81,3 +81,36 @@ def test_sparse_steps_read_nothing_on_the_host(model, sparse):
     finally:
         for s in stores:
             s.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA caching allocator: runs where CUDA is")
+def test_sparse_steps_make_no_new_cuda_segments():
+    """On a GPU (bench/gpu_check.sh runs this) the caching allocator's segments (cudaMalloc calls)
+    stop growing once the first steps have run: a step allocates nothing the allocator does not
+    already hold. A small random-weight Llama in bf16: no model file needs to travel."""
+    from pathlib import Path
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from offload.attention import ATTN_NAME, register_attention
+    from offload.model import OffloadModel
+
+    register_attention()
+    cfg = LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                      num_key_value_heads=2, vocab_size=2048)  # fmt: skip
+    cfg._attn_implementation = ATTN_NAME
+    hf = LlamaForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
+    config = offload.OffloadConfig(device="cuda", ctx=4096, sparse=SparseConfig(budget=1 / 16))
+    m = OffloadModel(hf=hf, tokenizer=None, config=config, model_dir=Path("random"))
+    store = m.new_store()
+    try:
+        engine = Engine(m, store)
+        tok = int(engine.prefill(torch.randint(0, 2048, (3000,))).argmax())
+        for _ in range(4):  # warm-up: the working set and the rest's buffers reach their sizes
+            tok = int(engine.decode(tok).argmax())
+        before = torch.cuda.memory_stats()["segment.all.allocated"]
+        for _ in range(12):
+            tok = int(engine.decode(tok).argmax())
+        assert torch.cuda.memory_stats()["segment.all.allocated"] == before
+    finally:
+        store.close()

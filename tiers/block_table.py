@@ -25,9 +25,14 @@ class BlockTable:
 
     def slots(self, layer: int, mgr, ids: torch.Tensor) -> torch.Tensor:
         """Global slots of chunk ids [R, k] (long, on the device) of `layer`: [R, k], -1 = not resident."""
+        return self.row(layer, mgr).index_select(0, ids.reshape(-1)).view(ids.shape)
+
+    def row(self, layer: int, mgr) -> torch.Tensor:
+        """The whole chunk -> global slot map of `layer`: [capacity >= n_chunks] long, -1 = not resident
+        (what a kernel that maps token ids to slots itself reads)."""
         if self._seen[layer] != mgr.version(layer):
             self._rebuild(layer, mgr)
-        return self._rows[layer].index_select(0, ids.reshape(-1)).view(ids.shape)
+        return self._rows[layer]
 
     def _rebuild(self, layer: int, mgr) -> None:
         resident = mgr.resident(layer)  # chunk -> layer-local slot

@@ -1,7 +1,9 @@
 """The sparse decode step: one query per row over sinks + window + the units its `Selector` chose.
 
-- CPU, and token selections on every device: the `WorkingSet` (the selection gathered once while
-  the selector keeps it, then one SDPA per step).
+- CPU: the `WorkingSet` (the selection gathered once while the selector keeps it, then one SDPA
+  per step).
+- CUDA, token selections: `kernels.token_decode_attention` (Triton) reads each selected token from
+  the pool by its chunk's slot (the block table's row of the layer), no copy.
 - CUDA, chunk selections: `kernels.sparse_decode_attention` (Triton) reads the pool through the
   block table, no copy.
 - the exact fallback, `rounds.attend_rounds`: when the chunks a selection needs outgrow the layer's
@@ -19,13 +21,13 @@ from __future__ import annotations
 
 import torch
 
-from offload.kernels.dispatch import sparse_decode_attention
+from offload.kernels.dispatch import sparse_decode_attention, token_decode_attention
 
 from .attention import merge_partials
 from .rounds import attend_rounds
 from .working_set import WorkingSet
 
-__all__ = ["DecodeAttention", "kernel_args"]
+__all__ = ["DecodeAttention", "kernel_args", "token_kernel_args"]
 
 
 class DecodeAttention:
@@ -66,7 +68,11 @@ class DecodeAttention:
                 return self._with_rest(layer, q, scaling, chosen, *out) if rest else out
             st.pin(layer, ids)
         hits = 0 if pinned else select.numel()  # one per (row, unit) read
-        if q.is_cuda and not sel.tokens:
+        if q.is_cuda and sel.tokens:
+            b, h, _, d = q.shape
+            o, lse = token_decode_attention(*token_kernel_args(st, layer, q, select, valid), scaling)
+            out = (o.view(b, 1, h, d), lse) if rest else o.view(b, 1, h, d)
+        elif q.is_cuda:
             out = self._kernel(layer, q, scaling, select, rest)
         else:
             out = self._gathered(layer, q, scaling, chosen, select, chunks, valid, rest)
@@ -144,9 +150,31 @@ def kernel_args(store, layer: int, q: torch.Tensor, select: torch.Tensor) -> tup
     body_len = torch.full((b, hkv), k * lay.chunk, dtype=torch.int32, device=q.device)
     if k == 0:  # a zero-width block table: give the kernel one (masked) entry
         slots = torch.zeros(lay.rows, 1, dtype=torch.long, device=q.device)
+    pool = store.pool
+    return (q[:, :, 0], pool.k_pool, pool.v_pool, slots.view(b, hkv, -1), body_len,
+            *_edges(store, layer, b, d, q.device))  # fmt: skip
+
+
+def token_kernel_args(store, layer: int, q: torch.Tensor, select: torch.Tensor, valid) -> tuple:
+    """What the token-gather kernel reads for `layer`'s token selection `select` [R, k] (body
+    positions in resident chunks; valid [R, k] bool or None: a row's valid ids come first): (q
+    [B, H, D], k_pool, v_pool, the layer's chunk -> slot map, the ids, each row's count, sinks +
+    window keys and values, extra_len) — views of the store's buffers; the softmax scale goes last."""
+    rows, k = select.shape
+    if valid is None:
+        row_len = torch.full((rows,), k, dtype=torch.int32, device=q.device)
+    else:
+        row_len = valid.sum(1, dtype=torch.int32)
+    pool = store.pool
+    b, _, _, d = q.shape
+    return (q[:, :, 0], pool.k_pool, pool.v_pool, store.chunk_slots(layer), select, row_len,
+            *_edges(store, layer, b, d, q.device))  # fmt: skip
+
+
+def _edges(store, layer: int, b: int, d: int, device) -> tuple:
+    """Sinks + window of `layer` as the kernels read them: keys, values [B, Hkv, E, D], extra_len [B]."""
+    lay = store.layout
     n = store.layer_len(layer)
     ext = lay.sink_len(n) + lay.window_len(n)  # a layer with body chunks has all its sinks
-    e = store.edge(layer)[:, :, :ext].view(2, b, hkv, ext, d)
-    extra_len = torch.full((b,), ext, dtype=torch.int32, device=q.device)
-    pool = store.pool
-    return q[:, :, 0], pool.k_pool, pool.v_pool, slots.view(b, hkv, -1), body_len, e[0], e[1], extra_len
+    e = store.edge(layer)[:, :, :ext].view(2, b, store.n_kv_heads, ext, d)
+    return e[0], e[1], torch.full((b,), ext, dtype=torch.int32, device=device)

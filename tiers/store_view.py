@@ -49,6 +49,12 @@ class StoreView:
         self._xfer.ready(layer)
         return self._table.slots(layer, self._mgr, ids)
 
+    def chunk_slots(self, layer: int) -> torch.Tensor:
+        """The layer's chunk -> global pool slot map [>= n_chunks] (long, on the device; -1 = no GPU
+        copy) through the block table: what the token-gather kernel reads. Copies are waited for."""
+        self._xfer.ready(layer)
+        return self._table.row(layer, self._mgr)
+
     def pin(self, layer: int, chunks: list[int]) -> torch.Tensor:
         """Make `chunks` resident and pinned until `done`; their global slots, int64 [n]."""
         return self._fetch(layer, chunks)

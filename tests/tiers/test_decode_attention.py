@@ -186,3 +186,30 @@ def test_the_step_is_exact_attention_over_its_selection(policy, unit):
             torch.testing.assert_close(out[0, 0, head], p @ v[0, kv], atol=1e-5, rtol=1e-5)
     assert padded > 0 if st.selector.tokens else padded == 0  # the masked path ran
     st.close()
+
+
+@pytest.mark.parametrize("split", ["adaptive", "uniform"])
+def test_the_token_kernel_reads_what_the_step_selected(split):
+    """CUDA's token path (`token_kernel_args` -> the Triton token-gather kernel, run here by the
+    interpreter) over the store's own buffers gives exact attention over the selection the step
+    chose — per-row budgets of an adaptive split (padded rows) and the log-sum-exp included."""
+    from offload.kernels.token_decode import token_decode_attention_triton
+    from offload.tiers.decode_attention import token_kernel_args
+
+    st = _store(_cfg(policy="token", split=split))
+    g = torch.Generator().manual_seed(3)
+    m = st.n_chunks(0)
+    padded = False
+    for layer in range(L):
+        for _ in range(2):
+            q = torch.randn(1, 2 * HKV, 1, D, generator=g)
+            chosen = st.selector.select(layer, q[:, :, 0], m, N, 0.3)  # [R, k] token ids, -1 = padding
+            valid = chosen >= 0 if st.selector.padded[layer] else None
+            padded |= valid is not None and not bool(valid.all())
+            select = chosen if valid is None else torch.where(valid, chosen, chosen[:, :1].clamp(min=0))
+            out, lse = token_decode_attention_triton(*token_kernel_args(st, layer, q, select, valid), 0.3)
+            want = st.attend(layer, q, 0.3, select=chosen)  # rounds, the exact reference
+            torch.testing.assert_close(out.view(want.shape), want, atol=2e-6, rtol=1e-5)
+            assert lse.shape == (1, 2 * HKV) and torch.isfinite(lse).all()
+    assert padded == (split == "adaptive")  # the adaptive split gave the rows different budgets
+    st.close()

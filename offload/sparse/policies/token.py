@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 
 from ...errors import ConfigError
-from ...kernels.dispatch import top_chunks
+from ...kernels.dispatch import sketch_scores, top_chunks
 from ..basis import KeyBasis
 from ..policy import Geometry, PolicyState, SelectionPolicy
 
@@ -149,25 +149,16 @@ class TokenSketches(PolicyState):
         None): softmax over the body of scaling * q~ . k^ per query head, summed over the unit and
         the group — an estimate, not a bound."""
         g, m, c = self.geometry, n_chunks, self.geometry.chunk
-        b, h, d = q.shape
-        qg = q.float().reshape(b, g.n_kv, h // g.n_kv, d)  # [B, Hkv, G, D]
-        p = self.basis.basis[layer]  # [Hkv, D, r]
-        q_low = torch.matmul(qg, p)  # [B, Hkv, G, r]
-        q_res = (qg - torch.matmul(q_low, p.transpose(-1, -2))).norm(dim=-1, keepdim=True)  # [B, Hkv, G, 1]
-        n = m * c
-        levels = self.lo[layer, :, :, :, :n].float()  # [B, Hkv, r, N]
-        aux = self.aux[layer, :, :, :, :n].float()  # [B, Hkv, 2, N]: (scale, res); a view when fp32
-        scale, res = aux[:, :, :1], aux[:, :, 1:]  # [B, Hkv, 1, N] each
-        est = torch.matmul(q_low, levels) * scale  # q~ . k^ [B, Hkv, G, N]
-        half_steps = _HALF_STEP * q_low.abs().sum(-1, keepdim=True)  # [B, Hkv, G, 1]
-        # reductions over contiguous dims (group first, then the chunk's tokens): a strided amax
-        # over (G, C) at once costs several times more on CPU
-        bound = torch.addcmul(torch.addcmul(est, half_steps, scale), q_res, res).amax(2)  # [B, Hkv, N]
+        b, n = q.shape[0], m * c
+        # per token [B, Hkv, N] (the sketches' body: views of the preallocated lo / aux)
+        bound, mass = sketch_scores(q, self.basis.basis[layer], self.lo[layer, :, :, :, :n],
+                                    self.aux[layer, :, :, :, :n], scaling, _HALF_STEP)  # fmt: skip
+        # reductions over contiguous dims (the group first, in sketch_scores, then the chunk's
+        # tokens): a strided amax over (G, C) at once costs several times more on CPU
         if not per_token:
             bound = bound.view(b, g.n_kv, m, c).amax(-1)
-        if scaling is None:
+        if mass is None:
             return bound, None
-        mass = torch.softmax(est * scaling, dim=-1).sum(2)  # [B, Hkv, N]
         return bound, mass if per_token else mass.view(b, g.n_kv, m, c).sum(-1)
 
     def scores(self, layer, q, n_chunks, k, scaling, rows_k):
