@@ -25,6 +25,7 @@ __all__ = [
     "sketch_scores",
     "top_chunks",
     "causal_prefill_attention",
+    "lower_right_prefill_attention",
 ]
 
 
@@ -143,7 +144,25 @@ def causal_prefill_attention(
     sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Causal, bottom-right aligned GQA attention: q [B, H, Lq, D], k, v [B, Hkv, Lk, D] ->
-    [B, Lq, H, D]. SDPA with an explicit mask on every device (a Triton twin, never measured against
-    it on a GPU, was removed as dead code)."""
+    [B, Lq, H, D]. On CUDA without a window: `lower_right_prefill_attention` (flash attention, no
+    [Lq, Lk] mask: a 512-token chunk at 200k would need a 100 MB one per call). Elsewhere SDPA with an
+    explicit mask (`reference.prefill_attention_ref`; torch's CPU kernels would build that mask from a
+    lower-right bias anyway)."""
+    if q.is_cuda and q.shape[2] > 1 and (sliding_window is None or k.shape[2] <= sliding_window):
+        return lower_right_prefill_attention(q, k, v, scale)
     return ref.prefill_attention_ref(q, k, v, scale, sliding_window)
+
+
+def lower_right_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                  scale: float | None = None) -> torch.Tensor:  # fmt: skip
+    """`prefill_attention_ref` without a window through torch's lower-right causal bias
+    (`torch.nn.attention.bias.causal_lower_right`): SDPA's flash kernel on CUDA, no mask tensor."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    lq, lk = q.shape[2], k.shape[2]
+    groups = q.shape[1] // k.shape[1]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k.to(q.dtype), v.to(q.dtype), attn_mask=causal_lower_right(lq, lk), scale=scale, enable_gqa=groups > 1
+    )
+    return out.transpose(1, 2).contiguous()
 
