@@ -10,9 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import interpreting
+from ._launch import INTS, check_dtype, check_last_contiguous, check_shape, interpreting, next_pow2
 
-__all__ = ["LN2", "attend_block", "decode_reduce_kernel", "precision", "default_block_n", "default_splits"]
+__all__ = ["LN2", "attend_block", "decode_reduce_kernel", "precision", "default_block_n", "default_splits",
+           "check_pair", "check_extra", "tiles", "split_outputs", "reduce_splits"]
 
 LN2 = math.log(2.0)
 
@@ -82,3 +83,63 @@ def default_splits(device: torch.device, n_programs: int, capacity: int, block_n
         sms = torch.cuda.get_device_properties(device).multi_processor_count
     want = triton.cdiv(2 * sms, max(1, n_programs))
     return int(max(1, min(want, triton.cdiv(capacity, 4 * block_n), 64)))
+
+
+def check_pair(names: tuple, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, shape: tuple) -> None:
+    """Two tensors read with one set of strides (k and v): dtype, shape, stride 1 last, same strides."""
+    for name, t in zip(names, (a, b)):
+        check_dtype(name, t, (dtype,))
+        check_shape(name, t, shape)
+        check_last_contiguous(name, t)
+    if a.stride() != b.stride():
+        raise ValueError(f"{names[0]} and {names[1]} must share strides, got {a.stride()} and {b.stride()}")
+
+
+def check_extra(extra_k, extra_v, extra_len, b: int, n_kv: int, d: int, dtype: torch.dtype) -> int:
+    """The sinks + window arguments (all three or none): their token count E (0 without)."""
+    if (extra_k is not None) != (extra_v is not None) or (extra_k is not None) != (extra_len is not None):
+        raise ValueError("extra_k, extra_v and extra_len go together: give all three or none")
+    if extra_k is None:
+        return 0
+    check_shape("extra_k", extra_k, (b, n_kv, None, d))
+    n_extra = extra_k.shape[2]
+    check_pair(("extra_k", "extra_v"), extra_k, extra_v, dtype, (b, n_kv, n_extra, d))
+    check_dtype("extra_len", extra_len, INTS)
+    check_shape("extra_len", extra_len, (b,))
+    if extra_len.stride(0) != 1 and b > 1:
+        raise ValueError(f"extra_len must be contiguous, got stride {extra_len.stride()}")
+    return n_extra
+
+
+def tiles(dtype: torch.dtype, d: int, device, n_programs: int, capacity: int, block_n=None, num_splits=None):
+    """(BLOCK_D, BLOCK_N, splits) of a split-K decode launch: the heuristics, or the caller's checked
+    overrides. capacity: tokens a row can hold, from shapes (never read from the device)."""
+    block_d = max(16, next_pow2(d))
+    block_n = block_n or default_block_n(dtype, block_d)
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
+    splits = num_splits or default_splits(device, n_programs, capacity, block_n)
+    if not 1 <= splits <= 64:
+        raise ValueError(f"num_splits must be in [1, 64], got {splits}")
+    return block_d, block_n, splits
+
+
+def split_outputs(b: int, h: int, d: int, splits: int, dtype: torch.dtype, device):
+    """(out [B, H, D], lse [B, H] fp32, partial outs, partial lses): the partials are fp32
+    [B*H, splits, D] and [B*H, splits], or `out` itself as a placeholder with one split."""
+    out = torch.empty((b, h, d), dtype=dtype, device=device)
+    lse = torch.empty((b, h), dtype=torch.float32, device=device)
+    if splits == 1:
+        return out, lse, out, out
+    mid_o = torch.empty((b * h, splits, d), dtype=torch.float32, device=device)
+    return out, lse, mid_o, torch.empty((b * h, splits), dtype=torch.float32, device=device)
+
+
+def reduce_splits(mid_o, mid_lse, out: torch.Tensor, lse: torch.Tensor, splits: int, block_d: int) -> None:
+    """Merge the splits' partials into out and lse (nothing to do with one split)."""
+    if splits > 1:
+        b, h, d = out.shape
+        decode_reduce_kernel[(b * h,)](
+            mid_o, mid_lse, out, lse, h, d, splits, out.stride(0), out.stride(1),
+            BLOCK_S=next_pow2(splits), BLOCK_D=block_d, num_warps=4,
+        )

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ._launch import FLOATS, INTS, check_device, check_dtype, check_last_contiguous, check_shape
 from ._launch import interpreting, next_pow2
-from .decode_common import LN2, attend_block, decode_reduce_kernel, default_block_n, default_splits, precision
+from .decode_common import LN2, attend_block, check_extra, check_pair, precision, reduce_splits, split_outputs, tiles
 
 __all__ = ["sparse_decode_attention_triton"]
 
@@ -138,54 +138,23 @@ def sparse_decode_attention_triton(
     n_slots, n_rows, chunk, _ = k_pool.shape
     if n_rows not in (n_kv, b * n_kv):
         raise ValueError(f"k_pool rows per slot must be Hkv ({n_kv}) or B*Hkv ({b * n_kv}), got {n_rows}")
-    for name, t in (("k_pool", k_pool), ("v_pool", v_pool)):
-        check_dtype(name, t, (q.dtype,))
-        check_shape(name, t, (n_slots, n_rows, chunk, d))
-        check_last_contiguous(name, t)
-    if v_pool.stride() != k_pool.stride():
-        raise ValueError(f"k_pool and v_pool must share strides, got {k_pool.stride()} and {v_pool.stride()}")
+    check_pair(("k_pool", "v_pool"), k_pool, v_pool, q.dtype, (n_slots, n_rows, chunk, d))
     if h % n_kv:
         raise ValueError(f"query heads ({h}) must be a multiple of KV heads ({n_kv})")
     check_last_contiguous("q", q)
     check_last_contiguous("block_table", block_table)
     check_dtype("body_len", body_len, INTS)
     check_shape("body_len", body_len, (b, n_kv))
+    n_extra = check_extra(extra_k, extra_v, extra_len, b, n_kv, d, q.dtype)
     has_extra = extra_k is not None
-    if has_extra != (extra_v is not None) or has_extra != (extra_len is not None):
-        raise ValueError("extra_k, extra_v and extra_len go together: give all three or none")
-    n_extra = 0
-    if has_extra:
-        check_shape("extra_k", extra_k, (b, n_kv, None, d))
-        n_extra = extra_k.shape[2]
-        for name, t in (("extra_k", extra_k), ("extra_v", extra_v)):
-            check_dtype(name, t, (q.dtype,))
-            check_shape(name, t, (b, n_kv, n_extra, d))
-            check_last_contiguous(name, t)
-        if extra_v.stride() != extra_k.stride():
-            raise ValueError(f"extra_k and extra_v must share strides, got {extra_k.stride()} and {extra_v.stride()}")
-        check_dtype("extra_len", extra_len, INTS)
-        check_shape("extra_len", extra_len, (b,))
-        if extra_len.stride(0) != 1 and b > 1:
-            raise ValueError("extra_len must be contiguous")
     dev = check_device(dict(q=q, k_pool=k_pool, v_pool=v_pool, block_table=block_table, body_len=body_len,
                             extra_k=extra_k, extra_v=extra_v, extra_len=extra_len))
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
 
     group = h // n_kv
-    block_d = max(16, next_pow2(d))
-    block_n = block_n or default_block_n(q.dtype, block_d)
-    if block_n < 16 or block_n & (block_n - 1):
-        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
     capacity = block_table.shape[2] * chunk + n_extra  # tokens a row can hold: known without a sync
-    splits = num_splits or default_splits(dev, b * n_kv, capacity, block_n)
-    if not 1 <= splits <= 64:
-        raise ValueError(f"num_splits must be in [1, 64], got {splits}")
-    out = torch.empty((b, h, d), dtype=q.dtype, device=dev)
-    lse = torch.empty((b, h), dtype=torch.float32, device=dev)
-    mid_o = mid_lse = out  # unused placeholders when one split writes the output
-    if splits > 1:
-        mid_o = torch.empty((b * h, splits, d), dtype=torch.float32, device=dev)
-        mid_lse = torch.empty((b * h, splits), dtype=torch.float32, device=dev)
+    block_d, block_n, splits = tiles(q.dtype, d, dev, b * n_kv, capacity, block_n, num_splits)
+    out, lse, mid_o, mid_lse = split_outputs(b, h, d, splits, q.dtype, dev)
     xk, xv, xlen = (extra_k, extra_v, extra_len) if has_extra else (k_pool, v_pool, body_len)
     xs = extra_k.stride()[:3] if has_extra else (0, 0, 0)
     _decode_split_kernel[(b * n_kv, splits)](
@@ -198,9 +167,5 @@ def sparse_decode_attention_triton(
         DOT_FP32=interpreting() and q.dtype == torch.bfloat16, PRECISION=precision(q.dtype),
         BLOCK_G=max(16, next_pow2(group)), BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, num_stages=2,
     )
-    if splits > 1:
-        decode_reduce_kernel[(b * h,)](
-            mid_o, mid_lse, out, lse, h, d, splits, out.stride(0), out.stride(1),
-            BLOCK_S=next_pow2(splits), BLOCK_D=block_d, num_warps=4,
-        )
+    reduce_splits(mid_o, mid_lse, out, lse, splits, block_d)
     return out, lse

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ._launch import FLOATS, INTS, check_device, check_dtype, check_last_contiguous, check_shape
 from ._launch import interpreting, next_pow2
-from .decode_common import LN2, attend_block, decode_reduce_kernel, default_block_n, default_splits, precision
+from .decode_common import LN2, attend_block, check_extra, check_pair, precision, reduce_splits, split_outputs, tiles
 
 __all__ = ["token_decode_attention_triton"]
 
@@ -106,16 +106,6 @@ def _token_split_kernel(
         tl.store(O + b * s_ob + head[:, None] * s_oh + offs_d[None, :], res.to(O.dtype.element_ty), mask=gd_mask)
 
 
-def _check_pair(names: tuple, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, shape: tuple) -> None:
-    """Two tensors read with one set of strides (k and v): dtype, shape, stride 1 last, same strides."""
-    for name, t in zip(names, (a, b)):
-        check_dtype(name, t, (dtype,))
-        check_shape(name, t, shape)
-        check_last_contiguous(name, t)
-    if a.stride() != b.stride():
-        raise ValueError(f"{names[0]} and {names[1]} must share strides, got {a.stride()} and {b.stride()}")
-
-
 def token_decode_attention_triton(
     q: torch.Tensor,
     k_pool: torch.Tensor,
@@ -141,7 +131,7 @@ def token_decode_attention_triton(
     n_b, n_h, d = q.shape
     check_shape("k_pool", k_pool, (None, None, None, d))
     n_slots, n_rows, chunk, _ = k_pool.shape
-    _check_pair(("k_pool", "v_pool"), k_pool, v_pool, q.dtype, (n_slots, n_rows, chunk, d))
+    check_pair(("k_pool", "v_pool"), k_pool, v_pool, q.dtype, (n_slots, n_rows, chunk, d))
     if n_b == 0 or n_rows == 0 or n_rows % n_b or n_h % (n_rows // n_b):  # n_rows // n_b = Hkv
         raise ValueError(f"k_pool rows per slot ({n_rows}) must be B*Hkv with B = {n_b} and Hkv dividing "
                          f"the query heads ({n_h})")
@@ -154,49 +144,24 @@ def token_decode_attention_triton(
     check_shape("row_len", row_len, (n_rows,))
     if row_len.stride(0) != 1 and n_rows > 1:
         raise ValueError(f"row_len must be contiguous, got stride {row_len.stride()}")
+    n_extra = check_extra(extra_k, extra_v, extra_len, n_b, n_kv, d, q.dtype)
     has_extra = extra_k is not None
-    if has_extra != (extra_v is not None) or has_extra != (extra_len is not None):
-        raise ValueError("extra_k, extra_v and extra_len go together: give all three or none")
-    n_extra = 0
-    if has_extra:
-        check_shape("extra_k", extra_k, (n_b, n_kv, None, d))
-        n_extra = extra_k.shape[2]
-        _check_pair(("extra_k", "extra_v"), extra_k, extra_v, q.dtype, (n_b, n_kv, n_extra, d))
-        check_dtype("extra_len", extra_len, INTS)
-        check_shape("extra_len", extra_len, (n_b,))
-        if extra_len.stride(0) != 1 and n_b > 1:
-            raise ValueError(f"extra_len must be contiguous, got stride {extra_len.stride()}")
     dev = check_device(dict(q=q, k_pool=k_pool, v_pool=v_pool, chunk_slot=chunk_slot, token_ids=token_ids,
                             row_len=row_len, extra_k=extra_k, extra_v=extra_v, extra_len=extra_len))
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
 
-    block_d = max(16, next_pow2(d))
-    block_n = block_n or default_block_n(q.dtype, block_d)
-    if block_n < 16 or block_n & (block_n - 1):
-        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
     # tokens a row can hold, known without a sync: splits come from shapes, never from row_len
-    splits = num_splits or default_splits(dev, n_rows, token_ids.shape[1] + n_extra, block_n)
-    if not 1 <= splits <= 64:
-        raise ValueError(f"num_splits must be in [1, 64], got {splits}")
-    out = torch.empty((n_b, n_h, d), dtype=q.dtype, device=dev)
-    lse = torch.empty((n_b, n_h), dtype=torch.float32, device=dev)
-    mid_o = mid_lse = out  # placeholders when one split writes the output
-    if splits > 1:
-        mid_o = torch.empty((n_b * n_h, splits, d), dtype=torch.float32, device=dev)
-        mid_lse = torch.empty((n_b * n_h, splits), dtype=torch.float32, device=dev)
+    block_d, block_n, splits = tiles(q.dtype, d, dev, n_rows, token_ids.shape[1] + n_extra, block_n, num_splits)
+    out, lse, mid_o, mid_lse = split_outputs(n_b, n_h, d, splits, q.dtype, dev)
     xk, xv, xlen = (extra_k, extra_v, extra_len) if has_extra else (k_pool, v_pool, row_len)
     _token_split_kernel[(n_rows, splits)](
         q, k_pool, v_pool, chunk_slot, token_ids, row_len, xk, xv, xlen, out, lse, mid_o, mid_lse,
-        scale / math.log(2.0), n_kv, d, chunk, splits,
+        scale / LN2, n_kv, d, chunk, splits,
         q.stride(0), q.stride(1), *k_pool.stride()[:3], chunk_slot.stride(0), *token_ids.stride(),
         *(extra_k.stride()[:3] if has_extra else (0, 0, 0)), out.stride(0), out.stride(1),
         GROUP=n_h // n_kv, SPLIT=splits > 1, HAS_EXTRA=has_extra,
         DOT_FP32=interpreting() and q.dtype == torch.bfloat16, PRECISION=precision(q.dtype),
         BLOCK_G=max(16, next_pow2(n_h // n_kv)), BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, num_stages=2,
     )
-    if splits > 1:
-        decode_reduce_kernel[(n_b * n_h,)](
-            mid_o, mid_lse, out, lse, n_h, d, splits, out.stride(0), out.stride(1),
-            BLOCK_S=next_pow2(splits), BLOCK_D=block_d, num_warps=4,
-        )
+    reduce_splits(mid_o, mid_lse, out, lse, splits, block_d)
     return out, lse
