@@ -11,13 +11,16 @@
 With a rest (SparseConfig.rest) each path also gives its log-sum-exp, and the body tokens a row did
 not read are attended at low precision (`sparse.rest`) and merged in (`_with_rest`); a whole layer
 read exactly has no rest. When every chunk of the layer has a GPU copy nothing is fetched or pinned and Python never sees the
-ids (no host sync); otherwise the union of the chunks is fetched first. Rows with budgets below the
+ids (no host sync); otherwise the union of the chunks is fetched first (the host's wait for those ids
+is counted, `stall_s`). Rows with budgets below the
 selection's width (adaptive splits per KV head) end in -1: a real unit of the row stands in for the
 gather and is masked out. h2o's mass per selected unit (`Selector.wants_mass`) comes back to the
 selector after the step. Reads the store only through its public view; owns the working set.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -37,6 +40,7 @@ class DecodeAttention:
         self.store, self.selector = store, selector
         self.ws = WorkingSet(store.n_layers)
         self._read: list[tuple | None] = [None] * store.n_layers  # (selection, n_chunks, body mask): the rest's
+        self.counters = {"stall_s": 0.0}  # host time waiting for a selection's ids (the miss path)
 
     @property
     def nbytes(self) -> int:
@@ -58,7 +62,9 @@ class DecodeAttention:
         rest = sel.rest is not None and not sel.whole[layer]
         pinned = not st.all_resident(layer)
         if pinned:
+            t0 = time.perf_counter()
             ids = sorted(set(chunks.reshape(-1).tolist()))  # host sync: misses are fetched by Python
+            self.counters["stall_s"] += time.perf_counter() - t0
             if len(ids) > st.slot_budget(layer):  # in rounds of at most the slots, these units only
                 own = chosen if valid is None else chosen.masked_fill(~valid, -1)
                 out = attend_rounds(st, layer, q, scaling, None, own, sel.wants_mass, want_lse=rest)

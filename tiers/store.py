@@ -201,6 +201,7 @@ class TieredKVStore(StoreView):
             "disk_bytes": self._disk.nbytes if self._disk is not None else 0,
             "gpu_pool_bytes": self._gpu.nbytes,
             "working_set_bytes": self._decode.nbytes if self._decode is not None else 0,
+            **(self._decode.counters if self._decode is not None else {}),
             **(self.selector.counters if self.selector is not None else {}),
             "host_pool_bytes": self._host.nbytes_allocated,
             "tokens": max(self._n, default=0),
