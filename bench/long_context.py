@@ -7,8 +7,9 @@ depend on weight values. For each --lengths L the memory plan for --gpu-mem pick
 `--budget auto` does (`offload.decode_choice`: exact when the KV fits the hot set, else sparse at 1/16,
 the rest dropped where it does not fit); the store is filled with random KV written straight in (no
 prefill, so the split over layers is uniform: no prompt statistics), then --steps greedy steps are
-timed one by one (median, after 2 warm-up steps). Per row: tok/s; the floor = weights + what the
-step reads on the GPU (selection, summaries, rest, sinks + window) at the measured device-copy GB/s +
+timed one by one (median, after 2 warm-up steps). Per row: tok/s; layers per step that read in
+rounds from the tiers (their selection's chunks outgrew the slots: bench/results/chunk-union-smollm2.md)
+and the host's wait for selection ids (stall); the floor = weights + what the step reads on the GPU (selection, summaries, rest, sinks + window) at the measured device-copy GB/s +
 the bytes it missed at the measured pinned host-to-device GB/s; decode ÷ floor; hit rate and misses
 per step; peak GPU (allocator), host (RSS) and disk. `--prefill-lengths`: a real layer-major prefill
 of random ids, timed. In the same run: HF `DynamicCache(offloading=True)` decode (sdpa) at
@@ -155,7 +156,7 @@ def decode_row(model, memory, reason, n: int, a, bw: dict) -> dict:
         after = store.stats()
         step = statistics.median(times[2:])
         lay = store.layout
-        c = {k: (after.get(k, 0) - before.get(k, 0)) / a.steps for k in ("hits", "misses")}
+        c = {k: (after.get(k, 0) - before.get(k, 0)) / a.steps for k in ("hits", "misses", "rounds", "stall_s")}
         sparse = model.config.sparse
         n_layers, n_kv, d = model.kv_shape()
         tok_bytes = n_layers * 2 * n_kv * d * model.dtype.itemsize
@@ -168,6 +169,7 @@ def decode_row(model, memory, reason, n: int, a, bw: dict) -> dict:
             "row": decode_label(model.config), "ctx": n, "tok_s": round(1 / step, 3), "step_ms": round(step * 1e3, 2),
             "floor_ms": round(floor * 1e3, 2), "decode_over_floor": round(step / floor, 2),
             "hit_rate": round(c["hits"] / max(c["hits"] + c["misses"], 1e-9), 4), "misses_per_step": round(c["misses"], 1),
+            "rounds_per_step": round(c["rounds"], 1), "stall_ms": round(c["stall_s"] * 1e3, 2),
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated(dev) / GIB, 2) if dev.type == "cuda" else 0.0,
             "peak_host_gib": round(_peak_host() / GIB, 2), "disk_gib": round(after.get("disk_bytes", 0) / GIB, 3),
             "fill_s": round(fill_s, 1), "why": reason,
@@ -284,7 +286,7 @@ def main(argv=None) -> int:
     for n in _count(a.prefill_lengths):
         rows.append(prefill_row(configure(hf, n + 8, a)[0], n))
     cols = ["row", "ctx", "tok_s", "step_ms", "floor_ms", "decode_over_floor", "hit_rate", "misses_per_step",
-            "peak_gpu_gib", "peak_host_gib", "disk_gib", "seconds"]  # fmt: skip
+            "rounds_per_step", "stall_ms", "peak_gpu_gib", "peak_host_gib", "disk_gib", "seconds"]  # fmt: skip
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r.get(k, "")) for k in cols) + " |")

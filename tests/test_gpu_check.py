@@ -28,6 +28,7 @@ def test_gpu_check_cpu_smoke(tmp_path):
     sparse = next(r for r in rows if r["row"] == "sparse 1/16")
     assert sparse["misses_per_step"] > 0 and 0 < sparse["hit_rate"] < 1  # the hot set holds 3/4 of the KV
     assert sparse["floor_ms"] > 0 and sparse["decode_over_floor"] > 0 and "--budget auto" in sparse["why"]
+    assert sparse["rounds_per_step"] >= 0 and sparse["stall_ms"] >= 0
     exact = [r for r in rows if r["row"] == "exact"]
     assert len(exact) == 2 and all(r["hit_rate"] == 1.0 and r["misses_per_step"] == 0 for r in exact)
     assert all(r["tok_s"] > 0 for r in rows)

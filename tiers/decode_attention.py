@@ -40,7 +40,9 @@ class DecodeAttention:
         self.store, self.selector = store, selector
         self.ws = WorkingSet(store.n_layers)
         self._read: list[tuple | None] = [None] * store.n_layers  # (selection, n_chunks, body mask): the rest's
-        self.counters = {"stall_s": 0.0}  # host time waiting for a selection's ids (the miss path)
+        # stall_s: host time waiting for a selection's ids (the miss path); rounds: layer steps whose
+        # chunks outgrew the layer's slots (read exactly in rounds from the tiers)
+        self.counters = {"stall_s": 0.0, "rounds": 0}
 
     @property
     def nbytes(self) -> int:
@@ -66,6 +68,7 @@ class DecodeAttention:
             ids = sorted(set(chunks.reshape(-1).tolist()))  # host sync: misses are fetched by Python
             self.counters["stall_s"] += time.perf_counter() - t0
             if len(ids) > st.slot_budget(layer):  # in rounds of at most the slots, these units only
+                self.counters["rounds"] += 1
                 own = chosen if valid is None else chosen.masked_fill(~valid, -1)
                 out = attend_rounds(st, layer, q, scaling, None, own, sel.wants_mass, want_lse=rest)
                 if sel.wants_mass:
