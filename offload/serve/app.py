@@ -101,6 +101,11 @@ def create_app(service: Service) -> FastAPI:
     async def health():
         return JSONResponse(service.status(), status_code=200 if service.ready else 503)
 
+    @app.get("/stats")
+    async def stats(request: Request):
+        authorize(request)
+        return service.stats()
+
     def model_card() -> dict:
         card = {"id": service.model_name, "object": "model", "created": 0, "owned_by": "offload"}
         return {**card, "context_length": service.model.n_ctx} if service.ready else card

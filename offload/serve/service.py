@@ -49,6 +49,14 @@ class Service:
             return {"status": "loading"}
         return {"status": "ok", "model": self.model_name, "n_ctx": self.model.n_ctx, **self.worker.status()}
 
+    def stats(self) -> dict:
+        """What `/stats` answers: the status, which decode runs (exact, or sparse at its budget), the
+        queue, and the last completed request (tokens, speed, the KV store's counters per step)."""
+        self.require_ready()
+        from offload.decode_choice import decode_label
+
+        return {**self.status(), "decode": decode_label(self.model.config), "last_request": self.worker.last}
+
     def job(self, req: GenerationRequest, emit, label: str = "") -> Job:
         """A Job for `req` (runs on a request thread: tokenizing a 200k document takes a while).
         Raises APIError 400 for a prompt that does not fit the context with its answer."""

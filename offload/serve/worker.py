@@ -85,6 +85,7 @@ class Worker:
         self._running: Job | None = None
         self._stopping = False
         self.counts = {"completed": 0, "cancelled": 0, "failed": 0}
+        self.last: dict | None = None  # the last completed request: tokens, speed, KV counters per step
         self._thread = threading.Thread(target=self._loop, name="offload-serve-worker", daemon=True)
         self._thread.start()
 
@@ -144,6 +145,7 @@ class Worker:
         slot, first, last = None, None, None
         try:
             slot, cached = self._slot_for(job)
+            before = slot.store.stats()
             steps = slot.generate(job.ids, max_new_tokens=job.max_tokens, sampling=job.sampling, stop=job.stop,
                                   cancelled=job.cancelled)  # fmt: skip
             try:
@@ -174,6 +176,7 @@ class Worker:
             predicted_per_second=last.generation_tps if n_gen > 1 else 0.0,
         )  # fmt: skip
         self.counts["completed"] += 1
+        self.last = {**outcome.usage(), **outcome.timings(), "kv_per_step": kv_per_step(before, slot.store.stats(), n_gen)}
         job.emit("done", outcome)
         t = outcome.timings()
         log.info("%s: %d prompt tok (%d cached) in %.0f ms | %d gen tok at %.1f tok/s | %s", job.label,
@@ -211,6 +214,17 @@ class Worker:
         slot = self.slots.take(job.ids, need, loaded)
         # what the slot keeps of its KV: the shared prefix (at least one token is always prefilled)
         return slot, min(common_prefix(slot.tokens, job.ids), len(job.ids) - 1)
+
+
+STEP_COUNTERS = ("hits", "misses", "misses_host", "misses_disk", "evictions", "rounds", "stall_s")
+
+
+def kv_per_step(before: dict, after: dict, steps: int) -> dict:
+    """The store's event counters over one request, per generated token (its prefill included):
+    hits and misses of the GPU hot set (from host / disk), evictions, layer steps read in rounds,
+    and the host's seconds waiting for selection ids; `tokens` and bytes per tier as they stand."""
+    out = {k: round((after[k] - before.get(k, 0)) / max(steps, 1), 6) for k in STEP_COUNTERS if k in after}
+    return {**out, **{k: after[k] for k in ("tokens", "gpu_bytes", "host_bytes", "disk_bytes") if k in after}}
 
 
 def _failure(e: Exception) -> APIError:

@@ -24,7 +24,7 @@ def keyed(start_server, tmp_path_factory):
 @pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {KEY}", f"Bearer {KEY}x", "Bearer", f"bearer  {KEY[:-1]}"])
 def test_missing_or_wrong_key_is_401(keyed, header):
     headers = {"Authorization": header} if header else {}
-    for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions")):
+    for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/stats")):
         r = httpx.request(method, keyed.url + path, headers=headers, json={"messages": []}, timeout=60)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
 

@@ -35,6 +35,11 @@ def test_restart_keeps_the_processed_document(start_server, tmp_path, model):
     try:
         messages, r = _ask(first.url, "What is the cat called?")
         assert r["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        stats = httpx.get(first.url + "/stats").json()  # which decode ran, the KV's counters per step
+        assert stats["decode"] == "sparse 1/2" and stats["last_request"]["completion_tokens"] >= 1
+        kv = stats["last_request"]["kv_per_step"]
+        assert kv["tokens"] >= r["usage"]["prompt_tokens"] and kv["hits"] + kv["misses"] > 0
+        assert {"misses_host", "misses_disk", "rounds", "stall_s"} <= set(kv)
         deadline = time.monotonic() + WAIT_S  # the save runs after the answer went out
         while httpx.get(first.url + "/health").json()["disk_sessions"] != 1:
             assert time.monotonic() < deadline

@@ -40,6 +40,20 @@ def test_chat_equals_generate_and_reports_usage(client, model):
     assert timings["prompt_per_second"] > 0 and timings["prompt_ms"] > 0
 
 
+def test_stats_say_which_decode_ran_and_the_last_request(client, server, model):
+    """GET /stats: the decode `--budget auto` chose (exact: SmolLM2's 8k KV fits this machine's
+    memory), the queue, and the last request's tokens, speed and KV counters per step."""
+    import httpx
+
+    messages = _chat("What is the keeper called?")
+    r = client.chat.completions.create(model="m", messages=messages, max_tokens=4, temperature=0)
+    stats = httpx.get(server.url + "/stats", timeout=60).json()
+    assert stats["status"] == "ok" and stats["decode"] == "exact" and stats["queue"] == 0
+    last = stats["last_request"]
+    assert last["completion_tokens"] == r.usage.completion_tokens and last["prompt_tokens"] == r.usage.prompt_tokens
+    assert last["kv_per_step"]["tokens"] >= r.usage.prompt_tokens and last["predicted_n"] == r.usage.completion_tokens
+
+
 def test_follow_up_prefills_only_the_new_tokens(client, model):
     first = _chat("Who keeps the lighthouse?")
     a = client.chat.completions.create(model="m", messages=first, max_tokens=8, temperature=0)
