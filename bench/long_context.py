@@ -27,7 +27,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
-import dataclasses
 import json
 import resource
 import statistics
@@ -185,7 +184,6 @@ def hf_row(hf, n: int, a) -> dict:
 
     from offload.attention import ATTN_NAME
     from offload.hf_compat import cache_keyword
-
     dev = hf.device
     n_layers, n_kv = hf.config.num_hidden_layers, hf.config.num_key_value_heads
     d = hf.config.hidden_size // hf.config.num_attention_heads
@@ -246,7 +244,6 @@ def _count(text: str) -> list[int]:
 
 def main(argv=None) -> int:
     from offload.cli.units import parse_bytes
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="32k,128k,200k,500k")
     ap.add_argument("--prefill-lengths", default="32k,128k")
@@ -290,9 +287,7 @@ def main(argv=None) -> int:
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r.get(k, "")) for k in cols) + " |")
-    for r in rows:
-        if "why" in r:
-            print(f"- {r['ctx']:,}: {r['why']}")
+    print("\n".join(f"- {r['ctx']:,}: {r['why']}" for r in rows if "why" in r))
     if a.json:
         with open(a.json, "a") as f:
             for r in rows:
