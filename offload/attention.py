@@ -85,6 +85,9 @@ class PrefillPass:
         if self.keep_tail:
             tail = q if self.q_tail is None else torch.cat([self.q_tail, q], dim=2)
             self.q_tail, self.scaling = tail[:, :, -self.keep_tail :].clone(), scaling
+        if sliding_window is not None:  # keys before the first query's window are never read
+            first = max(0, k.shape[2] - q.shape[2] - sliding_window + 1)
+            k, v = k[:, :, first:], v[:, :, first:]
         return causal_prefill_attention(q, k, v, scaling, sliding_window)
 
     def new_kv(self) -> tuple[torch.Tensor, torch.Tensor]:

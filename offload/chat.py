@@ -74,7 +74,7 @@ class Chat:
 
     def _steps(self, turn, ids, max_new_tokens, sampling, stop, progress):
         keep = min(_common_prefix(self.tokens, ids), len(ids) - 1)  # prefill needs >= 1 token
-        self.engine.truncate(keep)
+        keep = self.engine.truncate(keep)  # fewer when the store cannot rewind that far
         self.tokens = self.tokens[:keep]
         new = ids[keep:]
         parts: list[str] = []
@@ -92,13 +92,11 @@ class Chat:
                 yield r
         finally:
             if first:  # stopped before the answer began (Ctrl-C in prefill, an error): drop the turn whole
-                self.engine.truncate(keep)
-                self.tokens = self.tokens[:keep]
+                self.tokens = self.tokens[: self.engine.truncate(keep)]
             else:
                 if self.store.layer_len(0) != len(self.tokens):
                     # interrupted inside decode: the store's tail is unknown, drop it
-                    n = min(self.store.layer_len(0), len(self.tokens))
-                    self.engine.truncate(n)
+                    n = self.engine.truncate(min(self.store.layer_len(0), len(self.tokens)))
                     self.tokens = self.tokens[:n]
                 self.messages = turn + [{"role": "assistant", "content": "".join(parts)}]
 

@@ -76,10 +76,10 @@ class Engine:
         n_layers = len(self._layers)
         observe = getattr(self.store, "prefill_observer", None)  # sparse stores take statistics (obs_window)
         for li, layer in enumerate(self._layers):
-            if n_prior:
+            if n_prior:  # a sliding layer's store returns its last window: it goes last
                 k_old, v_old = self.store.read_layer(li)
-                k_buf[:, :, :n_prior] = k_old
-                v_buf[:, :, :n_prior] = v_old
+                k_buf[:, :, n_prior - k_old.shape[2] : n_prior] = k_old
+                v_buf[:, :, n_prior - v_old.shape[2] : n_prior] = v_old
             p = PrefillPass(k_buf, v_buf, n_prior, keep_tail=self.store.obs_window if observe else 0)
             cos = AttentionCosine(layer.self_attn) if observe else None
             try:
@@ -130,6 +130,8 @@ class Engine:
             h = out[0] if isinstance(out, tuple) else out
         return self._logits(h[:, -1])
 
-    def truncate(self, n: int) -> None:
-        """Rewind the sequence to its first n tokens."""
+    def truncate(self, n: int) -> int:
+        """Rewind the sequence to its first n tokens; returns the tokens kept: n, or fewer when the
+        store cannot rewind that far exactly (a sliding-window ring past its margin starts over)."""
         self.store.truncate(n)
+        return self.n_tokens

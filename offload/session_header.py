@@ -44,11 +44,12 @@ class SessionInfo:
     n_kv_heads: int
     head_dim: int
     batch: int
-    layer_lens: tuple[int, ...]
+    layer_lens: tuple[int, ...]  # a sliding layer saves its last window: min(n_tokens, window)
     tokens: tuple[int, ...]
     meta: dict = field(default_factory=dict)
     layers: tuple = field(default=(), repr=False)  # per layer: {"file", "size", "records"}
     sparse: dict | None = field(default=None, repr=False)  # session_sparse.py's entry
+    windows: tuple[int, ...] = ()  # per layer its sliding window, 0 = global (empty: all global)
 
 
 def read_regular(file: Path, limit: int) -> bytearray:
@@ -139,7 +140,11 @@ def _checked(body: dict, expect: dict) -> dict:
             raise ValueError(f"{key} is {fields[key]}, the model has {want}")
     vocab = expect.get("vocab_size", _BIG)
     tokens, lens = _ints(body, "tokens", 0, vocab - 1), _ints(body, "layer_lens")
-    if len(lens) != fields["n_layers"] or any(x != n for x in lens) or len(tokens) != n:
+    windows = _ints(body, "windows") if "windows" in body else ()
+    if windows and len(windows) != fields["n_layers"]:
+        raise ValueError(f"windows must list every layer ({len(windows)} for {fields['n_layers']})")
+    want = [min(n, w) if w else n for w in windows] or [n] * fields["n_layers"]
+    if list(lens) != want or len(tokens) != n:
         raise ValueError(f"{n} tokens, but {len(tokens)} token ids and layer lengths {sorted(set(lens))}")
     if not isinstance(body.get("fingerprint"), str) or body.get("kv_dtype") not in DTYPES:
         raise ValueError("fingerprint or kv_dtype missing")
@@ -149,12 +154,12 @@ def _checked(body: dict, expect: dict) -> dict:
     if not isinstance(layers, list) or len(layers) != fields["n_layers"]:
         raise ValueError("layers must list every layer")
     for i, entry in enumerate(layers):
-        _check_layer(entry, i, n, fields["chunk"])
+        _check_layer(entry, i, lens[i], fields["chunk"])
     sparse = body.get("sparse")
-    if sparse is not None:
-        _check_sparse(sparse, fields["n_layers"])
+    if sparse is not None:  # the selector covers the global layers
+        _check_sparse(sparse, sum(1 for w in windows if not w) if windows else fields["n_layers"])
     return dict(fields, fingerprint=body["fingerprint"], kv_dtype=body["kv_dtype"], layer_lens=lens,
-                tokens=tokens, meta=body["meta"], layers=tuple(layers), sparse=sparse)  # fmt: skip
+                tokens=tokens, meta=body["meta"], layers=tuple(layers), sparse=sparse, windows=windows)  # fmt: skip
 
 
 def _check_sparse(entry, n_layers: int) -> None:

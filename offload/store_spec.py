@@ -11,6 +11,9 @@ memory plan read it; nothing else re-derives these facts.
   layers, capped at what `ctx` tokens need, at least one.
 - host chunks: `host_mem` bytes, else HOST_FRACTION of the available host memory.
 - compress: `compress`, else on for bf16 only.
+- windows: per model layer its sliding window (0 = global). Sliding layers keep a ring of their
+  window on the compute device (`HybridKVStore`); the layout, the slots and the summaries cover the
+  global layers only.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ class StoreSpec:
     """kind: "dense" | "tiered"; layout: ChunkLayout; device; batch; ctx (None = unbounded);
     gpu_slots: per layer; host_chunks; compress; disk_dir; sparse: SparseConfig or None;
     capacity: body chunks per layer to preallocate for summaries and tables; obs_window: prompt
-    queries prefill keeps per layer for the selector (0 when dense)."""
+    queries prefill keeps per layer for the selector (0 when dense); windows: per model layer, its
+    sliding window or 0 (empty: every layer global); layout.n_layers counts the global ones (1 when
+    none is: no inner store then)."""
 
     kind: str
     layout: ChunkLayout
@@ -52,21 +57,28 @@ class StoreSpec:
     sparse: SparseConfig | None
     capacity: int
     obs_window: int
+    windows: tuple[int, ...] = ()
 
     @classmethod
     def derive(cls, config: OffloadConfig, n_layers: int, n_kv_heads: int, head_dim: int,
-               dtype: torch.dtype, device, batch: int = 1, planned_hot_set: int | None = None) -> "StoreSpec":  # fmt: skip
+               dtype: torch.dtype, device, batch: int = 1, planned_hot_set: int | None = None,
+               windows: tuple[int, ...] = ()) -> "StoreSpec":  # fmt: skip
         """The spec of `config` for a model of this KV geometry on `device`; planned_hot_set: the
-        memory plan's hot set bytes, used when the config sets none."""
+        memory plan's hot set bytes, used when the config sets none; windows: per layer, its sliding
+        window (0 = global; empty: all global)."""
         device = torch.device(device)
+        windows = tuple(int(w) for w in windows) if any(windows) else ()
+        if windows and len(windows) != n_layers:
+            raise ValueError(f"{len(windows)} layer windows for {n_layers} layers")
+        n_layers = sum(1 for w in windows if not w) if windows else n_layers  # what the layout holds
         sparse = config.sparse
         kind = "tiered" if sparse is not None else config.kv_store
-        lay = ChunkLayout(n_layers, batch * n_kv_heads, cls.chunk_of(config), head_dim, dtype,
+        lay = ChunkLayout(max(1, n_layers), batch * n_kv_heads, cls.chunk_of(config), head_dim, dtype,
                           config.sinks, config.window)  # fmt: skip
         hot = config.hot_set_bytes if config.hot_set_bytes is not None else planned_hot_set
         if hot is None:
             hot = int(torch.cuda.mem_get_info(device)[0] * GPU_FRACTION) if device.type == "cuda" else CPU_POOL_BYTES
-        slots = max(1, hot // (lay.chunk_bytes * n_layers))
+        slots = max(1, hot // (lay.chunk_bytes * max(1, n_layers)))
         if config.ctx is not None:
             slots = min(slots, max(1, lay.body_chunks(config.ctx)))
         if config.host_mem is not None:
@@ -77,7 +89,7 @@ class StoreSpec:
             kind=kind, layout=lay, device=device, batch=batch, ctx=config.ctx, gpu_slots=(slots,) * n_layers,
             host_chunks=host_chunks, compress=default_compress(dtype, config.compress), disk_dir=config.disk_dir,
             sparse=sparse, capacity=lay.body_chunks(config.ctx) + 1 if config.ctx else 64,
-            obs_window=OBS_TAIL if sparse is not None else 0,
+            obs_window=OBS_TAIL if sparse is not None else 0, windows=windows,
         )  # fmt: skip
 
     @staticmethod
@@ -88,7 +100,17 @@ class StoreSpec:
         return config.sparse.policy.chunk if config.sparse is not None else DENSE_CHUNK
 
     def new_store(self):
-        """An empty KV store of this spec: `DenseKVStore` or `TieredKVStore`."""
+        """An empty KV store of this spec: `DenseKVStore` or `TieredKVStore`, inside a `HybridKVStore`
+        when some layers slide."""
+        if not self.windows:
+            return self._inner_store()
+        from .hybrid_store import HybridKVStore
+
+        lay = self.layout
+        inner = self._inner_store() if not all(self.windows) else None
+        return HybridKVStore(self.windows, inner, (self.batch, self.n_kv_heads, lay.head_dim), lay.dtype, self.device)
+
+    def _inner_store(self):
         if self.kind == "tiered":
             from .tiers.store import TieredKVStore
 

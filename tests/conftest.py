@@ -28,3 +28,18 @@ def hf_model(model):
     from offload.loading import load_reference
 
     return load_reference(model)
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The embedded Gemma-3-270M (base; 5 sliding-window layers per global one) behind offload, fp32."""
+    import offload
+
+    return offload.load_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma_hf(gemma):
+    from offload.loading import load_reference
+
+    return load_reference(gemma)

@@ -49,7 +49,7 @@ class Slot:
         Closing the iterator at any point leaves the slot consistent: the store holds exactly `tokens`
         (a half-processed tail is dropped), never KV that no token list describes."""
         keep = min(common_prefix(self.tokens, ids), len(ids) - 1)  # prefill needs >= 1 token
-        self.engine.truncate(keep)
+        keep = self.engine.truncate(keep)  # fewer when the store cannot rewind that far
         del self.tokens[keep:]
         self.saved = min(self.saved, keep)
         new = ids[keep:]
@@ -75,7 +75,7 @@ class Slot:
             n = min(lens + [len(self.tokens)])
             if n != len(self.tokens) or any(m != n for m in lens):
                 # interrupted inside prefill or decode: the tail is unknown, drop it
-                self.engine.truncate(n)
+                n = self.engine.truncate(n)
                 del self.tokens[n:]
 
     def close(self) -> None:
