@@ -13,6 +13,7 @@ import time
 
 import click
 
+from offload.embedded import EMBEDDED
 from offload.sparse import policy_classes
 from offload.sparse.budget_plan import SPLITS
 
@@ -28,7 +29,7 @@ def opt(*names, env, **kw):
 
 
 _MODEL = (
-    opt("-m", "--model", env="MODEL", default=None, help="Local model dir or .gguf (default: embedded SmolLM2-135M-Instruct)."),
+    opt("-m", "--model", env="MODEL", default=None, help="Local model dir or .gguf, or an embedded model by name: " + "; ".join(f"{e.name} = {e.title}, {e.use}" for e in EMBEDDED) + "."),
     opt("-c", "--ctx", env="CTX", type=CountType(), default=None, help="Context in tokens: 8192, 200k (=200,000), 128K (=131,072). Default: the model's."),
 )  # fmt: skip
 

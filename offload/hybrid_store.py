@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .window_ring import WindowRing
+from .window_ring import WindowRing, ring_capacity
 
 __all__ = ["HybridKVStore", "RING_MARGIN", "layer_windows", "ring_tokens"]
 
@@ -35,8 +35,8 @@ def layer_windows(text_config) -> tuple[int, ...]:
 
 
 def ring_tokens(window: int) -> int:
-    """Tokens a ring of `window` allocates (`WindowRing`: twice window + margin)."""
-    return 2 * (window + int(window * RING_MARGIN))
+    """Tokens the ring of a `window` layer allocates (window + margin, plus `WindowRing`'s slack)."""
+    return ring_capacity(window + int(window * RING_MARGIN))
 
 
 class _Remapped:

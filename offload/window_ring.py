@@ -4,8 +4,8 @@ A sliding-window layer's query at position p reads keys p - window < pos <= p an
 its KV never grows past the window: it is never tiered, never selected and never saved beyond the
 window. The ring holds the last `keep` tokens (keep = window + a rewind margin, so a chat that rewinds
 a few tokens — a re-rendered answer — keeps exact attention without recomputing) in one contiguous
-buffer of 2 x keep tokens that is compacted when full (one copy per `keep` appends, no per-token
-copy, attention always reads one slice).
+buffer of `ring_capacity(keep)` tokens (keep + a quarter) that is compacted when full (the kept tokens
+move to the front once per keep/4 appends, no per-token copy; attention always reads one slice).
 
 `count` is every position the layer has seen (the sequence length); `held` the tokens in the buffer,
 the last `held` of those positions.
@@ -17,7 +17,12 @@ import torch
 
 from .kernels.dispatch import causal_prefill_attention
 
-__all__ = ["WindowRing"]
+__all__ = ["WindowRing", "ring_capacity"]
+
+
+def ring_capacity(keep: int) -> int:
+    """Tokens a ring that keeps `keep` allocates: keep + keep/4 of slack (at least 16)."""
+    return keep + max(16, keep // 4)
 
 
 class WindowRing:
@@ -29,7 +34,7 @@ class WindowRing:
             raise ValueError(f"a window ring needs window >= 1 and margin >= 0, got {window}, {margin}")
         self.window, self.keep = window, window + margin
         b, h, d = shape
-        self._k = torch.empty(b, h, 2 * self.keep, d, dtype=dtype, device=device)
+        self._k = torch.empty(b, h, ring_capacity(self.keep), d, dtype=dtype, device=device)
         self._v = torch.empty_like(self._k)
         self._start = self._held = 0  # buffer offset of the oldest held token; tokens held
         self.count = 0

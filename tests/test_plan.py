@@ -43,3 +43,25 @@ def test_host_and_disk_split_and_smollm_shape(tmp_path):
     p = plan(small, 8192, gpu_mem=4 * GIB, host_mem=GIB, disk_dir=tmp_path, offload=off)
     assert p.kv_token_bytes == 2 * 30 * 3 * 64 * 2 and abs(p.n_params - 134.5e6) < 1e6
     assert p.host_pool_bytes <= GIB // 4 and p.host_pool_bytes + p.disk_bytes == p.kv_bytes
+
+
+def test_sliding_window_layers_are_rings_not_tiered_kv(tmp_path):
+    """Gemma 3 4B's shape (34 layers, 29 of them sliding over 1024 tokens): only the 5 global layers'
+    KV grows with the context; each sliding layer holds a fixed ring on the GPU."""
+    from transformers import Gemma3TextConfig
+
+    from offload.hybrid_store import ring_tokens
+
+    kw = dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+              num_key_value_heads=4, head_dim=256, vocab_size=262208, sliding_window=1024)  # fmt: skip
+    hybrid = Gemma3TextConfig(**kw)
+    every = Gemma3TextConfig(**kw, layer_types=["full_attention"] * 34)
+    assert hybrid.layer_types.count("sliding_attention") == 29
+    a = plan(hybrid, 128_000, gpu_mem=24 * GIB, host_mem=64 * GIB, disk_dir=tmp_path)
+    b = plan(every, 128_000, gpu_mem=24 * GIB, host_mem=64 * GIB, disk_dir=tmp_path)
+    tok_layer = 2 * 4 * 256 * 2
+    assert a.kv_bytes == 128_000 * 5 * tok_layer and b.kv_bytes == 128_000 * 34 * tok_layer
+    assert ring_tokens(1024) == 2048 + 512 and a.ring_bytes == 29 * 2560 * tok_layer and b.ring_bytes == 0
+    assert a.sliding_layers == 29 and a.n_layers == 34 and a.fits and b.fits
+    assert a.budget_tokens == a.body_tokens > b.budget_tokens  # 5 layers' KV fits whole; 34 layers' does not
+    assert "29 sliding-window" in str(a) and "sliding-window rings" in str(a)

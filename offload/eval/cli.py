@@ -56,7 +56,8 @@ def _budgets(text: str):
 
 @click.command(epilog="Lengths: 1k = 1024 tokens, prompt + answer (RULER's convention).")
 @click.option("--model", "model_path", default=None, metavar="PATH",
-              help="Local model (transformers dir or .gguf). Default: the embedded SmolLM2-135M-Instruct.")
+              help="Local model (transformers dir or .gguf) or an embedded model by name (smollm2, gemma3-270m). "
+                   "Default: the embedded SmolLM2-135M-Instruct.")
 @click.option("--tasks", default="all", show_default=True, callback=_checked(_task_list),
               help="Comma list of tasks, or 'all'.")
 @click.option("--lengths", default="1k,2k,4k,8k", show_default=True, callback=_checked(parse_lengths),
