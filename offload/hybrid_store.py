@@ -78,8 +78,8 @@ class HybridKVStore:
             self.inner.append(self._inner_of[layer], k, v)
 
     def read_layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A global layer's every token; a sliding layer's last window (its first position is
-        layer_len - the length returned)."""
+        """A global layer's every token; a sliding layer's ring: at most its window + margin, at least
+        window - 1 tokens (or all); its first position is layer_len - the length returned."""
         ring = self._rings.get(layer)
         return ring.read() if ring is not None else self.inner.read_layer(self._inner_of[layer])
 

@@ -44,7 +44,7 @@ class SessionInfo:
     n_kv_heads: int
     head_dim: int
     batch: int
-    layer_lens: tuple[int, ...]  # a sliding layer saves its last window: min(n_tokens, window)
+    layer_lens: tuple[int, ...]  # a sliding layer saves its ring (window + margin at most)
     tokens: tuple[int, ...]
     meta: dict = field(default_factory=dict)
     layers: tuple = field(default=(), repr=False)  # per layer: {"file", "size", "records"}
@@ -143,8 +143,9 @@ def _checked(body: dict, expect: dict) -> dict:
     windows = _ints(body, "windows") if "windows" in body else ()
     if windows and len(windows) != fields["n_layers"]:
         raise ValueError(f"windows must list every layer ({len(windows)} for {fields['n_layers']})")
-    want = [min(n, w) if w else n for w in windows] or [n] * fields["n_layers"]
-    if list(lens) != want or len(tokens) != n:
+    # a sliding layer saves its ring: at least the window - 1 tokens its next query reads
+    low = [min(n, w - 1) if w else n for w in windows] or [n] * fields["n_layers"]
+    if any(not lo <= x <= n for lo, x in zip(low, lens)) or len(lens) != len(low) or len(tokens) != n:
         raise ValueError(f"{n} tokens, but {len(tokens)} token ids and layer lengths {sorted(set(lens))}")
     if not isinstance(body.get("fingerprint"), str) or body.get("kv_dtype") not in DTYPES:
         raise ValueError("fingerprint or kv_dtype missing")

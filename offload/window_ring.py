@@ -2,7 +2,7 @@
 
 A sliding-window layer's query at position p reads keys p - window < pos <= p and nothing older, so
 its KV never grows past the window: it is never tiered, never selected and never saved beyond the
-window. The ring holds the last `keep` tokens (keep = window + a rewind margin, so a chat that rewinds
+window and its rewind margin. The ring holds the last `keep` tokens (keep = window + a rewind margin, so a chat that rewinds
 a few tokens — a re-rendered answer — keeps exact attention without recomputing) in one contiguous
 buffer of `ring_capacity(keep)` tokens (keep + a quarter) that is compacted when full (the kept tokens
 move to the front once per keep/4 appends, no per-token copy; attention always reads one slice).
@@ -73,10 +73,10 @@ class WindowRing:
         self.count += n
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last min(held, window) tokens, oldest first: k, v [B, Hkv, n, D] views."""
-        n = min(self._held, self.window)
+        """The held tokens (the window and what the margin keeps), oldest first: k, v [B, Hkv, held, D]
+        views. A session saves these, so a reopened chat can still rewind within the margin."""
         end = self._start + self._held
-        return self._k[:, :, end - n : end], self._v[:, :, end - n : end]
+        return self._k[:, :, self._start : end], self._v[:, :, self._start : end]
 
     def attend(self, q: torch.Tensor, scaling: float) -> torch.Tensor:
         """q [B, H, Lq, D], the last Lq positions (already appended) -> [B, Lq, H, D]; exact

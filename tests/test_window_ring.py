@@ -35,7 +35,7 @@ def test_ring_attends_like_the_whole_sequence(window, margin, steps, seed):
         torch.testing.assert_close(ring.attend(q, 0.3), want, rtol=1e-5, atol=1e-6)
         wk, _ = full.read_layer(0)
         k_ring, _ = ring.read()
-        assert torch.equal(k_ring, wk[:, :, max(0, ring.count - window) :])
+        assert torch.equal(k_ring, wk[:, :, ring.count - ring.held :]) and ring.held >= min(ring.count, window - 1)
         n, full_ring = max(0, ring.count - back), ring.held == min(ring.count, ring.keep)
         if ring.can_rewind(n):
             ring.truncate(n)
@@ -81,7 +81,7 @@ def test_hybrid_store_maps_layers_and_restarts_when_a_ring_cannot_rewind():
     for layer in range(4):
         store.append(layer, *_kv(30, gen))
     assert [store.layer_len(i) for i in range(4)] == [30] * 4 and inner.layer_len(1) == 30
-    assert store.read_layer(0)[0].shape[2] == 4 and store.read_layer(1)[0].shape[2] == 30
+    assert store.read_layer(0)[0].shape[2] == 8 and store.read_layer(1)[0].shape[2] == 30  # window + margin
     assert store.stats()["window_bytes"] == 2 * 2 * ring_tokens(4) * B * H * D * 4
     store.truncate(27)  # within the margin (window 4 + margin 4)
     assert [store.layer_len(i) for i in range(4)] == [27] * 4
