@@ -26,6 +26,8 @@ def add_sparse_args(ap, policies: str, budgets: str, json_rows: str) -> None:
     ap.add_argument("--seed", type=int, default=0, help="start of the natural-text prompt")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help=f"append one JSON row per {json_rows} to this file")
+    ap.add_argument("--model", default=None, help="embedded model name (smollm2, gemma3-270m) or local path; "
+                    "default: the embedded SmolLM2")
 
 
 def parse_with_threads(ap):

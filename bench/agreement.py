@@ -89,7 +89,7 @@ def main():
     n = parse_length(a.context)
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
     policies = [policy_split(p.strip()) for p in a.policies.split(",")]
-    model = offload.load_model(config=offload.OffloadConfig(ctx=n + a.new + 8, kv_chunk=a.kv_chunk))
+    model = offload.load_model(a.model, config=offload.OffloadConfig(ctx=n + a.new + 8, kv_chunk=a.kv_chunk))
     configs = [  # built up front so a bad policy name fails before minutes of prefill
         (p, lb, b, Mode("sparse", b).budget_tokens(n)) for p, lb in policies for b in budgets
     ]
@@ -97,7 +97,7 @@ def main():
         with_sparse(model.config, f"{p}+{lb}", tokens, select_every=a.select_every)
     hf = load_reference(model)
     ids = natural_ids(model.tokenizer, n, a.seed)
-    base = {
+    base = {"model": model.model_dir.name,
         "bench": "agreement", "context": n, "new_tokens": a.new, "seed": a.seed,
         "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
         "machine": machine(), "select_every": a.select_every,

@@ -44,7 +44,7 @@ def main():
     from offload.eval.runner import plan_samples
 
     n = parse_length(a.length)
-    model = offload.load_model(config=offload.OffloadConfig(ctx=n))
+    model = offload.load_model(a.model, config=offload.OffloadConfig(ctx=n))
     samples = plan_samples("multi_needle", model.tokenizer, n, a.samples, a.seed)
     extras = [(s, set_fields(s)) for s in a.set]
     specs = {"dense": (model.config, None)}  # name -> (config, budget as the eval's modes give it)
@@ -58,7 +58,7 @@ def main():
                     specs[f"{spec.strip()}@{budget}[{label}]"] = (with_fields(cfg, **fields), budget)
                 except (offload.ConfigError, TypeError) as e:  # TypeError: no such field
                     raise SystemExit(f"--set {label}: {e}") from None
-    base = {
+    base = {"model": model.model_dir.name,
         "bench": "needle_probe", "task": "multi_needle", "length": n, "samples": a.samples, "seed": a.seed,
         "select_every": a.select_every, "device": str(model.device), "dtype": str(model.dtype),
         "threads": torch.get_num_threads(), "machine": machine(), "torch": torch.__version__,

@@ -142,7 +142,7 @@ def main():
         raise SystemExit(f"error: --ceiling must be in (0, {min(lengths)}), got {a.ceiling}")
     budgets = [parse_budget(b) for b in a.budgets.split(",")]
     policies = [policy_split(x.strip()) for x in a.policies.split(",")]
-    model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
+    model = offload.load_model(a.model, config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
     everies = [int(e) for e in a.select_every.split(",")] if a.select_every else [1]
     chunks = [int(c) for c in a.kv_chunks.split(",")] if a.kv_chunks else [None]
     units = [u.strip() for u in a.select_units.split(",")] if a.select_units else [None]
@@ -153,7 +153,7 @@ def main():
             except (offload.ConfigError, TypeError) as e:
                 raise SystemExit(f"error: {e}") from None
     hf = load_reference(model)
-    base = {
+    base = {"model": model.model_dir.name,
         "bench": "sparse_decode", "new_tokens": a.new, "repeats": a.repeats, "seed": a.seed,
         "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
         "machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),

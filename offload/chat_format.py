@@ -11,7 +11,7 @@ nor turn tokens keeps none: a chat on it is a `ConfigError` naming the completio
 
 from __future__ import annotations
 
-__all__ = ["GEMMA_TURNS", "ensure_chat_format", "stop_ids"]
+__all__ = ["GEMMA_TURNS", "ensure_chat_format", "stop_ids", "has_own_chat_template", "lead_ids"]
 
 # Jinja, rendered by transformers' apply_chat_template.
 GEMMA_TURNS = (
@@ -48,3 +48,19 @@ def stop_ids(tokenizer) -> set[int]:
     template = getattr(tokenizer, "chat_template", None) or ""
     tid = _special_id(tokenizer, "<end_of_turn>") if "<end_of_turn>" in template else None
     return set() if tid is None else {tid}
+
+
+def has_own_chat_template(tokenizer) -> bool:
+    """Whether the model shipped a chat template (an instruct model), not the turn format given here
+    to a base model: the eval writes completion-form prompts for the others."""
+    template = getattr(tokenizer, "chat_template", None)
+    return bool(template) and template != GEMMA_TURNS
+
+
+def lead_ids(tokenizer, text: str = "") -> list[int]:
+    """The ids the tokenizer puts before `text` when it adds special tokens (Gemma: <bos>; SmolLM2:
+    none), none when `text` already starts with them (a rendered chat template)."""
+    lead = list(tokenizer("", add_special_tokens=True)["input_ids"])
+    if lead and text and text.startswith(tokenizer.decode(lead)):
+        return []
+    return lead

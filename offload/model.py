@@ -78,8 +78,11 @@ class OffloadModel:
     def encode(self, prompt_or_messages) -> list[int]:
         """Token ids of a raw string prompt, or of a message list rendered with the chat template and
         the assistant generation prompt."""
-        if isinstance(prompt_or_messages, str):
-            return list(self.tokenizer(prompt_or_messages, add_special_tokens=True)["input_ids"])
+        if isinstance(prompt_or_messages, str):  # start tokens once, also on a rendered template's text
+            from .chat_format import lead_ids
+
+            ids = self.tokenizer(prompt_or_messages, add_special_tokens=False)["input_ids"]
+            return lead_ids(self.tokenizer, prompt_or_messages) + list(ids)
         if isinstance(prompt_or_messages, (list, tuple)):
             for m in prompt_or_messages:
                 if not isinstance(m, dict) or "role" not in m or "content" not in m:

@@ -109,3 +109,21 @@ def test_sparse_decode_selects_on_global_layers_only(gemma):
     store = sparse_eng.store
     assert store.inner.selector.plan is not None and store.inner.n_layers == 3
     assert torch.isfinite(b).all() and int(b.argmax()) == int(a.argmax())
+
+
+def test_eval_prompts_are_completion_form_with_one_bos(gemma, model):
+    from offload.eval.needle_probe import forced_answer
+    from offload.eval.recall import natural_ids
+    from offload.eval.tasks import generate_sample
+
+    sample = generate_sample("multi_needle", gemma.tokenizer, 1024, 0)
+    assert "<start_of_turn>" not in sample.prompt  # a base model reads the document and continues it
+    bos = gemma.tokenizer.bos_token_id
+    for ids in (gemma.encode(sample.prompt), forced_answer(gemma.tokenizer, sample)[0],
+                natural_ids(gemma.tokenizer, 300)):  # fmt: skip
+        assert ids[0] == bos and ids.count(bos) == 1
+    chat = gemma.encode([{"role": "user", "content": "hi"}])
+    assert chat[0] == bos and chat.count(bos) == 1  # the turn format's own <bos>, not a second one
+    smol = model.encode([{"role": "user", "content": "hi"}])  # SmolLM2: its template, nothing added
+    assert smol == model.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                                       tokenize=True, return_dict=True)["input_ids"]  # fmt: skip

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..chat_format import lead_ids
 from .errors import EvalError
 from .replay import Prefilled, greedy_many
 from .sample import Sample
@@ -72,7 +73,7 @@ def forced_answer(tokenizer, sample: Sample) -> tuple[list[int], list[int], list
         if not inside or offsets[n + inside[0]][0] != a or offsets[n + inside[-1]][1] != b:
             raise EvalError(f"value at {a}:{b} is not whole tokens of the forced answer")
         spans.append((inside[0], inside[-1] + 1))
-    return prompt_ids, ids[n:], spans
+    return lead_ids(tokenizer, sample.prompt) + prompt_ids, ids[n:], spans
 
 
 def needle_probe(models: dict, sample: Sample) -> list[ProbeResult]:

@@ -27,9 +27,11 @@ from typing import Sequence
 
 import torch
 
+from ..kernels.dispatch import causal_prefill_attention
 from ..sparse.adaptive_budgets import adaptive_split, mass_curve
 from ..sparse.prefill_stats import OBS_TAIL as OBS_WINDOW
 from ..tiers.layout import ChunkLayout
+from ..chat_format import lead_ids
 from .corpus import natural_sentences
 from .policies import fixed_mask, get_policy, selection_mask
 from .sample import make_rng
@@ -63,6 +65,7 @@ class RecallResult:
     n_steps: int
     per_layer: tuple[float, ...]
     read: float
+    layers: tuple[int, ...] = ()  # the model layer of each per_layer entry (global layers only on Gemma 3)
 
     @property
     def mean(self) -> float:
@@ -74,7 +77,9 @@ class RecallResult:
 
 
 def natural_ids(tokenizer, n_tokens: int, seed=0) -> list[int]:
-    """n_tokens of prose from the stdlib-docstring corpus, from a seeded start (raw text, no template)."""
+    """n_tokens of prose from the stdlib-docstring corpus, from a seeded start (raw text, no template),
+    after the tokenizer's own start tokens (Gemma's <bos>; none for SmolLM2), which count in n_tokens."""
+    lead = lead_ids(tokenizer)
     sentences = natural_sentences()
     start = make_rng("recall", n_tokens, seed).randrange(len(sentences))
     text, i = "", 0
@@ -84,7 +89,7 @@ def natural_ids(tokenizer, n_tokens: int, seed=0) -> list[int]:
         i += 200
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) >= n_tokens:
-            return list(ids[:n_tokens])
+            return (lead + list(ids))[:n_tokens]
 
 
 @torch.inference_mode()
@@ -100,10 +105,10 @@ def capture_qk(hf_model, ids: Sequence[int], n_query: int):
 
     def capture(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                 sliding_window=None, **kwargs):
-        if sliding_window is not None:
-            raise NotImplementedError("attention recall does not handle sliding-window layers yet")
-        groups = query.shape[1] // key.shape[1]
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        if sliding_window is not None:  # nothing to select on a sliding-window layer: exact, not captured
+            return _sliding_attention(query, key, value, scale, sliding_window), None
+        groups = query.shape[1] // key.shape[1]
         captured[module.layer_idx] = (query[0, :, -n_query:].float().clone(), key[0].float().clone(), scale)
         out = torch.nn.functional.scaled_dot_product_attention(
             query, key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1),
@@ -120,6 +125,18 @@ def capture_qk(hf_model, ids: Sequence[int], n_query: int):
     finally:
         hf_model.set_attn_implementation(previous)
     return captured, logits
+
+
+def _sliding_attention(q, k, v, scale: float, window: int, block: int = 1024) -> torch.Tensor:
+    """Causal sliding-window attention of a whole prompt, a block of queries at a time over the keys
+    its window reaches (no [T x T] mask at 32k tokens). q [1, H, T, D], k, v [1, Hkv, T, D]."""
+    t = q.shape[2]
+    outs = []
+    for s in range(0, t, block):
+        e = min(s + block, t)
+        lo = max(0, s - window + 1)
+        outs.append(causal_prefill_attention(q[:, :, s:e], k[:, :, lo:e], v[:, :, lo:e], scale, window))
+    return torch.cat(outs, dim=1)
 
 
 def _budget_tokens(budget, n_context: int) -> int:
@@ -215,7 +232,7 @@ def attention_recall(
         out.append(RecallResult(
             policy=policy.name + (f"+{split}" if split else ""), budget=str(budget), budget_tokens=tokens,
             n_context=n_context, n_steps=n_steps, per_layer=tuple((sums[ci] / n_steps).tolist()),
-            read=float(read[ci] / (n_steps * len(layers))),
+            read=float(read[ci] / (n_steps * len(layers))), layers=tuple(layers),
         ))
     return out
 
@@ -268,8 +285,9 @@ def format_recall_table(results: Sequence[RecallResult]) -> str:
     heads = [r.label for r in results]
     width = max(10, *(len(h) for h in heads))
     lines = ["layer " + "".join(f"{h:>{width + 2}}" for h in heads)]
-    for li in range(len(results[0].per_layer)):
-        lines.append(f"{li:>5} " + "".join(f"{r.per_layer[li]:>{width + 2}.3f}" for r in results))
+    names = results[0].layers or tuple(range(len(results[0].per_layer)))
+    for li, name in enumerate(names):
+        lines.append(f"{name:>5} " + "".join(f"{r.per_layer[li]:>{width + 2}.3f}" for r in results))
     lines.append(" mean " + "".join(f"{r.mean:>{width + 2}.3f}" for r in results))
     lines.append(" read " + "".join(f"{r.read:>{width + 2}.0f}" for r in results))
     r0 = results[0]

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ..chat_format import has_own_chat_template
 from .errors import EvalError
 
 __all__ = [
@@ -63,9 +64,9 @@ class Sample:
 def render_prompt(tokenizer, messages: Sequence[dict], answer_prefix: str = "") -> str:
     """What the model reads. Chat form (a tokenizer with a chat template: instruct models): the
     template with the generation prompt, then the answer prefix. Completion form (no template: base
-    models): the messages' text, a blank line, then the answer prefix on its own line, so the
-    answer is the document's natural continuation."""
-    if getattr(tokenizer, "chat_template", None):
+    models, and the turn format `chat_format` gives a base model): the messages' text, a blank line,
+    then the answer prefix on its own line, so the answer is the document's natural continuation."""
+    if has_own_chat_template(tokenizer):
         text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         return text + answer_prefix
     body = "\n\n".join(m["content"] for m in messages)
