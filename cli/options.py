@@ -53,6 +53,7 @@ _RUNTIME = (
     opt("--gpu-mem", env="GPU_MEM", type=BytesType(), default=None, help="GPU memory to plan for (e.g. 24G; default: the device's)."),
     opt("--host-mem", env="HOST_MEM", type=BytesType(), default=None, help="Host memory for KV (e.g. 32G)."),
     opt("--disk-dir", env="DISK_DIR", type=click.Path(file_okay=False), default=None, help="Where KV spills to disk."),
+    opt("-t", "--threads", env="THREADS", type=click.IntRange(min=1), default=None, help="CPU threads for compute (like llama.cpp's -t; default: torch's, one per core). Fewer than the cores keeps decode steady when other programs use the machine."),
 )  # fmt: skip
 
 
@@ -186,12 +187,17 @@ def load_checked(o: dict, config, memory):
     the model; warn on stderr when --ctx exceeds what the model was trained on."""
     import offload
 
+    import torch
+
     require_fit(memory)
+    if o.get("threads"):
+        torch.set_num_threads(o["threads"])
     t0 = time.perf_counter()
     model = offload.load_model(o["model"], config)
     if o.get("verbose"):
         click.echo(f"loaded {model.model_dir} on {model.device} ({model.dtype}) in "
-                   f"{time.perf_counter() - t0:.1f} s; context {model.n_ctx:,} tokens", err=True)
+                   f"{time.perf_counter() - t0:.1f} s; context {model.n_ctx:,} tokens; "
+                   f"{torch.get_num_threads()} CPU threads", err=True)
     if o["ctx"] and model.trained_ctx and o["ctx"] > model.trained_ctx:
         click.echo(f"warning: --ctx {o['ctx']:,} is larger than the {model.trained_ctx:,} tokens this "
                    "model was trained on; answers past that may degrade", err=True)

@@ -211,3 +211,22 @@ def test_help_groups_the_options():
     assert section("--budget") == section("--policy") == section("--split") == "Decode: exact or sparse (--budget):"
     assert section("--gpu-mem") == section("--host-mem") == section("--kv-chunk") == "Memory and tiers:"
     assert section("-f, --file") == "Options:"
+
+
+def test_threads_option_sets_the_compute_threads(model, runner):
+    before = torch.get_num_threads()
+    try:
+        r = runner.invoke(main, ["-p", "Hi", "-n", "2", "-t", "1", "-v"])
+        assert r.exit_code == 0, r.output
+        assert "1 CPU threads" in r.stderr and torch.get_num_threads() == 1
+        bad = runner.invoke(main, ["-p", "Hi", "--threads", "0"])
+        assert bad.exit_code == 2 and "--threads" in bad.output
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_gemma_by_short_name_completes(gemma, runner):
+    r = runner.invoke(main, ["-m", "gemma3-270m", "-f", "-", "-p", "What is the secret word?", "-n", "8"],
+                      input=NEEDLE_DOC)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "tok/s" in r.stderr and r.stdout.strip()
