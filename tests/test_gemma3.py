@@ -127,3 +127,13 @@ def test_eval_prompts_are_completion_form_with_one_bos(gemma, model):
     smol = model.encode([{"role": "user", "content": "hi"}])  # SmolLM2: its template, nothing added
     assert smol == model.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                                        tokenize=True, return_dict=True)["input_ids"]  # fmt: skip
+
+
+def test_attention_recall_covers_the_global_layers_only(gemma, gemma_hf):
+    from fractions import Fraction
+
+    from offload.eval.recall import attention_recall
+
+    (r,) = attention_recall(gemma_hf, gemma.tokenizer, ["token"], [Fraction(1, 4)], n_context=1024, n_steps=2)
+    assert r.layers == (5, 11, 17) and len(r.per_layer) == 3
+    assert all(0.3 < x <= 1.0 for x in r.per_layer)
