@@ -1,20 +1,15 @@
 """bench/eval_compare.py: runs of different policies compared on the samples they share."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from bench_scripts import load_bench
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("eval_compare", ROOT / "bench" / "eval_compare.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("eval_compare")
 
 
 def _rec(mode, policy, index, tokens, score):

@@ -1,7 +1,6 @@
 """bench/gpu_eval.sh (the extraction eval prepared for a lent GPU) end to end on CPU at toy size, and
 bench/eval_merge.py, which joins its per-process parts."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,16 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def eval_merge():
-    spec = importlib.util.spec_from_file_location("eval_merge", ROOT / "bench" / "eval_merge.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("eval_merge")
 
 
 def test_cpu_smoke_runs_every_step(tmp_path, model):
