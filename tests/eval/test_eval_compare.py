@@ -6,7 +6,6 @@ import pytest
 from bench_scripts import load_bench
 
 
-
 @pytest.fixture(scope="module")
 def compare():
     return load_bench("eval_compare")
