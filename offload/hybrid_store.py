@@ -17,7 +17,7 @@ import torch
 
 from .window_ring import WindowRing, ring_capacity
 
-__all__ = ["HybridKVStore", "RING_MARGIN", "layer_windows", "ring_tokens"]
+__all__ = ["HybridKVStore", "RING_MARGIN", "layer_windows", "global_layers", "ring_tokens"]
 
 RING_MARGIN = 1.0  # rewind margin of a ring, in windows (a 512 window keeps 1024 tokens)
 
@@ -32,6 +32,12 @@ def layer_windows(text_config) -> tuple[int, ...]:
     if not window or not types or "sliding_attention" not in types:
         return ()
     return tuple(window if t == "sliding_attention" else 0 for t in types)
+
+
+def global_layers(windows: tuple[int, ...], n_layers: int) -> int:
+    """Layers whose KV grows with the context: those of `windows` that are 0 (all n_layers when
+    `windows` is empty)."""
+    return sum(1 for w in windows if not w) if windows else n_layers
 
 
 def ring_tokens(window: int) -> int:
@@ -64,6 +70,8 @@ class HybridKVStore:
                        for layer, w in enumerate(windows) if w}  # fmt: skip
         if (inner is None) != (not self._inner_of):
             raise ValueError("an inner store is needed exactly when some layer is global")
+        sparse = getattr(inner, "sparse_attention", None)  # fixed for the store's life
+        self._sparse = None if sparse is None else _Remapped(sparse, self._inner_of)
 
     # -- the KVStore protocol, model layer indices ------------------------------------------------
     def layer_len(self, layer: int) -> int:
@@ -123,8 +131,7 @@ class HybridKVStore:
     # -- what the engine, sessions and the eval ask of a sparse store ------------------------------
     @property
     def sparse_attention(self):
-        sparse = getattr(self.inner, "sparse_attention", None)
-        return None if sparse is None else _Remapped(sparse, self._inner_of)
+        return self._sparse  # built once: the decode loop asks for it at every layer of every step
 
     @property
     def prefill_observer(self):

@@ -24,7 +24,7 @@ import torch
 
 from .config import OffloadConfig
 from .errors import ConfigError
-from .hybrid_store import layer_windows, ring_tokens
+from .hybrid_store import global_layers, layer_windows, ring_tokens
 from .tiers.host import HOST_FRACTION
 
 __all__ = ["MemoryPlan", "plan", "model_dims"]
@@ -189,7 +189,7 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
     hkv, d, windows = m["kv_heads"], m["head_dim"], m.get("windows", ())
     spec = StoreSpec.derive(offload, m["n_layers"], hkv, d, dtype, "cpu", planned_hot_set=1,
                             windows=windows)  # chunk, summaries  # fmt: skip
-    L = sum(1 for w in windows if not w) if windows else m["n_layers"]  # layers whose KV grows
+    L = global_layers(windows, m["n_layers"])  # layers whose KV grows
     c = spec.layout.chunk
     tok_layer = 2 * hkv * d * it
     rings = sum(ring_tokens(w) for w in windows if w) * tok_layer
@@ -233,5 +233,5 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
         hot_set_bytes=hot, budget_tokens=budget, gpu_total_bytes=fixed + hot, gpu_mem=gpu_mem,
         host_pool_bytes=host_pool, host_mem=host_mem, disk_bytes=disk_need, disk_free=free,
         disk_dir=str(disk), fits=not reasons, reasons=tuple(reasons), max_ctx=ctx, body_tokens=budget_cap,
-        device=device, ring_bytes=rings, sliding_layers=sum(1 for w in windows if w),
+        device=device, ring_bytes=rings, sliding_layers=m["n_layers"] - L,
     )  # fmt: skip

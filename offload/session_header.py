@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SessionError
+from .hybrid_store import global_layers
 
 __all__ = ["SessionInfo", "read_session_info", "looks_like_session", "read_regular", "FORMAT", "VERSION",
            "HEADER", "DTYPES"]  # fmt: skip
@@ -158,7 +159,7 @@ def _checked(body: dict, expect: dict) -> dict:
         _check_layer(entry, i, lens[i], fields["chunk"])
     sparse = body.get("sparse")
     if sparse is not None:  # the selector covers the global layers
-        _check_sparse(sparse, sum(1 for w in windows if not w) if windows else fields["n_layers"])
+        _check_sparse(sparse, global_layers(windows, fields["n_layers"]))
     return dict(fields, fingerprint=body["fingerprint"], kv_dtype=body["kv_dtype"], layer_lens=lens,
                 tokens=tokens, meta=body["meta"], layers=tuple(layers), sparse=sparse, windows=windows)  # fmt: skip
 

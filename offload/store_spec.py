@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import OffloadConfig
+from .hybrid_store import global_layers
 from .sparse.config import SparseConfig
 from .sparse.prefill_stats import OBS_TAIL
 from .tiers.codec import default_compress
@@ -70,7 +71,7 @@ class StoreSpec:
         windows = tuple(int(w) for w in windows) if any(windows) else ()
         if windows and len(windows) != n_layers:
             raise ValueError(f"{len(windows)} layer windows for {n_layers} layers")
-        n_layers = sum(1 for w in windows if not w) if windows else n_layers  # what the layout holds
+        n_layers = global_layers(windows, n_layers)  # what the layout holds
         sparse = config.sparse
         kind = "tiered" if sparse is not None else config.kv_store
         lay = ChunkLayout(max(1, n_layers), batch * n_kv_heads, cls.chunk_of(config), head_dim, dtype,
