@@ -53,7 +53,7 @@ _RUNTIME = (
     opt("--gpu-mem", env="GPU_MEM", type=BytesType(), default=None, help="GPU memory to plan for (e.g. 24G; default: the device's)."),
     opt("--host-mem", env="HOST_MEM", type=BytesType(), default=None, help="Host memory for KV (e.g. 32G)."),
     opt("--disk-dir", env="DISK_DIR", type=click.Path(file_okay=False), default=None, help="Where KV spills to disk."),
-    opt("-t", "--threads", env="THREADS", type=click.IntRange(min=1), default=None, help="CPU threads for compute (like llama.cpp's -t; default: torch's, one per core). Fewer than the cores keeps decode steady when other programs use the machine."),
+    opt("-t", "--threads", env="THREADS", type=click.IntRange(min=1), default=None, help="CPU threads for compute (like llama.cpp's -t). Default: one per core for prompts, and for decoding the count measured fastest as it runs (on a busy machine fewer threads decode faster)."),
 )  # fmt: skip
 
 
@@ -109,7 +109,8 @@ def offload_config(o: dict, budget="given"):
     device, dtype = _device_dtype(o)
     return OffloadConfig(ctx=o["ctx"], prefill_chunk=o["prefill_chunk"], gpu_mem=o["gpu_mem"],
                          host_mem=o["host_mem"], disk_dir=o["disk_dir"], kv_store="tiered" if tiered else "dense",
-                         kv_chunk=o["kv_chunk"], sparse=sparse, device=device, dtype=dtype)  # fmt: skip
+                         kv_chunk=o["kv_chunk"], sparse=sparse, device=device, dtype=dtype,
+                         threads=o.get("threads"))  # fmt: skip
 
 
 def _plan(o: dict, config):

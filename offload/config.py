@@ -58,6 +58,8 @@ class OffloadConfig:
     compress: zstd on disk chunks; None = on where it pays (bf16 KV), off otherwise.
     sparse: sparse decode (`SparseConfig`: budget, selection policy, split over layers, ...);
         None = every step attends to the whole context.
+    threads: CPU threads for prefill and decode (like llama.cpp's -t); None = torch's for prefill
+        and, on a CPU, the count measured fastest while decoding (`offload.decode_threads`).
     """
 
     ctx: int | None = None
@@ -74,6 +76,7 @@ class OffloadConfig:
     disk_dir: str | None = None
     compress: bool | None = None
     sparse: SparseConfig | None = None
+    threads: int | None = None
 
     def __post_init__(self):
         _positive_int("ctx", self.ctx, allow_none=True)
@@ -82,6 +85,7 @@ class OffloadConfig:
         _positive_int("gpu_mem", self.gpu_mem, allow_none=True)
         _positive_int("hot_set_bytes", self.hot_set_bytes, allow_none=True)
         _positive_int("host_mem", self.host_mem, allow_none=True)
+        _positive_int("threads", self.threads, allow_none=True)
         for name in ("sinks", "window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

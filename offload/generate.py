@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .decode_threads import DecodeThreads, ThreadProbe
 from .engine import Engine
 from .errors import ConfigError, ContextOverflowError
 from .model import OffloadModel
@@ -30,7 +31,8 @@ class GenerationResponse:
     generation_tokens / generation_tps: tokens generated so far and the decode rate (tokens after the
         first, over the time since the first). peak_*_bytes: process peaks so far. finish_reason: None
         until the last response, then "stop" (EOS or a stop string) or "length".
-    kv: the KV store's stats (bytes per tier, hit counters).
+    kv: the KV store's stats (bytes per tier, hit counters). threads: CPU threads of the last decode
+        step (`OffloadConfig.threads`; chosen by measurement when that is None, `decode_threads`).
     """
 
     text: str
@@ -43,6 +45,7 @@ class GenerationResponse:
     peak_host_bytes: int
     finish_reason: str | None = None
     kv: dict = field(default_factory=dict)
+    threads: int = 0
 
 
 def _peak_gpu(device: torch.device) -> int:
@@ -74,12 +77,33 @@ def run_generation(
     """Prefill `new_ids` on `engine`, then sample up to `max_new_tokens` tokens, yielding each step.
 
     on_decoded(token) is called for every token whose KV enters the store (all generated tokens but the
-    last), so a caller can keep its token list in step with the store."""
+    last), so a caller can keep its token list in step with the store. CPU threads: `OffloadConfig.
+    threads` for the whole call, or (None, on a CPU) torch's for prefill and the count measured
+    fastest while decoding (`DecodeThreads`); torch's count is restored when the call ends."""
+    threads = _threads_for(engine.model)
+    try:
+        yield from _generation(engine, new_ids, max_new_tokens, sampling, stop, on_decoded, progress, threads)
+    finally:
+        threads.restore()
+
+
+def _threads_for(model: OffloadModel) -> DecodeThreads:
+    """The config's fixed count (one candidate), a probe over this machine's counts (CPU), or
+    torch's count as it is (CUDA: the host only launches kernels)."""
+    fixed = model.config.threads
+    if fixed is None and model.device.type == "cpu":
+        return DecodeThreads(ThreadProbe.for_machine())
+    return DecodeThreads(ThreadProbe((fixed or torch.get_num_threads(),)))
+
+
+def _generation(engine, new_ids, max_new_tokens, sampling, stop, on_decoded, progress, threads):
     model = engine.model
     tok = model.tokenizer
     eos = model.eos_ids
     sampler = Sampler(sampling, model.device)
     stream = TextStream(tok, [stop] if isinstance(stop, str) else stop)
+    if model.config.threads:
+        torch.set_num_threads(model.config.threads)
     t0 = time.perf_counter()
     logits = engine.prefill(new_ids, progress=progress)
     token = sampler(logits)
@@ -93,6 +117,7 @@ def run_generation(
             text=text, token=token, prompt_tokens=len(new_ids), prompt_tps=prompt_tps,
             generation_tokens=n_gen, generation_tps=gen_tps, peak_gpu_bytes=_peak_gpu(model.device),
             peak_host_bytes=_peak_host(), finish_reason=finish, kv=engine.store.stats(),
+            threads=torch.get_num_threads(),
         )
 
     while True:
@@ -108,7 +133,7 @@ def run_generation(
             yield response(text + stream.flush(), token, "length")
             return
         yield response(text, token)
-        logits = engine.decode(token)
+        logits = threads.step(engine.decode, token)
         if on_decoded is not None:
             on_decoded(token)
         token = sampler(logits)

@@ -92,7 +92,7 @@ def test_auto_is_exact_when_the_kv_fits_and_sparse_when_it_does_not(model, tmp_p
     r = CliRunner().invoke(main, ["-c", "8k", "--gpu-mem", small, "--disk-dir", str(tmp_path), "-n", "3",
                                   "-p", "Say hi."])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "tok/s (sparse 1/16)" in r.output
+    assert "tok/s (sparse 1/16, " in r.output
     config, bare = _plan(["-c", "8k", "--gpu-mem", str(fixed + 1100 * roomy.kv_token_bytes), "--dry-run"])
     assert config.sparse is None and bare.fits and "read from the tiers" in bare.decode
     # the user's choice wins and is named as theirs
