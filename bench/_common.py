@@ -136,3 +136,31 @@ def emit(args, name, rows):
         with open(args.json, "a") as f:
             for r in rows:
                 f.write(json.dumps({"bench": name, "machine": platform.node(), **r}) + "\n")
+
+
+class CompetingLoad:
+    """`with CompetingLoad(n):` n other processes each spinning one core (the last n cores), as a
+    user's other programs would: a stand-in for a busy laptop. n = 0: nothing."""
+
+    def __init__(self, n: int):
+        if n < 0 or n > (os.cpu_count() or 1):
+            raise SystemExit(f"error: --load must be in [0, {os.cpu_count()}], got {n}")
+        self.n, self._procs = n, []
+
+    def __enter__(self):
+        import subprocess
+        import sys
+
+        cores = sorted(os.sched_getaffinity(0))
+        for i in range(self.n):
+            p = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            os.sched_setaffinity(p.pid, {cores[-1 - i % len(cores)]})
+            self._procs.append(p)
+        time.sleep(0.5 if self.n else 0)  # the spinners are running before anything is timed
+        return self
+
+    def __exit__(self, *exc):
+        for p in self._procs:
+            p.kill()
+            p.wait()
+        self._procs.clear()

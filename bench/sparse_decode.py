@@ -20,7 +20,8 @@ every token of every layer each step, but attends to almost nothing. `--ceiling 
 `full@S`: the stock model decoding after only the prompt's first S tokens — the same weights, norms
 and MLPs with next to no attention. Its ratio to full bounds what *any* method that runs these
 weights can reach at this length on this machine (Amdahl): 2 CPU cores spend most of a SmolLM2 step
-reading the weights, not the KV.
+reading the weights, not the KV. `--load N`: N other processes each spin one core while the rounds
+run (a user's laptop with other programs: issue 24 part 6); rows carry "load".
 
     python bench/sparse_decode.py --lengths 8k --new 32 --policies bound,quest --budgets 1/16 --repeats 2 \
         --json bench/results/sparse_decode-cpu.jsonl
@@ -38,7 +39,7 @@ import json
 import time
 
 import torch
-from _common import add_sparse_args, machine, parse_with_threads, policy_split, unit_facts, with_sparse
+from _common import CompetingLoad, add_sparse_args, machine, parse_with_threads, policy_split, unit_facts, with_sparse
 
 from offload.hf_compat import cache_keyword, output_cache
 
@@ -127,6 +128,8 @@ def main():
                          "(default: each policy's)")
     ap.add_argument("--ceiling", type=int, default=None, metavar="S",
                     help="also time the stock model after the prompt's first S tokens (row full@S)")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="N other processes each spinning one core while decoding is timed (a busy laptop)")
     add_sparse_args(ap, "bound,quest", "1/16", "(length, variant)")
     a = parse_with_threads(ap)
     import offload
@@ -155,7 +158,7 @@ def main():
     hf = load_reference(model)
     base = {"model": model.model_dir.name,
         "bench": "sparse_decode", "new_tokens": a.new, "repeats": a.repeats, "seed": a.seed,
-        "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(),
+        "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(), "load": a.load,
         "machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
     print(f"{'ctx':>6} | {'variant':>20} | {'tokens':>6} | {'tok/s':>6} | {'vs full':>7} | {'agree':>5} | "
@@ -182,16 +185,17 @@ def main():
                     variants.append((name, dataclasses.replace(model, config=cfg), p, lb, (b, tokens)))
         best = {v[0]: None for v in variants}  # name -> (seconds, tokens, counters) of the fastest round
         try:
-            for _ in range(a.repeats):
-                for name, m, *_ in variants:
-                    if m is None:
-                        n_hf, cache, hf_logits = hf_runs[name]
-                        s, toks = _hf_decode(hf, cache, n_hf, int(hf_logits.argmax()), a.new)
-                        res = (s, toks, {})
-                    else:
-                        res = _offload_decode(m, pf, a.new)
-                    if best[name] is None or res[0] < best[name][0]:
-                        best[name] = res
+            with CompetingLoad(a.load):
+                for _ in range(a.repeats):
+                    for name, m, *_ in variants:
+                        if m is None:
+                            n_hf, cache, hf_logits = hf_runs[name]
+                            s, toks = _hf_decode(hf, cache, n_hf, int(hf_logits.argmax()), a.new)
+                            res = (s, toks, {})
+                        else:
+                            res = _offload_decode(m, pf, a.new)
+                        if best[name] is None or res[0] < best[name][0]:
+                            best[name] = res
         finally:
             pf.close()
             hf_runs.clear()  # the caches: ~0.4 GB at 8k
