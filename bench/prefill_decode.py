@@ -81,7 +81,9 @@ def main():
     from offload.loading import load_reference
 
     lengths = [parse_count(x) for x in a.lengths.split(",")]
-    model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8))
+    # threads fixed for both (None: offload would measure its own decode count; HF cannot)
+    model = offload.load_model(config=offload.OffloadConfig(ctx=max(lengths) + a.new + 8,
+                                                            threads=a.threads or torch.get_num_threads()))
     hf = load_reference(model)
     # random prompts with no EOS token, so both decode exactly `new` tokens
     gen = torch.Generator().manual_seed(0)
