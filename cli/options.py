@@ -43,7 +43,7 @@ _RUNTIME = (
     opt("--policy", env="POLICY", type=click.Choice(tuple(policy_classes())), default="token", show_default=True, help=_policy_help()),
     opt("--split", "--layer-budget", "split", env="SPLIT", type=click.Choice(SPLITS), default="adaptive", show_default=True, help="With --budget: how the budget is split over layers (adaptive = where the prompt's attention says it keeps the most; squeeze = SqueezeAttention)."),
     opt("--select-every", env="SELECT_EVERY", type=click.IntRange(min=1), default=None, help="With --budget: decode steps a layer keeps its selection (1 = choose at every step; more is faster on CPU, may miss what a later step needs)."),
-    opt("--rest", env="REST", type=click.Choice(["auto", "k4v4", "k4v2", "k8v4", "k8v8", "none"], case_sensitive=False), default="auto", show_default=True, help="With --budget: the context a step does not select is still attended at low precision (K and V bits; none = dropped, as published selection methods do). k4v4 keeps exact attention's answers on record lookups and costs 5/16 of bf16 KV more memory; auto = k4v4 where the memory plan fits it, else none (said on stderr)."),
+    opt("--rest", env="REST", type=click.Choice(["auto", "k4v4", "k4v2", "k8v4", "k8v8", "none"], case_sensitive=False), default="auto", show_default=True, help="With --budget: the context a step does not select is still attended at low precision (K and V bits; none = dropped, as published selection methods do). k4v4 keeps exact attention's answers on record lookups and costs 5/16 of bf16 KV more memory; auto = k4v4 where the memory plan fits it, else none; none on a CPU whose memory holds the KV, where it costs more than exact attention (both said on stderr)."),
     opt("--select-unit", env="SELECT_UNIT", type=click.Choice(["token", "chunk"]), default=None, help="With --budget --policy token: pick single tokens (default) or whole chunks (the other policies score chunks)."),
     opt("--dense", env="DENSE", is_flag=True, help="Exact attention over the whole context (no selection)."),
     opt("--kv-chunk", env="KV_CHUNK", type=click.IntRange(min=1), default=None, help="Tokens per KV chunk, the unit of placement and transfer (default with --budget: the policy's, 8 for token, 16 for the others; 64 without)."),
@@ -146,8 +146,8 @@ def checked_plan(o: dict):
     gets this plan's hot set: `OffloadModel.planned_hot_set` plans with the same inputs). A plan
     that does not fit is returned, not refused (a dry run prints it); `load_checked` refuses it.
     --budget auto picks exact or sparse decode (`offload.decode_choice`); the plan's `decode` says
-    which and why. --rest auto: when the plan fits only without the rest, the rest is dropped and
-    stderr says so."""
+    which and why. --rest auto: when the plan fits only without the rest, or plans for a CPU whose
+    memory holds the KV (`decode_choice.fit_rest`), the rest is dropped and stderr says so."""
     from offload.decode_choice import choose_decode, explicit_choice
 
     if o["budget"] == "auto" and not o["dense"]:
@@ -156,9 +156,11 @@ def checked_plan(o: dict):
         config, memory = _fitted(o, offload_config(o))
         choice = explicit_choice(config.sparse.budget if config.sparse else None, o["dense"])
     if _rest_option(o) == "auto" and config.sparse is not None and config.sparse.rest is None:
-        click.echo(f"note: --rest auto: {_rest(o)} does not fit beside the weights at {memory.ctx:,} tokens, so "
-                   "what a step does not select is dropped (--rest none); answers on record lookups may "
-                   "differ from exact attention's", err=True)  # fmt: skip
+        why = ("on a CPU whose memory holds the KV, attending it at low precision costs more than exact "
+               "attention (--dense)" if memory.device == "cpu" and memory.whole_kv_fits else
+               f"{_rest(o)} does not fit beside the weights at {memory.ctx:,} tokens")
+        click.echo(f"note: --rest auto: {why}, so what a step does not select is dropped (--rest none); "
+                   "answers on record lookups may differ from exact attention's", err=True)  # fmt: skip
     return config, dataclasses.replace(memory, decode=choice.reason)
 
 

@@ -40,15 +40,23 @@ def _gib(n: int) -> str:
 
 
 def fit_rest(config, plan_of: Callable[[object], MemoryPlan]):
-    """(config, plan) for `config`, or for it without the rest when only that fits (`--rest auto`:
-    the rest is what a step does not select, kept at low precision; it needs room beside the weights)."""
+    """(config, plan) for `config`, or for it without the rest (`--rest auto`: the rest is what a step
+    does not select, kept at low precision) when
+    - only that fits: the rest needs room beside the weights; or
+    - the plan is for a CPU whose memory holds the whole KV: there the rest costs more than exact
+      attention over every token: a CPU unpacks the 4-bit levels at every step (SmolLM2 at 32k, 2
+      threads: the rest 394 ms a step, exact attention over all 32k tokens 207 ms;
+      bench/results/speed-32k.md), so sparse decode is worth its speed there only without it."""
     memory = plan_of(config)
     sparse = config.sparse
-    if memory.fits or sparse is None or sparse.rest is None:
+    if sparse is None or sparse.rest is None or (memory.fits and memory.device != "cpu"):
         return config, memory
     lean = config.replace(sparse=dataclasses.replace(sparse, rest=None))
     lean_memory = plan_of(lean)
-    return (lean, lean_memory) if lean_memory.fits else (config, memory)
+    if memory.device == "cpu" and lean_memory.whole_kv_fits:
+        return lean, lean_memory
+    return (lean, lean_memory) if lean_memory.fits and not memory.fits else (config, memory)
+
 
 
 def choose_decode(plan_for: Callable[[int | float | None], tuple[object, MemoryPlan]]):

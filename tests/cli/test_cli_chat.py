@@ -133,22 +133,40 @@ def test_rest_auto_drops_the_rest_only_when_the_plan_fits_without_it():
 
     def need(rest):
         _, m = checked_plan(main.make_context("offload-chat", ["-c", "8k", "--budget", "1/16", "--rest", rest,
-                                                                "--gpu-mem", "64G"]).params)  # fmt: skip
+                                                                "--gpu-mem", "64G", *gpu_plan]).params)  # fmt: skip
         tok = m.kv_token_bytes
         return (m.weights_bytes + m.reserve_bytes + m.prefill_bytes + m.edge_bytes + m.abstracts_bytes
                 + min(m.budget_tokens, MIN_BUDGET_TOKENS) * tok)  # fmt: skip
 
+    gpu_plan = ["--device", "cuda", "--dry-run"]  # a plan for a GPU this machine may lack
     lean, full = need("none"), need("k4v4")
     assert full > lean
     gpu = str((lean + full) // 2)
-    args = ["-c", "8k", "--budget", "1/16", "--gpu-mem", gpu, "--dry-run", "-p", "hi"]
+    args = ["-c", "8k", "--budget", "1/16", "--gpu-mem", gpu, *gpu_plan, "-p", "hi"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "--rest auto: k4v4 does not fit" in r.output
     r = CliRunner().invoke(main, [*args, "--rest", "k4v4"])
     assert r.exit_code == 3 and "--rest none drops it" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(main, [*args[:-3], "--gpu-mem", "64G", "--dry-run", "-p", "hi"])
+    r = CliRunner().invoke(main, [*args[:-2], "--gpu-mem", "64G", "-p", "hi"])
     assert r.exit_code == 0 and "--rest auto" not in r.output  # room for it: kept, nothing said
+
+
+def test_rest_auto_on_a_cpu_holding_the_kv_drops_the_rest():
+    """On a CPU the rest costs more than exact attention (decode_choice.fit_rest): --rest auto
+    drops it and says why; --rest k4v4 asked for keeps it; a GPU plan with room keeps it."""
+    from offload.cli.options import checked_plan
+
+    def rest(*extra):
+        config, _ = checked_plan(main.make_context("offload-chat", ["-c", "4k", "--budget", "1/16",
+                                                                    *extra]).params)  # fmt: skip
+        return config.sparse.rest.label if config.sparse.rest else None
+
+    assert rest("--device", "cpu") is None
+    assert rest("--device", "cpu", "--rest", "k4v4") == "k4v4"
+    assert rest("--device", "cuda", "--dry-run", "--gpu-mem", "64G") == "k4v4"
+    r = CliRunner().invoke(main, ["-c", "4k", "--budget", "1/16", "--device", "cpu", "--dry-run", "-p", "hi"])
+    assert r.exit_code == 0 and "--rest auto: on a CPU" in r.output and "costs more than exact" in r.output
 
 
 def test_a_bad_rest_is_a_usage_error():
