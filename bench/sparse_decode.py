@@ -47,7 +47,7 @@ from offload.hf_compat import cache_keyword, output_cache
 @torch.inference_mode()
 def _hf_prefill(hf, ids: list[int]):
     """One HF forward over the prompt: (DynamicCache, last-position logits [V])."""
-    out = hf(torch.tensor([ids], device=hf.device), use_cache=True)
+    out = hf(torch.tensor([ids], device=hf.device), use_cache=True, logits_to_keep=1)  # as generate does
     return output_cache(out), out.logits[0, -1]
 
 
@@ -73,20 +73,23 @@ def _hf_decode(hf, cache, n_prompt: int, first: int, new: int) -> tuple[float, l
     return time.perf_counter() - t0, tokens
 
 
-def _offload_decode(model, pf, new: int) -> tuple[float, list[int], dict]:
-    """Time `new` greedy `Engine.decode` steps from a fresh copy of the shared prefill.
+def _offload_decode(model, pf, new: int, measure_threads: bool = False) -> tuple[float, list[int], dict]:
+    """Time `new` greedy `Engine.decode` steps from a fresh copy of the shared prefill (measure_threads:
+    each step through `DecodeThreads`, as offload's own generation runs them by default).
 
     Returns (seconds, tokens, store counters accumulated during the timed steps: hits/misses/...)."""
+    from offload.decode_threads import DecodeThreads, ThreadProbe
     from offload.engine import Engine
 
     store = pf.store_for(model)  # untimed: stands in for this config's own prefill
+    threads = DecodeThreads(ThreadProbe.for_machine() if measure_threads else ThreadProbe((torch.get_num_threads(),)))
     try:
         engine = Engine(model, store)
         before = store.stats()
         tok, tokens = int(pf.logits.argmax()), []
         t0 = time.perf_counter()
         for _ in range(new):
-            tok = int(engine.decode(tok).argmax())
+            tok = int(threads.step(engine.decode, tok).argmax())
             tokens.append(tok)
         seconds = time.perf_counter() - t0
         after = store.stats()
@@ -96,6 +99,7 @@ def _offload_decode(model, pf, new: int) -> tuple[float, list[int], dict]:
                      "selections_kept") if k in after}
         return seconds, tokens, counters
     finally:
+        threads.restore()
         store.close()
 
 
@@ -128,6 +132,9 @@ def main():
                          "(default: each policy's)")
     ap.add_argument("--ceiling", type=int, default=None, metavar="S",
                     help="also time the stock model after the prompt's first S tokens (row full@S)")
+    ap.add_argument("--measure-threads", action="store_true",
+                    help="offload rows choose their thread count by measurement (offload.decode_threads), "
+                         "from --threads down to 1; HF rows run --threads")
     ap.add_argument("--load", type=int, default=0, metavar="N",
                     help="N other processes each spinning one core while decoding is timed (a busy laptop)")
     add_sparse_args(ap, "bound,quest", "1/16", "(length, variant)")
@@ -159,6 +166,7 @@ def main():
     base = {"model": model.model_dir.name,
         "bench": "sparse_decode", "new_tokens": a.new, "repeats": a.repeats, "seed": a.seed,
         "device": str(model.device), "dtype": str(model.dtype), "threads": torch.get_num_threads(), "load": a.load,
+        "measure_threads": a.measure_threads,
         "machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
     print(f"{'ctx':>6} | {'variant':>20} | {'tokens':>6} | {'tok/s':>6} | {'vs full':>7} | {'agree':>5} | "
@@ -193,7 +201,7 @@ def main():
                             s, toks = _hf_decode(hf, cache, n_hf, int(hf_logits.argmax()), a.new)
                             res = (s, toks, {})
                         else:
-                            res = _offload_decode(m, pf, a.new)
+                            res = _offload_decode(m, pf, a.new, a.measure_threads)
                         if best[name] is None or res[0] < best[name][0]:
                             best[name] = res
         finally:

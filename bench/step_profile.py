@@ -125,7 +125,7 @@ def _hf_step_ms(hf, ids: list[int], new: int) -> float:
     from offload.hf_compat import cache_keyword, output_cache
 
     with torch.inference_mode():
-        out = hf(torch.tensor([ids], device=hf.device), use_cache=True)
+        out = hf(torch.tensor([ids], device=hf.device), use_cache=True, logits_to_keep=1)  # as generate does
         cache, tok = output_cache(out), int(out.logits[0, -1].argmax())
         kw = {cache_keyword(hf): cache}
         t0 = time.perf_counter()
