@@ -34,6 +34,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
+import copy
 import dataclasses
 import json
 import time
@@ -52,18 +53,17 @@ def _hf_prefill(hf, ids: list[int]):
 
 
 @torch.inference_mode()
-def _hf_decode(hf, cache, n_prompt: int, first: int, new: int) -> tuple[float, list[int]]:
-    """Time `new` greedy single-token forwards of the stock model on its DynamicCache.
+def _hf_decode(hf, prefilled, first: int, new: int) -> tuple[float, list[int]]:
+    """Time `new` greedy single-token forwards of the stock model on a copy of its prefilled cache.
 
     Why by hand and not `generate`: `generate` re-runs the prompt's prefill every call (about 36 s at
     8k on 2 cores, bench/results/cpu-2core.md), and subtracting a 1-token run from an N-token run
     would leave prefill noise larger than the decode itself. Stepping `hf(token, cache=...)`
     is what `generate`'s greedy loop does per token, minus its logits processors and stopping checks
-    (small next to a 30-layer forward), and lets every round reuse one prefill: the cache is cropped
-    back to the prompt before each round."""
-    extra = cache.get_seq_length() - n_prompt
-    if extra:
-        cache.crop(-extra)  # transformers 5: a negative count removes that many trailing tokens
+    (small next to a 30-layer forward), and lets every round reuse one prefill: each round decodes
+    on a deep copy of the prefilled cache (untimed; a sliding-window layer's cache cannot be cropped
+    back once its window is full)."""
+    cache = copy.deepcopy(prefilled)
     tok, tokens, kw = first, [], {cache_keyword(hf): cache}
     t0 = time.perf_counter()
     for _ in range(new):
@@ -197,8 +197,8 @@ def main():
                 for _ in range(a.repeats):
                     for name, m, *_ in variants:
                         if m is None:
-                            n_hf, cache, hf_logits = hf_runs[name]
-                            s, toks = _hf_decode(hf, cache, n_hf, int(hf_logits.argmax()), a.new)
+                            _, cache, hf_logits = hf_runs[name]
+                            s, toks = _hf_decode(hf, cache, int(hf_logits.argmax()), a.new)
                             res = (s, toks, {})
                         else:
                             res = _offload_decode(m, pf, a.new, a.measure_threads)
