@@ -14,7 +14,8 @@ on the load of the moment, so it is measured while decoding, never guessed:
   back the count it had (prefill's large matmuls want every core).
 
 A probe costs its slow counts' extra time: with 2 counts, 4 steps each, every 128 steps, at most
-4 of 128 steps run at the slower count.
+4 of 128 steps run at the slower count; a count several times slower leaves the probe after one
+step, and probes that keep choosing the same count come less often (up to every 1,024 steps).
 """
 
 from __future__ import annotations
@@ -42,17 +43,22 @@ def thread_counts(cores: int) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class ThreadProbe:
     """counts: thread counts to compare (largest first); steps: decode steps per count per probe;
-    every: steps between the end of one probe and the start of the next."""
+    every: steps between the end of one probe and the start of the next (doubled, up to 8x, while
+    probes keep choosing the same count); cutoff: a count none of whose steps came within this
+    factor of the fastest step so far leaves the probe early (a busy core makes a step several
+    times slower: probing it 4 times would cost more than the probe can win)."""
 
     counts: tuple[int, ...]
     steps: int = 4
     every: int = 128
+    cutoff: float = 2.0
 
     def __post_init__(self):
         if not self.counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.counts):
             raise ValueError(f"counts must be positive integers, got {self.counts!r}")
-        if self.steps < 1 or self.every < 1:
-            raise ValueError(f"steps and every must be >= 1, got {self.steps}, {self.every}")
+        if self.steps < 1 or self.every < 1 or not self.cutoff > 1:
+            raise ValueError(f"steps and every must be >= 1 and cutoff > 1, got {self.steps}, {self.every}, "
+                             f"{self.cutoff}")
 
     @classmethod
     def for_machine(cls, threads: int | None = None) -> "ThreadProbe":
@@ -71,6 +77,7 @@ class DecodeThreads:
         self._plan: list[int] = self._probe_plan()  # counts of the coming probe steps, in order
         self.chosen: int | None = None  # the count that won the last probe
         self._since = 0  # steps since the last probe ended
+        self._every = probe.every  # steps until the next probe
         self.probes = 0  # probes finished
 
     def _probe_plan(self) -> list[int]:
@@ -100,14 +107,24 @@ class DecodeThreads:
         if self._plan:
             self._plan.pop(0)
             self._times[n].append(seconds)
-            if not self._plan:  # the probe is over: the fastest median wins (ties: the larger count)
-                self.chosen = min(self.probe.counts, key=lambda c: statistics.median(self._times[c]))
-                self.probes += 1
-                self._since = 0
+            best = min(min(t) for t in self._times.values() if t)
+            slow = {c for c, t in self._times.items() if t and min(t) > self.probe.cutoff * best}
+            self._plan = [c for c in self._plan if c not in slow]
+            if not self._plan:
+                self._chose()
             return
         self._since += 1
-        if self._since >= self.probe.every:
+        if self._since >= self._every:
             self._plan = self._probe_plan()
+
+    def _chose(self) -> None:
+        """The probe is over: the fastest median wins (ties: the larger count); the same winner as
+        last time doubles the wait for the next probe."""
+        timed = [c for c in self.probe.counts if self._times[c]]
+        winner = min(timed, key=lambda c: statistics.median(self._times[c]))
+        self._every = min(2 * self._every, 8 * self.probe.every) if winner == self.chosen else self.probe.every
+        self.chosen, self._since = winner, 0
+        self.probes += 1
 
     def restore(self) -> None:
         """Torch's thread count back to what it was when this started."""

@@ -33,6 +33,8 @@ def test_thread_counts_halve_down_to_one():
         ThreadProbe((2, 0))
     with pytest.raises(ValueError):
         ThreadProbe((2, 1), steps=0)
+    with pytest.raises(ValueError):
+        ThreadProbe((2, 1), cutoff=1.0)
 
 
 def _step_costing(slow: int, seconds: float = 0.004):
@@ -46,20 +48,38 @@ def _step_costing(slow: int, seconds: float = 0.004):
 @pytest.mark.parametrize("slow, fast", [(2, 1), (1, 2)])
 def test_the_faster_count_wins_and_is_measured_again(keep_threads, slow, fast):
     threads = DecodeThreads(ThreadProbe((2, 1), steps=3, every=5))
-    step = _step_costing(slow)
-    seen = [threads.step(step, i) for i in range(6)]
-    assert [tag for tag, _ in seen] == list(range(6))  # the step's own result comes back
-    assert [n for _, n in seen] == [2, 1, 2, 1, 2, 1]  # a probe interleaves the counts
+    step = _step_costing(slow)  # 4 ms more at `slow`: far past the cutoff (2x the fastest step)
+    seen = [threads.step(step, i) for i in range(4)]
+    assert [tag for tag, _ in seen] == list(range(4))  # the step's own result comes back
+    assert [n for _, n in seen] == [2, 1, fast, fast]  # one step each, then the slow count is out
     assert threads.chosen == fast and threads.probes == 1
-    after = [threads.step(step, i)[1] for i in range(5)]
-    assert after == [fast] * 5  # the winner runs until the next probe
-    assert threads.current == 2  # ... which starts now, from the largest count
-    step = _step_costing(fast)  # the load moved: the other count is now the fast one
-    for i in range(6):
+    assert [threads.step(step, i)[1] for i in range(5)] == [fast] * 5  # the winner runs ...
+    assert threads.current == 2  # ... until the next probe, which starts from the largest count
+    for i in range(4):
         threads.step(step, i)
-    assert threads.chosen == slow and threads.probes == 2
+    assert threads.chosen == fast and threads.probes == 2
+    # the same winner twice: the next probe waits twice as long (10 steps)
+    assert [threads.step(step, i)[1] for i in range(10)] == [fast] * 10 and threads.current == 2
+    step = _step_costing(fast)  # the load moved: the other count is now the fast one
+    for i in range(4):
+        threads.step(step, i)
+    assert threads.chosen == slow and threads.probes == 3
     threads.restore()
     assert torch.get_num_threads() == keep_threads
+
+
+def test_counts_within_the_cutoff_are_probed_to_the_end(keep_threads):
+    """Close counts (a quiet machine: 2 threads a little faster than 1) get every probe step,
+    interleaved, and the better median wins."""
+    threads = DecodeThreads(ThreadProbe((2, 1), steps=3, every=50))
+
+    def step(_):
+        time.sleep(0.005 if torch.get_num_threads() == 1 else 0.003)
+        return torch.get_num_threads()
+
+    assert [threads.step(step, i) for i in range(6)] == [2, 1, 2, 1, 2, 1]
+    assert threads.chosen == 2
+    threads.restore()
 
 
 def test_one_count_never_probes(keep_threads):
