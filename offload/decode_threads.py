@@ -79,6 +79,7 @@ class DecodeThreads:
         self._since = 0  # steps since the last probe ended
         self._every = probe.every  # steps until the next probe
         self.probes = 0  # probes finished
+        self._running = self.current  # the count of the step under way
 
     def _probe_plan(self) -> list[int]:
         if len(self.probe.counts) == 1:
@@ -93,14 +94,23 @@ class DecodeThreads:
             return self._plan[0]
         return self.chosen if self.chosen is not None else self.probe.counts[0]
 
-    def step(self, fn, *args):
-        """fn(*args) at the current count, timed; returns its result."""
-        n = self.current
+    def begin(self) -> float:
+        """Torch's count set for the coming step; returns the step's start time for `end` (the
+        caller runs the step itself: no frame of ours on the decode path)."""
+        self._running = n = self.current
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
-        t0 = time.perf_counter()
+        return time.perf_counter()
+
+    def end(self, t0: float) -> None:
+        """The step begun at t0 is done."""
+        self._took(self._running, time.perf_counter() - t0)
+
+    def step(self, fn, *args):
+        """fn(*args) at the current count, timed; returns its result."""
+        t0 = self.begin()
         out = fn(*args)
-        self._took(n, time.perf_counter() - t0)
+        self.end(t0)
         return out
 
     def _took(self, n: int, seconds: float) -> None:

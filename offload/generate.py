@@ -133,7 +133,9 @@ def _generation(engine, new_ids, max_new_tokens, sampling, stop, on_decoded, pro
             yield response(text + stream.flush(), token, "length")
             return
         yield response(text, token)
-        logits = threads.step(engine.decode, token)
+        t0 = threads.begin()
+        logits = engine.decode(token)
+        threads.end(t0)
         if on_decoded is not None:
             on_decoded(token)
         token = sampler(logits)
