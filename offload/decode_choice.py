@@ -58,7 +58,6 @@ def fit_rest(config, plan_of: Callable[[object], MemoryPlan]):
     return (lean, lean_memory) if lean_memory.fits and not memory.fits else (config, memory)
 
 
-
 def choose_decode(plan_for: Callable[[int | float | None], tuple[object, MemoryPlan]]):
     """(choice, config, plan) for `--budget auto`; `plan_for(budget)` -> (config, plan)."""
     config0, exact = plan_for(None)

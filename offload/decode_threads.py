@@ -1,4 +1,4 @@
-"""The decode thread count, chosen by measurement (`-t auto`, the default on a CPU).
+"""The decode thread count, chosen by measurement (the default on a CPU when `-t` is not given).
 
 Why: a decode step is a chain of small ops, and with torch's OpenMP threads every parallel op waits
 for its slowest thread. On a laptop whose other programs hold a core, the thread that shares that
@@ -9,8 +9,8 @@ on the load of the moment, so it is measured while decoding, never guessed:
 
 - `ThreadProbe` (policy, frozen): the counts to try (all cores, halving down to 1), steps per count
   (interleaved, their median compared) and how often to measure again (the load moves).
-- `DecodeThreads` (mechanism): `step(fn, *args)` runs one decode step with the count of the moment
-  and times it; after a probe the fastest count runs until the next probe. `restore()` gives torch
+- `DecodeThreads` (mechanism): `begin()` / `end(t0)` around one decode step (or `step(fn, *args)`)
+  set the count of the moment and time the step; after a probe the fastest count runs until the next probe. `restore()` gives torch
   back the count it had (prefill's large matmuls want every core).
 
 A probe costs its slow counts' extra time: with 2 counts, 4 steps each, every 128 steps, at most
