@@ -9,6 +9,7 @@ offload's own functions in this process (CPU ops are synchronous; on CUDA every 
 which removes overlap: read CUDA rows as an upper bound per phase):
 
   select   Selector.select minus what it calls (budgets, kept selections, bookkeeping)
+  blocks   a two-level policy's first level (`candidates`: block bounds, their top, the ids)
   score    the policy's scores (sketch matmuls, bound and mass, the hybrid ranking)
   topk     top_chunks / best_first
   gather   GpuPool.gather_rows / gather_tokens (the working set's copy of a new selection)
@@ -40,7 +41,7 @@ import time
 import torch
 from _common import add_sparse_args, machine, parse_with_threads, policy_split, with_sparse
 
-PHASES = ("weights", "select", "score", "topk", "gather", "attend", "rest", "merge", "glue", "append")
+PHASES = ("weights", "select", "blocks", "score", "topk", "gather", "attend", "rest", "merge", "glue", "append")
 
 
 class PhaseClock:
@@ -107,6 +108,8 @@ def instrument(clock: PhaseClock) -> None:
     for cls in _subclasses(PolicyState):
         if "scores" in cls.__dict__:
             clock.wrap(cls, "scores", "score")
+        if "candidates" in cls.__dict__:
+            clock.wrap(cls, "candidates", "blocks")
     clock.wrap(selector_mod, "top_chunks", "topk")
     clock.wrap(selector_mod, "best_first", "topk")
     clock.wrap(GpuPool, "gather_rows", "gather")

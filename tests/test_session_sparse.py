@@ -9,6 +9,7 @@ import pytest
 import offload
 from offload.errors import SessionError
 from offload.sparse import SparseConfig
+from offload.sparse.policies.token import TwoLevel
 from offload.session_sparse import SPARSE_FILE
 
 DOC = ("The tiers keep every chunk of the cache somewhere: a few on the device, most in host memory, "
@@ -20,7 +21,7 @@ def _sparse(model, policy):
     return dataclasses.replace(model, config=model.config.replace(sparse=SparseConfig(budget=128, policy=policy)))
 
 
-@pytest.mark.parametrize("policy", ["token", "snapkv"])
+@pytest.mark.parametrize("policy", ["token", "snapkv", TwoLevel(block=16, candidates=2)])
 def test_a_reopened_session_continues_as_the_original(model, tmp_path, policy):
     sparse = _sparse(model, policy)
     chat = offload.Chat(sparse)
@@ -36,6 +37,8 @@ def test_a_reopened_session_continues_as_the_original(model, tmp_path, policy):
     assert any(c is not None for c in got.ceilings)
     want = chat.send(QUESTION, max_new_tokens=64)
     assert again.send(QUESTION, max_new_tokens=64) == want
+    two_level = again.store.selector.counters["selections_two_level"]
+    assert (two_level > 0) == isinstance(policy, TwoLevel)  # the blocks picked candidates
     chat.close(), again.close()
 
 

@@ -21,7 +21,8 @@ def test_chunk_defaults_to_the_selection_granularity():
     assert StoreSpec.chunk_of(OffloadConfig()) == DENSE_CHUNK == 64
     assert StoreSpec.chunk_of(OffloadConfig(sparse=SparseConfig(budget=256))) == Token.chunk == 8  # token
     assert StoreSpec.chunk_of(OffloadConfig(sparse=SparseConfig(budget=256, policy=Token(unit="chunk")))) == 8
-    for name in policy_names()[1:]:  # per-chunk summaries or scores
+    assert StoreSpec.chunk_of(OffloadConfig(sparse=SparseConfig(budget=256, policy="token2"))) == 8
+    for name in policy_names()[2:]:  # per-chunk summaries or scores
         assert StoreSpec.chunk_of(OffloadConfig(sparse=SparseConfig(budget=256, policy=name))) == 16
     assert StoreSpec.chunk_of(OffloadConfig(sparse=SparseConfig(budget=256), kv_chunk=32)) == 32
     assert StoreSpec.chunk_of(OffloadConfig(kv_chunk=8)) == 8

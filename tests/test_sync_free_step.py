@@ -60,7 +60,8 @@ def test_the_doors_are_shut():
     SparseConfig(budget=1 / 16, rest="none"),
     SparseConfig(budget=1 / 16, policy=offload.sparse.make_policy("token", unit="chunk")),
     SparseConfig(budget=48, policy="quest"),
-], ids=["token", "token-no-rest", "token-chunks", "quest-48"])
+    SparseConfig(budget=1 / 16, policy="token2"),
+], ids=["token", "token-no-rest", "token-chunks", "quest-48", "token2"])
 def test_sparse_steps_read_nothing_on_the_host(model, sparse):
     m = model.__class__(hf=model.hf, tokenizer=model.tokenizer, model_dir=model.model_dir,
                         config=model.config.replace(sparse=sparse, kv_store="tiered"))
@@ -77,7 +78,9 @@ def test_sparse_steps_read_nothing_on_the_host(model, sparse):
             want = engines[1].decode(tok)
             torch.testing.assert_close(got, want, rtol=0, atol=0)
             tok = int(got.argmax())
-        assert stores[0].stats()["selections"] > 0  # it did select
+        stats = stores[0].stats()
+        assert stats["selections"] > 0  # it did select
+        assert (stats["selections_two_level"] > 0) == (sparse.policy.name == "token2")  # among candidates
     finally:
         for s in stores:
             s.close()

@@ -69,10 +69,17 @@ class StorePolicy:
         if rows is not None:  # [1, Hkv, 1]: each head's k
             rows_k = torch.tensor([min(m, max(0, b - tail) // self.chunk) for b in rows]).view(1, n_kv, 1)
         state = self._scorer(layer, query, keys, body)
-        scores = self._oracle(query, keys, m) if state is None else state.scores(
-            0, query[None], m, k, d**-0.5, rows_k)[0]  # fmt: skip
+        # a two-level policy ranks only its candidates (ids [Hkv, T]), as the store's Selector
+        among = None if state is None or not k else state.candidates(0, query[None], m, k, d**-0.5)
+        if state is None:
+            scores = self._oracle(query, keys, m)
+        elif among is None:
+            scores = state.scores(0, query[None], m, k, d**-0.5, rows_k)[0]
+        else:
+            scores = state.scores(0, query[None], m, k, d**-0.5, rows_k, among=among)[0]
         if k:
             idx = scores.topk(k, dim=-1).indices  # [Hkv, k], best first
+            idx = idx if among is None else among[0].gather(-1, idx)
             tok = self.sinks + idx[..., None] * self.chunk + torch.arange(self.chunk, device=keys.device)
             if rows_k is not None:  # past a head's own k: token 0 (a sink, kept anyway)
                 tok = tok.masked_fill((torch.arange(k) >= rows_k[0])[..., None], 0)

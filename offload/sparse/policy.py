@@ -11,6 +11,9 @@ owns the policy's own summary of the keys and answers a few hooks, called by the
   last queries pay each key (only for policies with `observes = True`).
 - `scores(layer, q, n_chunks, k, scaling, rows_k)`: a score per unit for q [B, H, D]; the Selector
   keeps the top k (or each row its own rows_k).
+- `candidates(layer, q, n_chunks, k, scaling)`: None (score every unit), or the unit ids
+  [B, Hkv, T] a two-level policy ranks at this step; the Selector then calls
+  `scores(..., among=ids)`, whose scores [B, Hkv, T] follow those ids.
 - `chose(layer, idx, n_chunks)` / `attended(layer, ids, mass)`: what was selected, and the mass
   each selected unit got at the step (only for `wants_mass`): eviction and accumulation (h2o).
 - `truncate(layer, m)`; `state_dict()` / `load_state_dict(d)` (saved in sessions); `nbytes`.
@@ -89,6 +92,10 @@ class PolicyState:
 
     def observe(self, layer: int, mass: torch.Tensor, n_chunks: int) -> None:
         pass
+
+    def candidates(self, layer: int, q: torch.Tensor, n_chunks: int, k: int,
+                   scaling: float) -> torch.Tensor | None:  # fmt: skip
+        return None
 
     def scores(self, layer: int, q: torch.Tensor, n_chunks: int, k: int, scaling: float,
                rows_k: torch.Tensor | None) -> torch.Tensor:  # fmt: skip

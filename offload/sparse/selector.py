@@ -45,7 +45,8 @@ class Selector:
         self._memo: tuple[int, Budgets] | None = None  # (uniform tokens, plan.at) of the current plan
         # kept selections, per layer: (ids [R, k], (n_chunks, k) they were made for, calls served)
         self._kept: list[tuple | None] = [None] * geometry.n_layers
-        self.counters = {"selections": 0, "selections_kept": 0}  # made afresh / served again
+        # made afresh / served again / of those made afresh, ranked among a two-level policy's candidates
+        self.counters = {"selections": 0, "selections_kept": 0, "selections_two_level": 0}
         self.padded = [False] * geometry.n_layers  # the layer's selection has -1 past some rows' budgets
         self.whole = [False] * geometry.n_layers  # the layer's selection is its whole body
         g = geometry
@@ -174,11 +175,18 @@ class Selector:
         if k == 0:
             return torch.full((rows, 0), -1, dtype=torch.long, device=g.device)
         rk = None if rows_k is None else torch.tensor(rows_k, device=g.device).view(g.batch, g.n_kv, 1)
-        scores = self.state.scores(layer, q, n_chunks, k, scaling, rk)  # [B, Hkv, units]
+        among = self.state.candidates(layer, q, n_chunks, k, scaling)  # two levels: [B, Hkv, T] ids
+        if among is None:
+            scores = self.state.scores(layer, q, n_chunks, k, scaling, rk)  # [B, Hkv, units]
+        else:
+            scores = self.state.scores(layer, q, n_chunks, k, scaling, rk, among=among)  # [B, Hkv, T]
+            self.counters["selections_two_level"] += 1
         if rk is not None:  # each row its own k: its best first (sorted), -1 past its budget
-            idx = best_first(scores, k).masked_fill(torch.arange(k, device=g.device) >= rk, -1)
-            return idx.reshape(rows, k)
+            idx = best_first(scores, k)
+            idx = idx if among is None else among.gather(-1, idx)
+            return idx.masked_fill(torch.arange(k, device=g.device) >= rk, -1).reshape(rows, k)
         idx = top_chunks(scores, k).long()  # [B, Hkv, k]
+        idx = idx if among is None else among.gather(-1, idx)
         self.state.chose(layer, idx, n_chunks)
         return idx.reshape(rows, k)
 

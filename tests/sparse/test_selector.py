@@ -113,7 +113,7 @@ def test_a_selection_is_kept_for_select_every_calls_then_made_afresh():
     picks = [sel.select(0, _q(g), m, n) for _ in range(9)]
     assert all(p is picks[0] for p in picks[1:4]) and all(p is picks[4] for p in picks[5:8])
     assert picks[4] is not picks[0] and picks[8] is not picks[4]
-    assert sel.counters == {"selections": 3, "selections_kept": 6} and st.stats()["selections"] == 3
+    assert sel.counters == {"selections": 3, "selections_kept": 6, "selections_two_level": 0} and st.stats()["selections"] == 3
     assert not torch.equal(picks[0], picks[4])  # other queries, other chunks: it did choose again
     one = _kept_store(1).selector
     a, b = one.select(0, _q(g), m, n), one.select(0, _q(g), m, n)

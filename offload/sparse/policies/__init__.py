@@ -11,7 +11,7 @@ from ..policy import SelectionPolicy
 
 __all__ = ["policy_classes", "policy_names", "make_policy"]
 
-ORDER = ("token", "bound", "quest", "landmark", "snapkv", "h2o")  # ours first, then baselines
+ORDER = ("token", "token2", "bound", "quest", "landmark", "snapkv", "h2o")  # ours first, then baselines
 
 
 def policy_classes() -> dict[str, type[SelectionPolicy]]:

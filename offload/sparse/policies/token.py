@@ -14,6 +14,10 @@ beside bf16 KV (r + 8 beside fp32: scale and residual in fp32); r defaults to th
 of scaling * q~ . k^): the bound finds a lone key that matters, the mass finds attention spread
 over many keys. A step's ranking: ceil(share * k) units by the bound, the rest by the mass.
 `unit` "token" picks single tokens (ids of body tokens), "chunk" whole chunks.
+Two levels (`candidates` > 0, token units): `BlockBounds` bounds every sketch bound of a block of
+`block` tokens; a step scores the blocks, keeps ceil(candidates * k / block) of them and ranks single
+tokens only there (the tokens past the last complete block always), so its cost grows with
+context / block + candidates * k, not with the context.
 Measurements of every choice here: bench/results/sparse-smollm2.md (sessions 7-9).
 """
 
@@ -28,9 +32,10 @@ import torch
 from ...errors import ConfigError
 from ...kernels.dispatch import sketch_scores, top_chunks
 from ..basis import KeyBasis
+from ..block_bounds import BlockBounds
 from ..policy import Geometry, PolicyState, SelectionPolicy
 
-__all__ = ["Token", "TokenSketches", "best_first", "hybrid_scores"]
+__all__ = ["Token", "TwoLevel", "TokenSketches", "best_first", "hybrid_scores"]
 
 _FP16_UP = 1 + 2**-10  # x * _FP16_UP rounded to fp16 is >= x (round-to-nearest errs by <= 2^-11)
 _Q8 = 127  # int8 levels each side of 0
@@ -46,7 +51,9 @@ def max_rank(head_dim: int) -> int:
 @dataclass(frozen=True)
 class Token(SelectionPolicy):
     """rank: r of the sketches (None = max_rank(head_dim), also the cap); share: of k picked by the
-    bound (1 = bound alone, 0 = estimated mass alone); unit: "token" or "chunk"."""
+    bound (1 = bound alone, 0 = estimated mass alone); unit: "token" or "chunk"; candidates: tokens
+    scored singly per selected token (0 = every token: one level); block: tokens per first-level
+    block (two levels only)."""
 
     name: ClassVar[str] = "token"
     chunk: ClassVar[int] = 8  # per-token sketches: finer chunks cost no summary bytes
@@ -54,6 +61,8 @@ class Token(SelectionPolicy):
     rank: int | None = None
     share: float = 0.25
     unit: str = "token"
+    candidates: float = 0.0
+    block: int = 64
 
     def __post_init__(self):
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
@@ -62,6 +71,13 @@ class Token(SelectionPolicy):
             raise ConfigError(f"token: share must be a number in [0, 1], got {self.share!r}")
         if self.unit not in ("token", "chunk"):
             raise ConfigError(f"token: unit must be 'token' or 'chunk', got {self.unit!r}")
+        c = self.candidates
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not (c == 0 or c >= 1):
+            raise ConfigError(f"{self.name}: candidates must be 0 (one level) or a number >= 1, got {c!r}")
+        if c and self.unit != "token":
+            raise ConfigError(f"{self.name}: two levels (candidates > 0) select single tokens (unit 'token')")
+        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 2:
+            raise ConfigError(f"{self.name}: block must be an integer >= 2 tokens, got {self.block!r}")
 
     @property
     def selects_tokens(self) -> bool:
@@ -72,7 +88,18 @@ class Token(SelectionPolicy):
 
     def summary_bytes(self, head_dim: int, chunk: int, kv_itemsize: int) -> float:
         r = min(self.rank or max_rank(head_dim), max_rank(head_dim))
-        return r + (4 if kv_itemsize <= 2 else 8)
+        blocks = (2 * r + 2) * 4 / self.block if self.candidates else 0.0
+        return r + (4 if kv_itemsize <= 2 else 8) + blocks
+
+
+@dataclass(frozen=True)
+class TwoLevel(Token):
+    """`token` in two levels: block bounds pick candidates, token sketches rank only those."""
+
+    name: ClassVar[str] = "token2"
+    summary: ClassVar[str] = "ours: token sketches scored only in the blocks a block bound picks"
+    candidates: float = 8.0
+    block: int = 16
 
 
 def best_first(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -108,6 +135,8 @@ class TokenSketches(PolicyState):
         self.basis = KeyBasis(g.n_layers, g.batch, g.n_kv, g.head_dim, self.rank, g.device)
         self.capacity = 0
         self._alloc(max(1, g.capacity))
+        two = policy.candidates > 0
+        self.blocks = BlockBounds(g.n_layers, g.batch, g.n_kv, self.rank, policy.block, g.device) if two else None
 
     def _alloc(self, capacity: int) -> None:
         g, tokens = self.geometry, capacity * self.geometry.chunk
@@ -141,6 +170,8 @@ class TokenSketches(PolicyState):
         self.lo[layer, :, :, :, cols] = levels.to(torch.int8).reshape(b, h, n * c, -1).transpose(-1, -2)
         aux = torch.cat([scale, (resid * up)[..., None].to(self.sketch_dtype)], -1)  # [B, Hkv, n, C, 2]
         self.aux[layer, :, :, :, cols] = aux.reshape(b, h, n * c, 2).transpose(-1, -2)
+        if self.blocks is not None:
+            self.blocks.update(layer, self.lo[layer], self.aux[layer], j * c, (j + n) * c)
 
     def bound_and_mass(self, layer: int, q: torch.Tensor, n_chunks: int, scaling: float | None,
                        per_token: bool = False):  # fmt: skip
@@ -161,20 +192,36 @@ class TokenSketches(PolicyState):
             return bound, None
         return bound, mass if per_token else mass.view(b, g.n_kv, m, c).sum(-1)
 
-    def scores(self, layer, q, n_chunks, k, scaling, rows_k):
-        """The hybrid ranking of the layer's units; when the bound's share covers all k, the bound
-        alone (no mass computed)."""
+    def candidates(self, layer, q, n_chunks, k, scaling):
+        """Two levels: the body token ids [B, Hkv, T] to rank at this step (`BlockBounds.candidates`);
+        None = rank every unit."""
+        if self.blocks is None:
+            return None
+        count = math.ceil(self.policy.candidates * k)
+        n = n_chunks * self.geometry.chunk
+        return self.blocks.candidates(layer, q, self.basis.basis[layer], n, count, _HALF_STEP)
+
+    def scores(self, layer, q, n_chunks, k, scaling, rows_k, among=None):
+        """The hybrid ranking of the layer's units (of the tokens `among` [B, Hkv, T] only, in that
+        order, when given); when the bound's share covers all k, the bound alone (no mass computed)."""
         share, per_token = self.policy.share, self.policy.selects_tokens
-        if math.ceil(share * k) >= k:
-            return self.bound_and_mass(layer, q, n_chunks, None, per_token)[0]
-        return hybrid_scores(*self.bound_and_mass(layer, q, n_chunks, scaling, per_token), k, share, rows_k)
+        scaling = None if math.ceil(share * k) >= k else scaling
+        if among is None:
+            scored = self.bound_and_mass(layer, q, n_chunks, scaling, per_token)
+        else:
+            lo, aux = self.lo[layer], self.aux[layer]
+            levels = lo.gather(-1, among[:, :, None].expand(-1, -1, lo.shape[2], -1))
+            side = aux.gather(-1, among[:, :, None].expand(-1, -1, 2, -1))
+            scored = sketch_scores(q, self.basis.basis[layer], levels, side, scaling, _HALF_STEP)
+        return scored[0] if scaling is None else hybrid_scores(*scored, k, share, rows_k)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.basis.state_dict()
+        return self.basis.state_dict()  # sketches and block bounds are rebuilt from the keys (`add`)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.basis.load_state_dict(state)
 
     @property
     def nbytes(self) -> int:
-        return self.lo.numel() + self.aux.numel() * self.aux.element_size() + self.basis.nbytes
+        blocks = 0 if self.blocks is None else self.blocks.nbytes
+        return self.lo.numel() + self.aux.numel() * self.aux.element_size() + self.basis.nbytes + blocks

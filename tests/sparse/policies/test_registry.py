@@ -16,12 +16,15 @@ from offload.sparse.policies.token import Token
 from offload.sparse.policy import SelectionPolicy
 
 
+POLICY_BASES = ("SelectionPolicy", "Token")  # `token2` is `token` with two levels
+
+
 def _defined_in_the_directory() -> dict[str, str]:
     """name -> module stem of every class deriving from SelectionPolicy in policies/*.py (read as source)."""
     found = {}
     for path in sorted(Path(policies.__file__).parent.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and any(getattr(b, "id", None) == "SelectionPolicy" for b in node.bases):
+            if isinstance(node, ast.ClassDef) and any(getattr(b, "id", None) in POLICY_BASES for b in node.bases):
                 for stmt in node.body:
                     if isinstance(stmt, ast.AnnAssign) and getattr(stmt.target, "id", None) == "name":
                         found[stmt.value.value] = path.stem
@@ -33,7 +36,7 @@ def test_every_policy_file_is_listed_in_order():
     rank = {n: i for i, n in enumerate(policies.ORDER)}
     want = sorted(defined, key=lambda n: (rank.get(n, len(rank)), n))
     assert policy_names() == tuple(want)
-    assert policy_names()[:6] == ("token", "bound", "quest", "landmark", "snapkv", "h2o")  # ours, then baselines
+    assert policy_names()[:7] == ("token", "token2", "bound", "quest", "landmark", "snapkv", "h2o")  # ours, then baselines
     classes = policy_classes()
     for name, cls in classes.items():
         assert issubclass(cls, SelectionPolicy) and cls.name == name and cls.summary
@@ -51,7 +54,7 @@ def test_a_new_file_is_a_new_policy(tmp_path, monkeypatch):
     monkeypatch.setattr(policies, "__path__", [*policies.__path__, str(tmp_path)])
     try:
         names = policy_names()
-        assert names[:6] == ("token", "bound", "quest", "landmark", "snapkv", "h2o")
+        assert names[:7] == ("token", "token2", "bound", "quest", "landmark", "snapkv", "h2o")
         assert names[-2:] == ("alpha", "zeta")
         assert make_policy("zeta").name == "zeta"
     finally:

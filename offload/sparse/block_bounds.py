@@ -1,0 +1,102 @@
+"""`BlockBounds`: the first level of a two-level token selection (`Token(candidates=...)`): one
+small summary per block of `block` body tokens and KV head, made from the tokens' int8 sketches, that
+bounds every sketch bound inside the block. A step scores the blocks, keeps the best as candidates
+and scores single tokens only there: its cost grows with context / block + candidates, not context.
+
+A token's sketch stands for k^ = P (scale * levels) (`policies/token.py`); its bound is
+q~ . k^ + half_step |q~|_1 scale + ||q_res|| res. Over a block, with a_i / b_i the least / greatest
+coordinate i of (scale * levels) among its tokens, centre c = (a + b) / 2 and radius w = (b - a) / 2,
+
+    block bound = q~ . c + |q~| . w + half_step |q~|_1 max(scale) + ||q_res|| max(res)
+                >= every token bound in the block (each term bounds its token counterpart),
+
+the box bound of Quest taken in the sketch's r dimensions. Only complete blocks have a summary: the
+tokens past the last complete block are always candidates. `update` recomputes the complete blocks
+that a write touched from the sketches themselves, so a rewound and refilled block is never stale.
+Memory: (2r + 2) fp32 per block and KV head ((2r + 2) * 4 / block bytes per token).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["BlockBounds"]
+
+
+class BlockBounds:
+    """centre / radius [L, B, Hkv, r, cap] fp32 and peak [L, B, Hkv, 2, cap] (max scale, max res),
+    cap in blocks (grown by doubling)."""
+
+    def __init__(self, n_layers: int, batch: int, n_kv: int, rank: int, block: int, device):
+        if block < 1:
+            raise ValueError(f"block must be >= 1 token, got {block}")
+        self.n_layers, self.batch, self.n_kv, self.rank, self.block = n_layers, batch, n_kv, rank, block
+        self.device = device
+        self.capacity = 0
+        self._alloc(16)
+
+    def _alloc(self, capacity: int) -> None:
+        lead = (self.n_layers, self.batch, self.n_kv)
+        centre = torch.zeros((*lead, self.rank, capacity), device=self.device)
+        radius = torch.zeros_like(centre)
+        peak = torch.zeros((*lead, 2, capacity), device=self.device)
+        if self.capacity:
+            old = self.capacity
+            centre[..., :old], radius[..., :old], peak[..., :old] = self.centre, self.radius, self.peak
+        self.centre, self.radius, self.peak, self.capacity = centre, radius, peak, capacity
+
+    def update(self, layer: int, levels: torch.Tensor, aux: torch.Tensor, start: int, end: int) -> None:
+        """Body tokens [start, end) of `layer` were (re)written; levels [B, Hkv, r, >= end] int8 and aux
+        [B, Hkv, 2, >= end] (scale, res) are the layer's sketches. Recomputes each complete block
+        that holds one of them."""
+        blk = self.block
+        first, last = start // blk, end // blk  # complete blocks first .. last-1 hold a written token
+        if last <= first:
+            return
+        if last > self.capacity:
+            self._alloc(max(last, 2 * self.capacity))
+        cols = slice(first * blk, last * blk)
+        b, h, n = self.batch, self.n_kv, last - first
+        a = aux[..., cols].float().reshape(b, h, 2, n, blk)
+        coords = levels[..., cols].float().reshape(b, h, self.rank, n, blk) * a[:, :, :1]  # scale * levels
+        lo, hi = coords.amin(-1), coords.amax(-1)  # [B, Hkv, r, n]
+        self.centre[layer, ..., first:last] = (lo + hi) * 0.5
+        self.radius[layer, ..., first:last] = (hi - lo) * 0.5
+        self.peak[layer, ..., first:last] = a.amax(-1)
+
+    def scores(self, layer: int, q: torch.Tensor, basis: torch.Tensor, blocks: int, half_step: float) -> torch.Tensor:
+        """The block bound [B, Hkv, blocks] of the layer's first `blocks` blocks for q [B, H, D] on
+        basis [Hkv, D, r]: the max over the query group."""
+        b, hq, d = q.shape
+        qg = q.float().reshape(b, self.n_kv, hq // self.n_kv, d)  # [B, Hkv, G, D]
+        q_low = torch.matmul(qg, basis)  # [B, Hkv, G, r]
+        q_res = (qg - torch.matmul(q_low, basis.transpose(-1, -2))).norm(dim=-1, keepdim=True)
+        q_abs = q_low.abs()
+        peak = self.peak[layer, ..., :blocks]  # [B, Hkv, 2, n]
+        out = torch.matmul(q_low, self.centre[layer, ..., :blocks])
+        out = out + torch.matmul(q_abs, self.radius[layer, ..., :blocks])
+        out = torch.addcmul(out, half_step * q_abs.sum(-1, keepdim=True), peak[:, :, :1])
+        return torch.addcmul(out, q_res, peak[:, :, 1:]).amax(2)
+
+    def candidates(self, layer: int, q: torch.Tensor, basis: torch.Tensor, n_tokens: int, count: int,
+                   half_step: float) -> torch.Tensor | None:  # fmt: skip
+        """Body token ids [B, Hkv, T] (T >= count, ascending per row) to score singly at a step over
+        n_tokens body tokens: the tokens of the ceil(count / block) complete blocks with the highest
+        block bound, then every token past the last complete block. None: those blocks would be all
+        of them (score every token)."""
+        blk = self.block
+        full = n_tokens // blk
+        keep = -(-count // blk)
+        if keep >= full:
+            return None
+        top = torch.topk(self.scores(layer, q, basis, full, half_step), keep, dim=-1, sorted=False).indices
+        top = top.sort(dim=-1).values  # ascending blocks: the gathers read forward
+        ids = (top[..., None] * blk + torch.arange(blk, device=top.device)).flatten(-2)  # [B, Hkv, keep*blk]
+        if n_tokens == full * blk:
+            return ids
+        tail = torch.arange(full * blk, n_tokens, device=top.device).expand(*ids.shape[:2], -1)
+        return torch.cat([ids, tail], dim=-1)
+
+    @property
+    def nbytes(self) -> int:
+        return (self.centre.numel() + self.radius.numel() + self.peak.numel()) * 4
