@@ -24,8 +24,9 @@ __all__ = ["BlockBounds"]
 
 
 class BlockBounds:
-    """centre / radius [L, B, Hkv, r, cap] fp32 and peak [L, B, Hkv, 2, cap] (max scale, max res),
-    cap in blocks (grown by doubling)."""
+    """summary [L, B, Hkv, 2r + 2, cap] fp32, cap in blocks (grown by doubling): per block the rows
+    centre (r), radius (r), max scale, max res, so that a block bound is one matmul with the query
+    row [q~, |q~|, half_step |q~|_1, ||q_res||]."""
 
     def __init__(self, n_layers: int, batch: int, n_kv: int, rank: int, block: int, device):
         if block < 1:
@@ -36,20 +37,16 @@ class BlockBounds:
         self._alloc(16)
 
     def _alloc(self, capacity: int) -> None:
-        lead = (self.n_layers, self.batch, self.n_kv)
-        centre = torch.zeros((*lead, self.rank, capacity), device=self.device)
-        radius = torch.zeros_like(centre)
-        peak = torch.zeros((*lead, 2, capacity), device=self.device)
+        summary = torch.zeros((self.n_layers, self.batch, self.n_kv, 2 * self.rank + 2, capacity), device=self.device)
         if self.capacity:
-            old = self.capacity
-            centre[..., :old], radius[..., :old], peak[..., :old] = self.centre, self.radius, self.peak
-        self.centre, self.radius, self.peak, self.capacity = centre, radius, peak, capacity
+            summary[..., : self.capacity] = self.summary
+        self.summary, self.capacity = summary, capacity
 
     def update(self, layer: int, levels: torch.Tensor, aux: torch.Tensor, start: int, end: int) -> None:
         """Body tokens [start, end) of `layer` were (re)written; levels [B, Hkv, r, >= end] int8 and aux
         [B, Hkv, 2, >= end] (scale, res) are the layer's sketches. Recomputes each complete block
         that holds one of them."""
-        blk = self.block
+        blk, r = self.block, self.rank
         first, last = start // blk, end // blk  # complete blocks first .. last-1 hold a written token
         if last <= first:
             return
@@ -58,11 +55,12 @@ class BlockBounds:
         cols = slice(first * blk, last * blk)
         b, h, n = self.batch, self.n_kv, last - first
         a = aux[..., cols].float().reshape(b, h, 2, n, blk)
-        coords = levels[..., cols].float().reshape(b, h, self.rank, n, blk) * a[:, :, :1]  # scale * levels
+        coords = levels[..., cols].float().reshape(b, h, r, n, blk) * a[:, :, :1]  # scale * levels
         lo, hi = coords.amin(-1), coords.amax(-1)  # [B, Hkv, r, n]
-        self.centre[layer, ..., first:last] = (lo + hi) * 0.5
-        self.radius[layer, ..., first:last] = (hi - lo) * 0.5
-        self.peak[layer, ..., first:last] = a.amax(-1)
+        rows = self.summary[layer, ..., first:last]  # [B, Hkv, 2r + 2, n]
+        rows[:, :, :r] = (lo + hi) * 0.5
+        rows[:, :, r : 2 * r] = (hi - lo) * 0.5
+        rows[:, :, 2 * r :] = a.amax(-1)
 
     def scores(self, layer: int, q: torch.Tensor, basis: torch.Tensor, blocks: int, half_step: float) -> torch.Tensor:
         """The block bound [B, Hkv, blocks] of the layer's first `blocks` blocks for q [B, H, D] on
@@ -72,11 +70,8 @@ class BlockBounds:
         q_low = torch.matmul(qg, basis)  # [B, Hkv, G, r]
         q_res = (qg - torch.matmul(q_low, basis.transpose(-1, -2))).norm(dim=-1, keepdim=True)
         q_abs = q_low.abs()
-        peak = self.peak[layer, ..., :blocks]  # [B, Hkv, 2, n]
-        out = torch.matmul(q_low, self.centre[layer, ..., :blocks])
-        out = out + torch.matmul(q_abs, self.radius[layer, ..., :blocks])
-        out = torch.addcmul(out, half_step * q_abs.sum(-1, keepdim=True), peak[:, :, :1])
-        return torch.addcmul(out, q_res, peak[:, :, 1:]).amax(2)
+        row = torch.cat([q_low, q_abs, half_step * q_abs.sum(-1, keepdim=True), q_res], dim=-1)  # [.., 2r + 2]
+        return torch.matmul(row, self.summary[layer, ..., :blocks]).amax(2)
 
     def candidates(self, layer: int, q: torch.Tensor, basis: torch.Tensor, n_tokens: int, count: int,
                    half_step: float) -> torch.Tensor | None:  # fmt: skip
@@ -99,4 +94,4 @@ class BlockBounds:
 
     @property
     def nbytes(self) -> int:
-        return (self.centre.numel() + self.radius.numel() + self.peak.numel()) * 4
+        return self.summary.numel() * 4
