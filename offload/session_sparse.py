@@ -36,6 +36,17 @@ def _config_key(store) -> dict:
             "chunk": store.layout.chunk}  # fmt: skip
 
 
+def _with_new_fields(saved: dict, store) -> dict:
+    """A saved config key with the policy parameters added since it was saved at their defaults
+    (`Token.candidates` and `block` came later: a session saved before still restores)."""
+    policy = saved.get("policy")
+    if not isinstance(policy, dict):
+        return saved
+    fields = dataclasses.fields(type(store.spec.sparse.policy))
+    filled = {**{f.name: f.default for f in fields if f.default is not dataclasses.MISSING}, **policy}
+    return {**saved, "policy": filled}
+
+
 def save_sparse(store, directory: Path) -> dict | None:
     """Write the selector state of `store` into `directory`; the header entry (None when dense)."""
     selector = getattr(store, "selector", None)
@@ -52,7 +63,7 @@ def restore_sparse(store, path: Path, entry: dict | None) -> bool:
     """Load the saved selector state into `store` when it has the saved sparse config. Returns
     whether it did. Raises SessionError for a damaged file or state."""
     selector = getattr(store, "selector", None)
-    if entry is None or selector is None or entry["config"] != _config_key(store):
+    if entry is None or selector is None or _with_new_fields(entry["config"], store) != _config_key(store):
         return False
     size = entry["size"]
     data = bytes(read_regular(path / SPARSE_FILE, size))

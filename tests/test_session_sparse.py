@@ -62,3 +62,31 @@ def test_a_damaged_sparse_file_is_a_session_error(model, tmp_path, damage):
     with pytest.raises(SessionError):
         again.load_session(path)
     again.close()
+
+
+def test_a_session_saved_before_new_policy_parameters_still_restores(model, tmp_path):
+    """Sessions saved before `token` had `candidates` / `block` hold a policy config without them:
+    they restore (the fields at their defaults), and a changed parameter still does not."""
+    import json
+    import zlib
+
+    from offload.session_header import HEADER
+
+    sparse = _sparse(model, "token")
+    chat = offload.Chat(sparse)
+    chat.send(DOC + "\nSummarize it in one sentence.", max_new_tokens=4)
+    path = tmp_path / "s.offload"
+    chat.save_session(path)
+    outer = json.loads((path / HEADER).read_text())
+    policy = outer["body"]["sparse"]["config"]["policy"]
+    assert policy["candidates"] == 0 and policy["block"] == 64
+    del policy["candidates"], policy["block"]
+    outer["crc32"] = zlib.crc32(json.dumps(outer["body"], sort_keys=True).encode())
+    (path / HEADER).write_text(json.dumps(outer))
+    again = offload.Chat(sparse)
+    again.load_session(path)
+    assert again.store.selector.plan.ceilings == chat.store.selector.plan.ceilings
+    other = offload.Chat(_sparse(model, "token2"))
+    other.load_session(path)
+    assert other.store.selector.plan.ceilings != chat.store.selector.plan.ceilings  # fresh: not restored
+    chat.close(), again.close(), other.close()
