@@ -9,7 +9,9 @@ memory plan read it; nothing else re-derives these facts.
   `offload.plan`, what `offload-chat` prints and checks, passed in by `OffloadModel` — else, for a
   store built without a model, on CUDA half the free memory, on a CPU 1 GiB) split evenly over
   layers, capped at what `ctx` tokens need, at least one.
-- host chunks: `host_mem` bytes, else HOST_FRACTION of the available host memory.
+- host chunks: `host_mem` bytes, else HOST_FRACTION of the available host memory; less what else
+  the plan puts in host memory at `ctx`: the policy's host-resident summaries and `host_reserve`
+  (the model's prefill hidden states, `offload.prefill_hidden`).
 - compress: `compress`, else on for bf16 only.
 - windows: per model layer its sliding window (0 = global). Sliding layers keep a ring of their
   window on the compute device (`HybridKVStore`); the layout, the slots and the summaries cover the
@@ -18,6 +20,7 @@ memory plan read it; nothing else re-derives these facts.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -63,10 +66,11 @@ class StoreSpec:
     @classmethod
     def derive(cls, config: OffloadConfig, n_layers: int, n_kv_heads: int, head_dim: int,
                dtype: torch.dtype, device, batch: int = 1, planned_hot_set: int | None = None,
-               windows: tuple[int, ...] = ()) -> "StoreSpec":  # fmt: skip
+               windows: tuple[int, ...] = (), host_reserve: int = 0) -> "StoreSpec":  # fmt: skip
         """The spec of `config` for a model of this KV geometry on `device`; planned_hot_set: the
         memory plan's hot set bytes, used when the config sets none; windows: per layer, its sliding
-        window (0 = global; empty: all global)."""
+        window (0 = global; empty: all global); host_reserve: host bytes the caller keeps beside the
+        host pool (the prefill's hidden states)."""
         device = torch.device(device)
         windows = tuple(int(w) for w in windows) if any(windows) else ()
         if windows and len(windows) != n_layers:
@@ -86,12 +90,16 @@ class StoreSpec:
             host_chunks = config.host_mem // lay.chunk_bytes
         else:
             host_chunks = default_host_capacity(lay.chunk_bytes)
-        return cls(
+        spec = cls(
             kind=kind, layout=lay, device=device, batch=batch, ctx=config.ctx, gpu_slots=(slots,) * n_layers,
             host_chunks=host_chunks, compress=default_compress(dtype, config.compress), disk_dir=config.disk_dir,
             sparse=sparse, capacity=lay.body_chunks(config.ctx) + 1 if config.ctx else 64,
             obs_window=OBS_TAIL if sparse is not None else 0, windows=windows,
         )  # fmt: skip
+        beside = host_reserve + (spec.host_summary_bytes(config.ctx) if config.ctx else 0)
+        if not beside:
+            return spec
+        return dataclasses.replace(spec, host_chunks=max(0, host_chunks - -(-beside // lay.chunk_bytes)))
 
     @staticmethod
     def chunk_of(config: OffloadConfig) -> int:
@@ -141,11 +149,22 @@ class StoreSpec:
         return 1 if self.selects_tokens else self.layout.chunk
 
     def summary_bytes(self, n_tokens: int) -> int:
-        """Device bytes of the selection policy's key summary and of the rest (low-precision K/V of
-        every token, SparseConfig.rest) for n_tokens (all layers and heads)."""
+        """Compute-device bytes of the selection policy's key summary and of the rest (low-precision
+        K/V of every token, SparseConfig.rest) for n_tokens (all layers and heads)."""
         if self.sparse is None:
             return 0
         lay, rest = self.layout, self.sparse.rest
-        per = self.sparse.policy.summary_bytes(lay.head_dim, lay.chunk, lay.itemsize)
+        per = self._placed()[0]
         per += 0 if rest is None else rest.bytes_per_token(lay.head_dim, lay.itemsize)
         return int(per * lay.rows * lay.n_layers * n_tokens)
+
+    def host_summary_bytes(self, n_tokens: int) -> int:
+        """Host bytes of the key summary for n_tokens (a two-level policy's token sketches, when it
+        keeps them there)."""
+        if self.sparse is None:
+            return 0
+        return int(self._placed()[1] * self.layout.rows * self.layout.n_layers * n_tokens)
+
+    def _placed(self) -> tuple[float, float]:
+        lay = self.layout
+        return self.sparse.policy.placed_bytes(lay.head_dim, lay.chunk, lay.itemsize, self.device.type)

@@ -13,39 +13,55 @@ coordinate i of (scale * levels) among its tokens, centre c = (a + b) / 2 and ra
 the box bound of Quest taken in the sketch's r dimensions. Only complete blocks have a summary: the
 tokens past the last complete block are always candidates. `update` recomputes the complete blocks
 that a write touched from the sketches themselves, so a rewound and refilled block is never stale.
-Memory: (2r + 2) fp32 per block and KV head ((2r + 2) * 4 / block bytes per token).
+Memory: (2r + 2) numbers per block and KV head ((2r + 2) * itemsize / block bytes per token): fp32,
+or fp16 where `summary_dtype` says (a GPU with 16-bit KV: half the resident bytes). In fp16 every
+stored number still bounds: the centre is rounded to nearest and the radius widened by that rounding
+error, the radius and maxima rounded up (x * (1 + 2^-10) rounds to an fp16 >= x); scoring reads them
+in fp32.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["BlockBounds"]
+__all__ = ["BlockBounds", "summary_dtype"]
+
+_FP16_UP = 1 + 2**-10  # x * _FP16_UP rounded to fp16 is >= x (round-to-nearest errs by <= 2^-11)
+
+
+def summary_dtype(device_type: str, kv_itemsize: int) -> torch.dtype:
+    """fp16 on CUDA with 16-bit KV (the resident bytes are what counts there); fp32 otherwise (a CPU
+    would convert fp16 to fp32 at every step: slower, and its memory is the host's)."""
+    return torch.float16 if device_type == "cuda" and kv_itemsize <= 2 else torch.float32
 
 
 class BlockBounds:
-    """summary [L, B, Hkv, 2r + 2, cap] fp32, cap in blocks (grown by doubling): per block the rows
-    centre (r), radius (r), max scale, max res, so that a block bound is one matmul with the query
-    row [q~, |q~|, half_step |q~|_1, ||q_res||]."""
+    """summary [L, B, Hkv, cap, 2r + 2] fp32, cap in blocks (grown by doubling): per block the
+    columns centre (r), radius (r), max scale, max res, so that a block bound is one matmul with the
+    query row [q~, |q~|, half_step |q~|_1, ||q_res||]. Blocks lead: the first `blocks` of a layer are
+    one contiguous slice, read in place by the matmul (a copy of it would cost more than the product)."""
 
-    def __init__(self, n_layers: int, batch: int, n_kv: int, rank: int, block: int, device):
+    def __init__(self, n_layers: int, batch: int, n_kv: int, rank: int, block: int, device,
+                 dtype: torch.dtype = torch.float32):  # fmt: skip
         if block < 1:
             raise ValueError(f"block must be >= 1 token, got {block}")
         self.n_layers, self.batch, self.n_kv, self.rank, self.block = n_layers, batch, n_kv, rank, block
-        self.device = device
+        self.device, self.dtype = device, dtype
         self.capacity = 0
         self._alloc(16)
 
     def _alloc(self, capacity: int) -> None:
-        summary = torch.zeros((self.n_layers, self.batch, self.n_kv, 2 * self.rank + 2, capacity), device=self.device)
+        shape = (self.n_layers, self.batch, self.n_kv, capacity, 2 * self.rank + 2)
+        summary = torch.zeros(shape, dtype=self.dtype, device=self.device)
         if self.capacity:
-            summary[..., : self.capacity] = self.summary
+            summary[..., : self.capacity, :] = self.summary
         self.summary, self.capacity = summary, capacity
 
     def update(self, layer: int, levels: torch.Tensor, aux: torch.Tensor, start: int, end: int) -> None:
         """Body tokens [start, end) of `layer` were (re)written; levels [B, Hkv, r, >= end] int8 and aux
-        [B, Hkv, 2, >= end] (scale, res) are the layer's sketches. Recomputes each complete block
-        that holds one of them."""
+        [B, Hkv, 2, >= end] (scale, res) are the layer's sketches (on any device: host-resident
+        sketches are read where they are, then moved). Recomputes each complete block that holds one
+        of them."""
         blk, r = self.block, self.rank
         first, last = start // blk, end // blk  # complete blocks first .. last-1 hold a written token
         if last <= first:
@@ -54,13 +70,18 @@ class BlockBounds:
             self._alloc(max(last, 2 * self.capacity))
         cols = slice(first * blk, last * blk)
         b, h, n = self.batch, self.n_kv, last - first
-        a = aux[..., cols].float().reshape(b, h, 2, n, blk)
-        coords = levels[..., cols].float().reshape(b, h, r, n, blk) * a[:, :, :1]  # scale * levels
+        a = aux[..., cols].to(self.device).float().reshape(b, h, 2, n, blk)
+        coords = levels[..., cols].to(self.device).float().reshape(b, h, r, n, blk) * a[:, :, :1]  # scale * levels
         lo, hi = coords.amin(-1), coords.amax(-1)  # [B, Hkv, r, n]
-        rows = self.summary[layer, ..., first:last]  # [B, Hkv, 2r + 2, n]
-        rows[:, :, :r] = (lo + hi) * 0.5
-        rows[:, :, r : 2 * r] = (hi - lo) * 0.5
-        rows[:, :, 2 * r :] = a.amax(-1)
+        centre, radius, top = (lo + hi) * 0.5, (hi - lo) * 0.5, a.amax(-1)
+        if self.dtype != torch.float32:  # still bounds once rounded (module doc)
+            stored = centre.to(self.dtype)
+            radius = (radius + (centre - stored.float()).abs()) * _FP16_UP
+            centre, top = stored, top * _FP16_UP
+        rows = self.summary[layer, :, :, first:last].transpose(-1, -2)  # [B, Hkv, 2r + 2, n] (a view)
+        rows[:, :, :r] = centre
+        rows[:, :, r : 2 * r] = radius
+        rows[:, :, 2 * r :] = top
 
     def scores(self, layer: int, q: torch.Tensor, basis: torch.Tensor, blocks: int, half_step: float) -> torch.Tensor:
         """The block bound [B, Hkv, blocks] of the layer's first `blocks` blocks for q [B, H, D] on
@@ -71,7 +92,8 @@ class BlockBounds:
         q_res = (qg - torch.matmul(q_low, basis.transpose(-1, -2))).norm(dim=-1, keepdim=True)
         q_abs = q_low.abs()
         row = torch.cat([q_low, q_abs, half_step * q_abs.sum(-1, keepdim=True), q_res], dim=-1)  # [.., 2r + 2]
-        return torch.matmul(row, self.summary[layer, ..., :blocks]).amax(2)
+        summary = self.summary[layer, :, :, :blocks].float()  # fp32: no copy; fp16: read in fp32
+        return torch.matmul(row, summary.transpose(-1, -2)).amax(2)
 
     def candidates(self, layer: int, q: torch.Tensor, basis: torch.Tensor, n_tokens: int, count: int,
                    half_step: float) -> torch.Tensor | None:  # fmt: skip
@@ -94,4 +116,4 @@ class BlockBounds:
 
     @property
     def nbytes(self) -> int:
-        return self.summary.numel() * 4
+        return self.summary.numel() * self.summary.element_size()

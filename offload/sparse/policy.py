@@ -75,6 +75,11 @@ class SelectionPolicy:
         """Device bytes of this policy's key summary per token and KV head (for the memory plan)."""
         return 0.0
 
+    def placed_bytes(self, head_dim: int, chunk: int, kv_itemsize: int, device_type: str) -> tuple[float, float]:
+        """(compute-device, host) bytes of the key summary per token and KV head on a `device_type`
+        machine: all on the device unless a policy keeps part of it in host memory."""
+        return self.summary_bytes(head_dim, chunk, kv_itemsize), 0.0
+
 
 class PolicyState:
     """Per-store state of a policy; every hook is a no-op here (see the module doc)."""

@@ -17,7 +17,9 @@ over many keys. A step's ranking: ceil(share * k) units by the bound, the rest b
 Two levels (`candidates` > 0, token units): `BlockBounds` bounds every sketch bound of a block of
 `block` tokens; a step scores the blocks, keeps ceil(candidates * k / block) of them and ranks single
 tokens only there (the tokens past the last complete block always), so its cost grows with
-context / block + candidates * k, not with the context.
+context / block + candidates * k, not with the context. Their token sketches may then live in host
+memory (`sketches="host"`, pinned beside a GPU): a step reads only the candidates' from there, and
+only the block bounds stay resident (what lets a million tokens' summaries leave a 24 GB GPU).
 Measurements of every choice here: bench/results/sparse-smollm2.md (sessions 7-9).
 """
 
@@ -32,7 +34,7 @@ import torch
 from ...errors import ConfigError
 from ...kernels.dispatch import sketch_scores, top_chunks
 from ..basis import KeyBasis
-from ..block_bounds import BlockBounds
+from ..block_bounds import BlockBounds, summary_dtype
 from ..policy import Geometry, PolicyState, SelectionPolicy
 
 __all__ = ["Token", "TwoLevel", "TokenSketches", "best_first", "hybrid_scores"]
@@ -53,7 +55,8 @@ class Token(SelectionPolicy):
     """rank: r of the sketches (None = max_rank(head_dim), also the cap); share: of k picked by the
     bound (1 = bound alone, 0 = estimated mass alone); unit: "token" or "chunk"; candidates: tokens
     scored singly per selected token (0 = every token: one level); block: tokens per first-level
-    block (two levels only)."""
+    block (two levels only); sketches: where the token sketches live, "device" or "host" (two
+    levels only: a step then copies the candidates' sketches to the device)."""
 
     name: ClassVar[str] = "token"
     chunk: ClassVar[int] = 8  # per-token sketches: finer chunks cost no summary bytes
@@ -63,6 +66,7 @@ class Token(SelectionPolicy):
     unit: str = "token"
     candidates: float = 0.0
     block: int = 64
+    sketches: str = "device"
 
     def __post_init__(self):
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
@@ -78,6 +82,11 @@ class Token(SelectionPolicy):
             raise ConfigError(f"{self.name}: two levels (candidates > 0) select single tokens (unit 'token')")
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 2:
             raise ConfigError(f"{self.name}: block must be an integer >= 2 tokens, got {self.block!r}")
+        if self.sketches not in ("device", "host"):
+            raise ConfigError(f"{self.name}: sketches must be 'device' or 'host', got {self.sketches!r}")
+        if self.sketches == "host" and not c:
+            raise ConfigError(f"{self.name}: host-resident sketches need two levels (candidates > 0): one level "
+                              "reads every sketch at every step")  # fmt: skip
 
     @property
     def selects_tokens(self) -> bool:
@@ -87,9 +96,15 @@ class Token(SelectionPolicy):
         return TokenSketches(self, geometry)
 
     def summary_bytes(self, head_dim: int, chunk: int, kv_itemsize: int) -> float:
+        return sum(self.placed_bytes(head_dim, chunk, kv_itemsize, "cpu"))
+
+    def placed_bytes(self, head_dim: int, chunk: int, kv_itemsize: int, device_type: str) -> tuple[float, float]:
         r = min(self.rank or max_rank(head_dim), max_rank(head_dim))
-        blocks = (2 * r + 2) * 4 / self.block if self.candidates else 0.0
-        return r + (4 if kv_itemsize <= 2 else 8) + blocks
+        sketch = r + (4 if kv_itemsize <= 2 else 8)
+        blocks = 0.0
+        if self.candidates:
+            blocks = (2 * r + 2) * summary_dtype(device_type, kv_itemsize).itemsize / self.block
+        return (blocks, sketch) if self.sketches == "host" else (blocks + sketch, 0.0)
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,7 @@ class TwoLevel(Token):
     summary: ClassVar[str] = "ours: token sketches scored only in the blocks a block bound picks"
     candidates: float = 8.0
     block: int = 16
+    sketches: str = "device"
 
 
 def best_first(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -133,16 +149,21 @@ class TokenSketches(PolicyState):
         self.rank = min(policy.rank or max_rank(g.head_dim), max_rank(g.head_dim))
         self.sketch_dtype = torch.float16 if g.kv_dtype.itemsize <= 2 else torch.float32
         self.basis = KeyBasis(g.n_layers, g.batch, g.n_kv, g.head_dim, self.rank, g.device)
+        # where lo / aux live: the compute device, or host memory (pinned beside a GPU)
+        self.home = torch.device("cpu") if policy.sketches == "host" else torch.device(g.device)
         self.capacity = 0
         self._alloc(max(1, g.capacity))
-        two = policy.candidates > 0
-        self.blocks = BlockBounds(g.n_layers, g.batch, g.n_kv, self.rank, policy.block, g.device) if two else None
+        self.blocks = None
+        if policy.candidates > 0:
+            dtype = summary_dtype(torch.device(g.device).type, g.kv_dtype.itemsize)
+            self.blocks = BlockBounds(g.n_layers, g.batch, g.n_kv, self.rank, policy.block, g.device, dtype)
 
     def _alloc(self, capacity: int) -> None:
         g, tokens = self.geometry, capacity * self.geometry.chunk
         lead = (g.n_layers, g.batch, g.n_kv)
-        lo = torch.zeros((*lead, self.rank, tokens), dtype=torch.int8, device=g.device)
-        aux = torch.zeros((*lead, 2, tokens), dtype=self.sketch_dtype, device=g.device)
+        pin = self.home.type == "cpu" and torch.device(g.device).type == "cuda"
+        lo = torch.zeros((*lead, self.rank, tokens), dtype=torch.int8, device=self.home, pin_memory=pin)
+        aux = torch.zeros((*lead, 2, tokens), dtype=self.sketch_dtype, device=self.home, pin_memory=pin)
         if self.capacity:
             old = self.capacity * g.chunk
             lo[..., :old], aux[..., :old] = self.lo, self.aux
@@ -182,8 +203,9 @@ class TokenSketches(PolicyState):
         g, m, c = self.geometry, n_chunks, self.geometry.chunk
         b, n = q.shape[0], m * c
         # per token [B, Hkv, N] (the sketches' body: views of the preallocated lo / aux)
-        bound, mass = sketch_scores(q, self.basis.basis[layer], self.lo[layer, :, :, :, :n],
-                                    self.aux[layer, :, :, :, :n], scaling, _HALF_STEP)  # fmt: skip
+        dev = q.device  # host-resident sketches: every one copied (one level, or a short context)
+        bound, mass = sketch_scores(q, self.basis.basis[layer], self.lo[layer, :, :, :, :n].to(dev),
+                                    self.aux[layer, :, :, :, :n].to(dev), scaling, _HALF_STEP)  # fmt: skip
         # reductions over contiguous dims (the group first, in sketch_scores, then the chunk's
         # tokens): a strided amax over (G, C) at once costs several times more on CPU
         if not per_token:
@@ -209,11 +231,17 @@ class TokenSketches(PolicyState):
         if among is None:
             scored = self.bound_and_mass(layer, q, n_chunks, scaling, per_token)
         else:
-            lo, aux = self.lo[layer], self.aux[layer]
-            levels = lo.gather(-1, among[:, :, None].expand(-1, -1, lo.shape[2], -1))
-            side = aux.gather(-1, among[:, :, None].expand(-1, -1, 2, -1))
-            scored = sketch_scores(q, self.basis.basis[layer], levels, side, scaling, _HALF_STEP)
+            levels, side = self._gathered(layer, among)
+            scored = sketch_scores(q, self.basis.basis[layer], levels.to(q.device), side.to(q.device), scaling,
+                                   _HALF_STEP)  # fmt: skip
         return scored[0] if scaling is None else hybrid_scores(*scored, k, share, rows_k)
+
+    def _gathered(self, layer: int, among: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sketches of the tokens among [B, Hkv, T]: levels [B, Hkv, r, T], aux [B, Hkv, 2, T],
+        gathered where they live (host-resident: the ids go to the host first, a sync)."""
+        ids = among.to(self.home)[:, :, None]
+        lo, aux = self.lo[layer], self.aux[layer]
+        return lo.gather(-1, ids.expand(-1, -1, lo.shape[2], -1)), aux.gather(-1, ids.expand(-1, -1, 2, -1))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.basis.state_dict()  # sketches and block bounds are rebuilt from the keys (`add`)
@@ -225,3 +253,9 @@ class TokenSketches(PolicyState):
     def nbytes(self) -> int:
         blocks = 0 if self.blocks is None else self.blocks.nbytes
         return self.lo.numel() + self.aux.numel() * self.aux.element_size() + self.basis.nbytes + blocks
+
+    @property
+    def host_nbytes(self) -> int:
+        """Of `nbytes`, what lives in host memory (the sketches, when `sketches="host"`)."""
+        on_host = self.home.type == "cpu" and torch.device(self.geometry.device).type != "cpu"
+        return self.lo.numel() + self.aux.numel() * self.aux.element_size() if on_host else 0
