@@ -3,7 +3,8 @@
 Prefill is layer-major and chunked: for each layer, every chunk of the new tokens goes through HF's
 decoder layer with exact attention over that layer's KV so far; the layer's new KV is then handed to
 the store. Only one layer's KV, the hidden states of the new tokens and one chunk's activations are
-alive at once, never the whole model's KV. Decode is token-major through `DecodePass`.
+alive at once, never the whole model's KV. Long prompts keep their hidden states in host memory and
+stream them a chunk at a time (`prefill_hidden`). Decode is token-major through `DecodePass`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .attention import DecodePass, PrefillPass, RowsPass
 from .hf_compat import cache_keyword
 from .kvstore import KVStore
 from .model import OffloadModel
+from .prefill_hidden import hidden_on_host
 from .sparse.prefill_stats import AttentionCosine
 
 __all__ = ["Engine"]
@@ -54,12 +56,26 @@ class Engine:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
+    def _embed_on_host(self, ids: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+        """The embeddings of ids [1, T] in a host buffer [1, T, hidden], computed chunk by chunk on the
+        device; pinned when the device is CUDA, so the per-chunk copies are DMA."""
+        w = self._embed.weight  # [V, hidden]
+        pin = self._device.type == "cuda"
+        h = torch.empty((1, ids.shape[1], w.shape[1]), dtype=w.dtype, pin_memory=pin)
+        for s, e in spans:
+            h[:, s:e] = self._embed(ids[:, s:e])
+        return h
+
     @torch.inference_mode()
     def prefill(self, ids: list[int] | torch.Tensor, chunk: int | None = None, all_logits: bool = False,
-                progress=None) -> torch.Tensor:
-        """Append `ids` to the sequence. Returns logits [T, V] (all_logits) or [V] for the last token.
+                progress=None, hidden_host: bool | None = None) -> torch.Tensor:
+        """Append `ids` to the sequence. Returns logits [T, V] (all_logits) or [V] for the last token,
+        on the device.
 
-        progress: optional callable(layers_done, n_layers, n_new_tokens), called after each layer."""
+        progress: optional callable(layers_done, n_layers, n_new_tokens), called after each layer.
+        hidden_host: keep the new tokens' hidden states in host memory, streaming one chunk at a time
+        to the device (True), on the device (False), or as `prefill_hidden.hidden_on_host` decides
+        (None)."""
         ids = torch.as_tensor(ids, dtype=torch.long, device=self._device).view(1, -1)
         t = ids.shape[1]
         if t == 0:
@@ -67,11 +83,15 @@ class Engine:
         chunk = chunk or self.model.config.prefill_chunk
         n_prior = self.n_tokens
         pos = torch.arange(n_prior, n_prior + t, device=ids.device).view(1, -1)
-        h = self._embed(ids)  # [1, T, hidden]
         spans = [(s, min(s + chunk, t)) for s in range(0, t, chunk)]
+        w = self._embed.weight
+        if hidden_host is None:
+            hidden_host = hidden_on_host(self._device, t, w.shape[1], w.element_size())
+        # h: [1, T, hidden], on the device or in host memory; layers see a device copy of one chunk
+        h = self._embed_on_host(ids, spans) if hidden_host else self._embed(ids)
         ropes = [dict() for _ in spans]  # per chunk: layer type -> (cos, sin)
         shape = (1, self._n_kv, n_prior + t, self._head_dim)
-        k_buf = torch.empty(shape, dtype=h.dtype, device=h.device)
+        k_buf = torch.empty(shape, dtype=h.dtype, device=self._device)
         v_buf = torch.empty_like(k_buf)
         n_layers = len(self._layers)
         observe = getattr(self.store, "prefill_observer", None)  # sparse stores take statistics (obs_window)
@@ -84,11 +104,15 @@ class Engine:
             cos = AttentionCosine(layer.self_attn) if observe else None
             try:
                 for ci, (s, e) in enumerate(spans):
+                    # x: [1, e - s, hidden] on the device: a view of h, or (host) a copy of its chunk.
+                    # The copy is non-blocking from pinned memory and ordered before the layer's kernels
+                    # on the stream; the blocking copy back below is what overwrites that host chunk.
+                    x = h[:, s:e].to(self._device, non_blocking=True, copy=hidden_host)
                     if cos is not None:
-                        cos.h_in = h[:, s:e]  # the layer's input: read by the hook before it is replaced
+                        cos.h_in = x  # the layer's input: read by the hook before it is replaced
                     out = layer(
-                        h[:, s:e], attention_mask=None, position_ids=pos[:, s:e], use_cache=True,
-                        position_embeddings=self._rope(h, pos[:, s:e], li, ropes[ci]), offload_pass=p,
+                        x, attention_mask=None, position_ids=pos[:, s:e], use_cache=True,
+                        position_embeddings=self._rope(x, pos[:, s:e], li, ropes[ci]), offload_pass=p,
                         **{self._cache_kw: p},
                     )
                     h[:, s:e] = out[0] if isinstance(out, tuple) else out
@@ -99,7 +123,14 @@ class Engine:
                 observe(li, p.q_tail, k_buf[:, :, : p.n], p.scaling, squeeze)
             if progress is not None:
                 progress(li + 1, n_layers, t)
-        return self._logits(h[0]) if all_logits else self._logits(h[0, -1:])[0]
+        if not all_logits:
+            return self._logits(h[0, -1:].to(self._device))[0]
+        # chunk by chunk on either path (one GEMM's row blocking, so both give the same bits); the fp32
+        # [T, V] output is the only full-length buffer, not the norm's output or the model-dtype logits
+        logits = torch.empty((t, self._lm_head.weight.shape[0]), dtype=torch.float32, device=self._device)
+        for s, e in spans:
+            logits[s:e] = self._logits(h[0, s:e].to(self._device))
+        return logits
 
     @torch.inference_mode()
     def decode(self, token: int) -> torch.Tensor:
