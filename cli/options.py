@@ -148,7 +148,7 @@ def checked_plan(o: dict):
     --budget auto picks exact or sparse decode (`offload.decode_choice`); the plan's `decode` says
     which and why. --rest auto: when the plan fits only without the rest, or plans for a CPU whose
     memory holds the KV (`decode_choice.fit_rest`), the rest is dropped and stderr says so."""
-    from offload.decode_choice import choose_decode, explicit_choice
+    from offload.decode_choice import HOST_SKETCHES_NOTE, choose_decode, explicit_choice
 
     if o["budget"] == "auto" and not o["dense"]:
         choice, config, memory = choose_decode(lambda budget: _fitted(o, offload_config(o, budget)))
@@ -161,16 +161,20 @@ def checked_plan(o: dict):
                f"{_rest(o)} does not fit beside the weights at {memory.ctx:,} tokens")
         click.echo(f"note: --rest auto: {why}, so what a step does not select is dropped (--rest none); "
                    "answers on record lookups may differ from exact attention's", err=True)  # fmt: skip
-    return config, dataclasses.replace(memory, decode=choice.reason)
+    reason = choice.reason
+    if config.sparse is not None and getattr(config.sparse.policy, "sketches", "device") == "host":
+        reason += f"; {HOST_SKETCHES_NOTE}"
+    return config, dataclasses.replace(memory, decode=reason)
 
 
 def _fitted(o: dict, config):
-    """(config, plan) for `config`, without the rest when --rest auto and only that fits."""
-    from offload.decode_choice import fit_rest
+    """(config, plan) for `config`, without the rest when --rest auto and only that fits; with two
+    levels and the token sketches in host memory when only that fits (`decode_choice.fit_summaries`)."""
+    from offload.decode_choice import fit_rest, fit_summaries
 
     if _rest_option(o) == "auto":
-        return fit_rest(config, lambda c: _plan(o, c))
-    return config, _plan(o, config)
+        return fit_summaries(config, lambda c: fit_rest(c, lambda c2: _plan(o, c2)))
+    return fit_summaries(config, lambda c: (c, _plan(o, c)))
 
 
 def require_fit(memory) -> None:

@@ -18,7 +18,11 @@ from typing import Callable
 
 from .plan import GIB, MemoryPlan
 
-__all__ = ["AUTO_FRACTION", "DecodeChoice", "choose_decode", "explicit_choice", "decode_label", "fit_rest"]
+__all__ = ["AUTO_FRACTION", "DecodeChoice", "choose_decode", "explicit_choice", "decode_label", "fit_rest",
+           "fit_summaries", "HOST_SKETCHES_NOTE"]
+
+HOST_SKETCHES_NOTE = ("two-level selection (token2) with its token sketches in host memory: one level's sketches "
+                      "do not fit the GPU at this context")
 
 AUTO_FRACTION = 1 / 16
 
@@ -42,20 +46,38 @@ def _gib(n: int) -> str:
 def fit_rest(config, plan_of: Callable[[object], MemoryPlan]):
     """(config, plan) for `config`, or for it without the rest (`--rest auto`: the rest is what a step
     does not select, kept at low precision) when
-    - only that fits: the rest needs room beside the weights; or
+    - only that fits the GPU: the rest needs room beside the weights; or
     - the plan is for a CPU whose memory holds the whole KV: there the rest costs more than exact
       attention over every token: a CPU unpacks the 4-bit levels at every step (SmolLM2 at 32k, 2
       threads: the rest 394 ms a step, exact attention over all 32k tokens 207 ms;
       bench/results/speed-32k.md), so sparse decode is worth its speed there only without it."""
     memory = plan_of(config)
     sparse = config.sparse
-    if sparse is None or sparse.rest is None or (memory.fits and memory.device != "cpu"):
+    if sparse is None or sparse.rest is None or (memory.gpu_fits and memory.device != "cpu"):
         return config, memory
     lean = config.replace(sparse=dataclasses.replace(sparse, rest=None))
     lean_memory = plan_of(lean)
     if memory.device == "cpu" and lean_memory.whole_kv_fits:
         return lean, lean_memory
-    return (lean, lean_memory) if lean_memory.fits and not memory.fits else (config, memory)
+    return (lean, lean_memory) if lean_memory.gpu_fits and not memory.gpu_fits else (config, memory)
+
+
+def fit_summaries(config, fit: Callable[[object], tuple[object, MemoryPlan]]):
+    """(config, plan) from `fit` (config -> (config, plan): the rest's fitting, or the plan alone), or,
+    when that does not fit and the policy is `token` (one level, single tokens) or two-level with its
+    sketches on the device, the same with two levels and the token sketches in host memory (`token2`,
+    sketches="host") if that fits: only block bounds stay resident, 1/16-1/4 of the sketches' bytes
+    (what a million tokens need on a 24 GB GPU: issue 25). Kept otherwise: the plan says why."""
+    config1, memory = fit(config)
+    policy = config.sparse.policy if config.sparse is not None else None
+    from .sparse.policies.token import Token, TwoLevel
+
+    if memory.gpu_fits or not isinstance(policy, Token) or policy.unit != "token" or policy.sketches == "host":
+        return config1, memory
+    two = (dataclasses.replace(policy, sketches="host") if policy.candidates else
+           TwoLevel(rank=policy.rank, share=policy.share, sketches="host"))  # fmt: skip
+    config2, memory2 = fit(config.replace(sparse=dataclasses.replace(config.sparse, policy=two)))
+    return (config2, memory2) if memory2.gpu_fits else (config1, memory)
 
 
 def choose_decode(plan_for: Callable[[int | float | None], tuple[object, MemoryPlan]]):
@@ -69,11 +91,11 @@ def choose_decode(plan_for: Callable[[int | float | None], tuple[object, MemoryP
     config, sparse = plan_for(AUTO_FRACTION)
     want = max(1, int(exact.ctx * AUTO_FRACTION))
     why = (f"{kv} does not fit the {_gib(exact.hot_set_bytes)} GPU hot set the plan leaves"
-           if exact.fits else f"{kv} and the weights do not fit the GPU")
-    if not sparse.fits and exact.fits:  # no room for sparse decode's summaries: exact, read from the tiers
+           if exact.gpu_fits else f"{kv} and the weights do not fit the GPU")
+    if not sparse.gpu_fits and exact.gpu_fits:  # no room for sparse decode's summaries: exact, read from the tiers
         return DecodeChoice(None, f"exact attention, the KV read from the tiers (--budget auto): {why}, and "
                                   "sparse decode's summaries do not fit either"), config0, exact  # fmt: skip
-    if sparse.fits and sparse.budget_tokens < want:  # the selection must be resident: cap it
+    if sparse.gpu_fits and sparse.budget_tokens < want:  # the selection must be resident: cap it
         budget = max(1, sparse.budget_tokens)
         config, sparse = plan_for(budget)
         return DecodeChoice(budget, f"sparse decode at {budget:,} tokens/layer (--budget auto: the hot set's "

@@ -107,9 +107,14 @@ class OffloadModel:
         """The `StoreSpec` of this model's KV under its config on its device."""
         from .store_spec import StoreSpec
 
+        from .prefill_hidden import prefill_hidden_bytes
+
         n_layers, n_kv, head_dim = self.kv_shape()
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        hidden = prefill_hidden_bytes(self.device, self.n_ctx, self.text_config.hidden_size, itemsize,
+                                      self.config.prefill_chunk)[1]  # fmt: skip
         return StoreSpec.derive(self.config, n_layers, n_kv, head_dim, self.dtype, self.device, batch,
-                                self.planned_hot_set, windows=self.layer_windows)  # fmt: skip
+                                self.planned_hot_set, windows=self.layer_windows, host_reserve=hidden)  # fmt: skip
 
     @cached_property
     def planned_hot_set(self) -> int | None:

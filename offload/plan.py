@@ -3,9 +3,11 @@ computed from its transformers config before any weight is loaded.
 
 GPU = weights + runtime reserve + prefill activations + sinks/window buffers + abstracts + hot set.
 Layer-major prefill holds one layer's KV at full context, the hidden states of the whole prompt
-(input and output of the layer) and one prefill chunk's projections and MLP. The hot set gets what
-is left, capped at the whole body of the KV; it must reach `MIN_BUDGET_TOKENS` per layer. Every
-chunk also has a home copy: in the host pool while it has room, the rest on disk.
+(on the device, or past a size in host memory: `offload.prefill_hidden`) and one prefill chunk's
+projections and MLP. The hot set gets what is left, capped at the whole body of the KV; it must
+reach `MIN_BUDGET_TOKENS` per layer. Every chunk also has a home copy: in the host pool while it has
+room, the rest on disk. Host memory = host pool + host-resident summaries (a two-level policy's
+token sketches) + the prefill's hidden states when they live there.
 Abstracts are the selection policy's key summary (`SelectionPolicy.summary_bytes`, through the
 `StoreSpec`) and the rest (low-precision K/V of every token, `sparse.rest`); none without sparse
 decode.
@@ -25,6 +27,7 @@ import torch
 from .config import OffloadConfig
 from .errors import ConfigError
 from .hybrid_store import global_layers, layer_windows, ring_tokens
+from .prefill_hidden import prefill_hidden_bytes
 from .tiers.host import HOST_FRACTION
 
 __all__ = ["MemoryPlan", "plan", "model_dims"]
@@ -68,6 +71,14 @@ class MemoryPlan:
     decode: str = ""  # which decode runs and why (`offload.decode_choice`), when a command chose
     ring_bytes: int = 0  # sliding-window layers' rings (`HybridKVStore`), on the GPU
     sliding_layers: int = 0  # of n_layers; their KV is the rings', never tiered
+    host_summary_bytes: int = 0  # key summaries kept in host memory (token2's sketches, sketches="host")
+    host_hidden_bytes: int = 0  # the prefill's hidden states, when kept in host memory
+
+    @property
+    def gpu_fits(self) -> bool:
+        """The GPU holds the weights, the activations, the summaries and a hot set of at least
+        `MIN_BUDGET_TOKENS` per layer (host memory and disk aside)."""
+        return self.gpu_total_bytes <= self.gpu_mem and self.budget_tokens >= min(self.body_tokens, MIN_BUDGET_TOKENS)
 
     @property
     def whole_kv_fits(self) -> bool:
@@ -95,6 +106,8 @@ class MemoryPlan:
             ("GPU  hot set", f"{g(self.hot_set_bytes)}  ({self.budget_tokens:,} tokens/layer)"),
             ("GPU  reserve", g(self.reserve_bytes)),
             ("GPU  total / limit", f"{g(self.gpu_total_bytes)} / {g(self.gpu_mem).strip()}"),
+            *([("host token sketches", g(self.host_summary_bytes))] if self.host_summary_bytes else []),
+            *([("host prefill hidden states", g(self.host_hidden_bytes))] if self.host_hidden_bytes else []),
             ("host pool / host memory", f"{g(self.host_pool_bytes)} / {g(self.host_mem).strip()}"),
             ("disk", f"{g(self.disk_bytes)}  in {self.disk_dir}"
                      + ("" if self.disk_free is None else f" ({self.disk_free / GIB:.1f} GiB free)")),
@@ -187,8 +200,8 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
 
     it = torch.empty((), dtype=dtype).element_size()
     hkv, d, windows = m["kv_heads"], m["head_dim"], m.get("windows", ())
-    spec = StoreSpec.derive(offload, m["n_layers"], hkv, d, dtype, "cpu", planned_hot_set=1,
-                            windows=windows)  # chunk, summaries  # fmt: skip
+    spec = StoreSpec.derive(offload, m["n_layers"], hkv, d, dtype, device, planned_hot_set=1,
+                            windows=windows)  # chunk, summaries (their placement and dtype: the device's)  # fmt: skip
     L = global_layers(windows, m["n_layers"])  # layers whose KV grows
     c = spec.layout.chunk
     tok_layer = 2 * hkv * d * it
@@ -198,10 +211,12 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
     weights = n_params * it
     body_chunks = spec.layout.body_chunks(ctx)
     abstracts = spec.summary_bytes(ctx)  # key summary + rest (0 when dense)
+    host_summaries = spec.host_summary_bytes(ctx)
     edge = L * (offload.sinks + offload.window + c) * tok_layer
     pc = min(offload.prefill_chunk, max(ctx, 1))
+    hidden_dev, hidden_host = prefill_hidden_bytes(device, ctx, m["hidden"], it, pc)
     prefill = (ctx * tok_layer  # one layer's KV
-               + 2 * ctx * m["hidden"] * it  # hidden states in and out of the layer
+               + hidden_dev  # the prompt's hidden states (or only the chunk in flight: on the host)
                + pc * (m["heads"] * d + 2 * hkv * d + m["hidden"]) * it  # chunk q, k, v, o
                + 3 * pc * m["intermediate"] * it  # chunk gate, up, act
                + m["vocab"] * 4)  # fmt: skip
@@ -211,9 +226,13 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
     hot = budget * L * tok_layer
     want = min(budget_cap, MIN_BUDGET_TOKENS)
     host_cap = offload.host_mem if offload.host_mem is not None else int(host_mem * HOST_FRACTION)
-    host_pool = min(kv, host_cap // (c * tok_layer) * (c * tok_layer))
+    beside = host_summaries + hidden_host  # host memory that is not the pool
+    host_pool = min(kv, max(0, host_cap - beside) // (c * tok_layer) * (c * tok_layer))
     disk_need = max(0, kv - host_pool)
     reasons = []
+    if beside > host_cap:
+        reasons.append(f"host: {beside / GIB:.2f} GiB of token sketches and prefill hidden states, "
+                       f"{host_cap / GIB:.2f} GiB of host memory planned for")  # fmt: skip
     short = fixed + want * L * tok_layer - gpu_mem
     if short > 0:
         reasons.append(f"GPU: {short / GIB:.2f} GiB short of weights + activations + a "
@@ -233,5 +252,6 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
         hot_set_bytes=hot, budget_tokens=budget, gpu_total_bytes=fixed + hot, gpu_mem=gpu_mem,
         host_pool_bytes=host_pool, host_mem=host_mem, disk_bytes=disk_need, disk_free=free,
         disk_dir=str(disk), fits=not reasons, reasons=tuple(reasons), max_ctx=ctx, body_tokens=budget_cap,
-        device=device, ring_bytes=rings, sliding_layers=m["n_layers"] - L,
+        device=device, ring_bytes=rings, sliding_layers=m["n_layers"] - L, host_summary_bytes=host_summaries,
+        host_hidden_bytes=hidden_host,
     )  # fmt: skip

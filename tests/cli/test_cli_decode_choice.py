@@ -2,6 +2,7 @@
 directory that holds only config.json."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def test_config_only_llama_8b_at_200k_plans_a_24g_gpu_from_any_machine(llama_8b,
             "--host-mem", "64G", "--disk-dir", str(tmp_path), "--dry-run"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert "bfloat16 on cuda" in r.output and "fits                      yes" in r.output
+    assert "bfloat16 on cuda" in r.output and re.search(r"^fits +yes$", r.output, re.M)
     assert "sparse decode at 1/16 of the context (12,500 tokens/layer, --budget auto)" in r.output
     plan = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
     assert (plan["device"], plan["dtype"], plan["fits"]) == ("cuda", "bfloat16", True)
@@ -47,9 +48,32 @@ def test_config_only_llama_8b_at_200k_plans_a_24g_gpu_from_any_machine(llama_8b,
     assert r.exit_code == 3 and "GPU:" in r.output and "float32 on cuda" in r.output
 
 
+def test_a_million_tokens_fit_a_24g_gpu_with_the_sketches_in_host_memory_and_the_rest_on_disk(llama_8b, tmp_path):
+    """Issue 25: Llama-3.1-8B at 1M tokens on a 24 GiB GPU and 64 GiB of host memory. One level's
+    sketches (16 GiB) and the rest (40 GiB) cannot be resident: the plan goes two-level with the
+    token sketches in host memory, drops the rest, keeps the prefill's hidden states on the host,
+    and spills what the host pool does not hold. The disk's free space is this machine's: the plan
+    fits where the disk holds the spill, and says the disk is short (only that) where it does not."""
+    args = ["-m", str(llama_8b), "-c", "1M", "--device", "cuda", "--dtype", "bf16", "--gpu-mem", "24G",
+            "--host-mem", "64G", "--disk-dir", str(tmp_path), "--dry-run", "--json"]
+    r = CliRunner().invoke(main, args)
+    plan = json.loads(r.stdout)
+    gib, kv = 1 << 30, (1 << 20) * 128 * 1024
+    assert plan["kv_bytes"] == kv and plan["gpu_total_bytes"] <= 24 * gib
+    assert plan["budget_tokens"] >= 1024 and "token2" in plan["decode"] and "host memory" in plan["decode"]
+    assert plan["abstracts_bytes"] < 4 * gib  # fp16 block bounds only: (2*60+2)*2/16 B per token and head
+    assert plan["host_summary_bytes"] == 16 * gib and plan["host_hidden_bytes"] == 8 * gib
+    assert plan["host_pool_bytes"] + plan["host_summary_bytes"] + plan["host_hidden_bytes"] <= 64 * gib
+    assert plan["disk_bytes"] == kv - plan["host_pool_bytes"] > 0
+    assert all(reason.startswith("disk:") for reason in plan["reasons"])
+    assert plan["fits"] == (plan["disk_free"] >= plan["disk_bytes"]) and r.exit_code == (0 if plan["fits"] else 3)
+    text = CliRunner().invoke(main, args[:-1]).output
+    assert "host token sketches" in text and "host prefill hidden states" in text and "--rest none" in text
+
+
 def test_auto_caps_the_budget_at_what_the_hot_set_holds(llama_8b, tmp_path):
-    """At 23G the hot set holds fewer than 1/16 of 200k tokens per layer: the budget is that room."""
-    config, memory = _plan(["-m", str(llama_8b), "-c", "200k", "--device", "cuda", "--gpu-mem", "23G",
+    """At 20G the hot set holds fewer than 1/16 of 200k tokens per layer: the budget is that room."""
+    config, memory = _plan(["-m", str(llama_8b), "-c", "200k", "--device", "cuda", "--gpu-mem", "20G",
                             "--host-mem", "64G", "--disk-dir", str(tmp_path), "--dry-run"])
     assert memory.fits and "the hot set's room" in memory.decode
     assert isinstance(config.sparse.budget, int) and config.sparse.budget == memory.budget_tokens < 12_500
