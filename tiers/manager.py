@@ -189,6 +189,16 @@ class TierManager:
         """Unpin what `acquire` pinned for `layer` (the step is done reading it)."""
         self._pinned[layer].clear()
 
+    def abort(self, layer: int, plan: FetchPlan) -> None:
+        """`plan`'s copies failed (a corrupt disk chunk, Ctrl-C): its misses' slots hold other bytes,
+        so they go back to the free list instead of counting as copies; the layer's pins are released."""
+        for miss in plan.misses:
+            if self._gpu[layer].pop(miss.chunk, None) is not None:
+                self._lru[layer].remove(miss.chunk)
+                self._free_gpu[layer].append(miss.slot)
+        self._version[layer] += 1
+        self.release(layer)
+
     def truncate(self, layer: int, n_chunks: int) -> list[Placement]:
         """Forget chunks >= n_chunks of `layer`; free their slots. Returns what was freed."""
         freed = []

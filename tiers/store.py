@@ -96,16 +96,20 @@ class TieredKVStore(StoreView):
         nk, nv, r = kr[:, take:], vr[:, take:], t - take
         win = edge[:, :, s:]  # [2, R, W + C, D]
         w = lay.window_len(n)
-        emit = lay.body_chunks(n + t) - self._mgr.n_chunks(layer)
+        emit = lay.body_chunks(n + t) - (m := self._mgr.n_chunks(layer))  # m: body chunks before
         if emit:  # chunks 0..emit-1 of the stream window[:w] ++ new[:r], in one tensor
-            if self.selector is not None and self._mgr.n_chunks(layer) == 0:
+            if self.selector is not None and m == 0:
                 # the layer's first chunks: a summary's basis comes from every key it holds (the prompt)
                 self.selector.before_chunks(layer, torch.cat([edge[0, :, : lay.sink_len(n)], win[0, :, :w], kr], 1))
             e = emit * c - w
             chunks = win[:, :, : emit * c] if e <= 0 else torch.cat([win[:, :, :w], torch.stack([nk[:, :e], nv[:, :e]])], 2)
             # [emit, 2, R, C, D]: each chunk contiguous (one copy for all; `win` is rewritten below)
             chunks = chunks.reshape(2, lay.rows, emit, c, d).permute(2, 0, 1, 3, 4).contiguous()
-            self._add_chunks(layer, chunks, hot=t <= c)
+            try:
+                self._add_chunks(layer, chunks, hot=t <= c)
+            except BaseException:  # a full disk (or Ctrl-C) mid-way: the layer stays as it was
+                self._drop_chunks(layer, m)
+                raise
         start, new_w = emit * c, w + r - emit * c
         if 0 < start < w:
             win[:, :, : w - start] = win[:, :, start:w].clone()
@@ -181,11 +185,7 @@ class TieredKVStore(StoreView):
                 filled, j = filled + take, j + 1
             s = lay.sinks
             win[:, :, filled:] = self._edge[layer, :, :, s : s + w_new - filled]
-            self._mgr.truncate(layer, m_new)
-            if self.selector is not None:
-                self.selector.truncate(layer, m_new)  # (a new selection: the working set gathers anew)
-            if self._disk is not None:
-                self._disk.drop_from(layer, m_new)
+            self._drop_chunks(layer, m_new)
             self._edge[layer, :, :, s : s + w_new] = win
             self._n[layer] = n
 
@@ -240,6 +240,14 @@ class TieredKVStore(StoreView):
         if self._closed:
             raise RuntimeError("this TieredKVStore is closed")
 
+    def _drop_chunks(self, layer: int, m: int) -> None:
+        """Forget body chunks >= m of `layer`: GPU and host slots, summaries, the disk file's tail."""
+        self._mgr.truncate(layer, m)
+        if self.selector is not None:
+            self.selector.truncate(layer, m)  # (a new selection: the working set gathers anew)
+        if self._disk is not None:
+            self._disk.drop_from(layer, m)
+
     def _add_chunks(self, layer: int, chunks: torch.Tensor, hot: bool) -> None:
         """Place new chunks [n, 2, R, C, D] (device): each a home copy on host or disk, maybe a GPU
         copy. Placed in order, so a slot a later chunk of the same call takes over ends up holding it."""
@@ -264,13 +272,16 @@ class TieredKVStore(StoreView):
         plan = self._mgr.acquire(layer, chunks)
         if plan.misses:
             self._xfer.begin(layer)
-            for miss in plan.misses:
-                dst = self._gpu.view(layer, miss.slot)
-                if miss.home == HOST:
-                    self._xfer.upload(self._host.view(miss.host_slot), dst)
-                else:
-                    self._xfer.upload_from(
-                        lambda buf, c=miss.chunk: self._disk.read_into(layer, c, buf), dst)  # fmt: skip
+            try:
+                for miss in plan.misses:
+                    dst = self._gpu.view(layer, miss.slot)
+                    if miss.home == HOST:
+                        self._xfer.upload(self._host.view(miss.host_slot), dst)
+                    else:
+                        self._xfer.upload_from(lambda buf, c=miss.chunk: self._disk.read_into(layer, c, buf), dst)
+            except BaseException:  # a corrupt disk chunk (or Ctrl-C): unfilled slots must not count as copies
+                self._mgr.abort(layer, plan)
+                raise
         self._xfer.ready(layer)
         base = self._gpu.base[layer]
         return torch.tensor([base + s for s in plan.slots], dtype=torch.long, device=self.device)

@@ -7,11 +7,13 @@ import subprocess
 
 import pexpect
 import pytest
+import torch
 from click.testing import CliRunner
 
 import offload
 from offload.cli.chat import main
 from offload.errors import DiskFullError
+from offload.store_spec import StoreSpec
 
 from fault_helpers import LONG_DOC, leftovers, mount_tmpfs, offload_chat, spilling
 
@@ -28,6 +30,28 @@ def test_spill_onto_a_full_disk_is_a_typed_error_and_leaves_nothing(model, tmpfs
     assert leftovers(tmpfs) == []
     with pytest.raises(DiskFullError):
         offload.generate(m, LONG_DOC, max_new_tokens=2)
+    assert leftovers(tmpfs) == []
+
+
+def test_an_append_that_fills_the_disk_leaves_the_layer_as_it_was(tmpfs):
+    """One append of many chunks, the disk full part way through them: the chunks it wrote are given
+    back, the layer keeps its length and its chunks, and it takes appends again once they fit."""
+    cfg = offload.OffloadConfig(kv_store="tiered", device="cpu", dtype="bfloat16", compress=False,
+                                host_mem=1 << 18, hot_set_bytes=1 << 18, disk_dir=str(tmpfs))  # fmt: skip
+    spec = StoreSpec.derive(cfg, 1, 8, 128, torch.bfloat16, "cpu")  # 256 KiB chunks: < 16 fit the 4 MiB disk
+    g = torch.Generator().manual_seed(0)
+    k, v = (torch.randn(1, 8, 2048, 128, generator=g).to(torch.bfloat16) for _ in range(2))
+    keys = ("tokens", "chunks", "disk_chunks", "disk_bytes", "host_bytes", "gpu_bytes")
+    with spec.new_store() as store:
+        store.append(0, k[:, :, :512], v[:, :, :512])  # 6 chunks: 1 on the host, 5 on disk
+        before = {key: store.stats()[key] for key in keys}
+        with pytest.raises(DiskFullError, match="--disk-dir"):
+            store.append(0, k[:, :, 512:], v[:, :, 512:])  # 24 more chunks on disk: it fills part way
+        assert {key: store.stats()[key] for key in keys} == before and store.n_chunks(0) == 6
+        assert [os.path.getsize(f) for f in store.spill_files] == [before["disk_bytes"]]
+        store.append(0, k[:, :, 512:600], v[:, :, 512:600])  # 2 more chunks fit
+        got_k, got_v = store.read_layer(0)
+        assert torch.equal(got_k, k[:, :, :600]) and torch.equal(got_v, v[:, :, :600])
     assert leftovers(tmpfs) == []
 
 

@@ -182,3 +182,32 @@ def test_pinning_fetches_and_stats_count_bytes():
     tiered.close()
     with pytest.raises(RuntimeError, match="closed"):
         tiered.attend(1, torch.randn(1, 4, 1, D), 0.1)
+
+
+def test_a_corrupt_disk_chunk_is_not_left_resident(tmp_path):
+    """A fetch that fails its checksum raises and leaves no GPU copy behind: once the bytes are
+    repaired the chunk is read again from disk, not served from a slot that holds other bytes."""
+    from offload.tiers.codec import CorruptChunkError
+
+    cfg = _cfg(host_chunks=0, budget=2, disk_dir=str(tmp_path))  # every chunk on disk
+    store = TieredKVStore(L, HKV, D, torch.float32, "cpu", cfg)
+    k, v = _kv(60, seed=5)
+    store.append(0, k, v)  # chunks 0..5; prefill fills the two slots with chunks 0 and 1
+    assert not store.is_resident(0, 2)
+    path, at = store.spill_files[0], 2 * store.layout.chunk_bytes + 7  # a byte of chunk 2 (raw records)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x40]))
+    with pytest.raises(CorruptChunkError):
+        store.pin(0, [2])
+    assert not store.is_resident(0, 2)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(byte)
+    slots = store.pin(0, [2])
+    p0 = store.layout.chunk_start(2)
+    assert torch.equal(store.pool.kv[slots[0], 0], k[0, :, p0 : p0 + store.layout.chunk])
+    store.done(0, pinned=True)
+    store.close()
