@@ -130,7 +130,8 @@ def test_bound_on_real_keys(model):
 
 
 @pytest.mark.parametrize("bad", [dict(candidates=0.5), dict(candidates=-1), dict(candidates=True),
-                                 dict(block=1), dict(block=8.0), dict(candidates=4, unit="chunk")])  # fmt: skip
+                                 dict(block=1), dict(block=8.0), dict(candidates=4, unit="chunk"), dict(fan=4),
+                                 dict(candidates=4, fan=1), dict(candidates=4, fan=-2), dict(candidates=4, fan=2.0)])  # fmt: skip
 def test_bad_parameters(bad):
     with pytest.raises(ConfigError):
         Token(**bad)
@@ -139,4 +140,26 @@ def test_bad_parameters(bad):
 def test_registered_and_planned():
     assert make_policy("token2").candidates == 8 and make_policy("token").candidates == 0
     one, two = Token(), TwoLevel()
-    assert two.summary_bytes(64, 8, 2) == pytest.approx(one.summary_bytes(64, 8, 2) + (2 * 28 + 2) * 4 / 16)
+    blocks = (2 * 28 + 2) * 4 / 16
+    assert two.summary_bytes(64, 8, 2) == pytest.approx(one.summary_bytes(64, 8, 2) + blocks * (1 + 1 / 16))
+
+
+def test_three_levels_find_a_lone_needle_scoring_few_blocks():
+    """32k isotropic keys (the worst case for boxes), one needle per head, budget 1/256: superblocks
+    keep 4x the needed blocks' worth (16 of 128 superblocks), the needle's block is among them and
+    the needle is selected, as with two levels."""
+    g = torch.Generator().manual_seed(6)
+    n_kv, c, d, n = 2, 8, 64, 32768
+    keys = torch.randn(n_kv, n, d, generator=g)
+    q = torch.randn(1, 2 * n_kv, d, generator=g)
+    where = [777, 30001]
+    for h, t in enumerate(where):
+        keys[h, t] = q[0, 2 * h] / q[0, 2 * h].norm() * 16
+    for fan in (16, 0):
+        sel = _selector(TwoLevel(fan=fan), n_kv, d, c, n // c, n // 256)
+        _fill(sel, keys)
+        if fan:  # the third level is used: 16 superblocks kept of 128
+            assert -(-4 * (8 * 128 // 16) // fan) < n // (16 * fan)
+        ids = sel.select(0, q, n // c, n)
+        for h, t in enumerate(where):
+            assert t in ids[h].tolist()

@@ -11,7 +11,7 @@ from test_token2 import _fill, _selector
 from offload.config import OffloadConfig
 from offload.errors import ConfigError
 from offload.sparse import SparseConfig
-from offload.sparse.block_bounds import BlockBounds, summary_dtype
+from offload.sparse.block_bounds import BlockBounds, _bound, summary_dtype
 from offload.sparse.policies.token import _HALF_STEP, Token, TwoLevel
 from offload.store_spec import StoreSpec
 
@@ -23,10 +23,10 @@ def test_fp16_block_bounds_still_bound_every_token_in_the_block(seed):
     n_kv, m, c, d, blk = 2, 24, 8, 64, 16
     keys = torch.randn(n_kv, m, c, d, generator=g) * torch.linspace(0.1, 30, d) + 3
     keys[:, 5, 3] *= 40  # an outlier key: wide boxes, large scales
-    state = summarized(TwoLevel(rank=12, block=blk), keys)
+    state = summarized(TwoLevel(rank=12, block=blk, fan=4), keys)
     n = m * c
-    half = BlockBounds(1, 1, n_kv, state.rank, blk, "cpu", torch.float16)
-    half.update(0, state.lo[0], state.aux[0], 0, n)
+    half = BlockBounds(1, 1, n_kv, state.rank, blk, "cpu", torch.float16, fan=state.blocks.fan)
+    half.update(0, *state.sketches(0, n), 0, n)
     assert half.summary.dtype == torch.float16 and half.nbytes * 2 == state.blocks.nbytes
     basis = state.basis.basis[0]
     for _ in range(8):
@@ -37,6 +37,10 @@ def test_fp16_block_bounds_still_bound_every_token_in_the_block(seed):
         per_block = tokens.reshape(1, n_kv, n // blk, blk).amax(-1)
         assert (rounded >= per_block - 1e-3 * per_block.abs().clamp(min=1)).all()
         assert torch.allclose(rounded, exact, rtol=5e-3, atol=5e-3 * exact.abs().max())  # barely looser
+        for bounds in (state.blocks, half):  # a superblock bounds each of its blocks
+            supers = _bound(bounds._row(q, basis, n_kv, _HALF_STEP), bounds.coarse[0, :, :, : n // blk // 4])
+            inner = exact[..., : supers.shape[-1] * 4].reshape(1, n_kv, -1, 4).amax(-1)
+            assert (supers >= inner - 1e-3 * inner.abs().clamp(min=1)).all()
 
 
 def test_summary_dtype_is_fp16_only_for_16_bit_kv_on_a_gpu():
@@ -71,9 +75,10 @@ def test_bad_placements(bad):
 
 def test_placed_bytes_per_token_and_head():
     r = 128 // 2 - 4  # Llama's head_dim 128: rank 60, sketch 60 + 4 bytes beside bf16 KV
-    assert TwoLevel(sketches="host").placed_bytes(128, 8, 2, "cuda") == ((2 * r + 2) * 2 / 16, r + 4)
-    assert TwoLevel().placed_bytes(128, 8, 2, "cuda") == ((2 * r + 2) * 2 / 16 + r + 4, 0)
-    assert TwoLevel().placed_bytes(128, 8, 2, "cpu") == ((2 * r + 2) * 4 / 16 + r + 4, 0)
+    levels = 1 + 1 / 16  # blocks, and superblocks of 16 blocks
+    assert TwoLevel(sketches="host").placed_bytes(128, 8, 2, "cuda") == ((2 * r + 2) * 2 / 16 * levels, r + 4)
+    assert TwoLevel().placed_bytes(128, 8, 2, "cuda") == ((2 * r + 2) * 2 / 16 * levels + r + 4, 0)
+    assert TwoLevel(fan=0).placed_bytes(128, 8, 2, "cpu") == ((2 * r + 2) * 4 / 16 + r + 4, 0)
     assert Token().placed_bytes(128, 8, 4, "cuda") == (r + 8, 0)
 
 
@@ -84,7 +89,7 @@ def test_the_store_spec_leaves_the_host_sketches_and_the_reserve_out_of_the_host
     args = (cfg, 4, 8, 128, torch.bfloat16, "cpu")
     spec = StoreSpec.derive(*args)
     sketches = spec.host_summary_bytes(ctx)
-    assert sketches == 4 * 8 * (60 + 4) * ctx and spec.summary_bytes(ctx) == 4 * 8 * 122 * 4 // 16 * ctx
+    assert sketches == 4 * 8 * (60 + 4) * ctx and spec.summary_bytes(ctx) == int(4 * 8 * 122 * 4 / 16 * (1 + 1 / 16) * ctx)
     chunk = spec.layout.chunk_bytes
     assert spec.host_chunks == host_mem // chunk - -(-sketches // chunk)
     reserved = StoreSpec.derive(*args, host_reserve=64 << 20)
