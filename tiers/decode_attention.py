@@ -65,7 +65,7 @@ class DecodeAttention:
         pinned = not st.all_resident(layer)
         if pinned:
             t0 = time.perf_counter()
-            ids = sorted(set(chunks.reshape(-1).tolist()))  # host sync: misses are fetched by Python
+            ids = torch.unique(chunks).tolist()  # sorted; a host sync: misses are fetched by Python
             self.counters["stall_s"] += time.perf_counter() - t0
             if len(ids) > st.slot_budget(layer):  # in rounds of at most the slots, these units only
                 self.counters["rounds"] += 1

@@ -269,7 +269,7 @@ class TieredKVStore(StoreView):
 
     def _fetch(self, layer: int, chunks: list[int]) -> torch.Tensor:
         """Make `chunks` resident and pinned; returns their global slots, int64 [n]."""
-        plan = self._mgr.acquire(layer, chunks)
+        seen, plan = self._mgr.version(layer), self._mgr.acquire(layer, chunks)
         if plan.misses:
             self._xfer.begin(layer)
             try:
@@ -283,8 +283,8 @@ class TieredKVStore(StoreView):
                 self._mgr.abort(layer, plan)
                 raise
         self._xfer.ready(layer)
-        base = self._gpu.base[layer]
-        return torch.tensor([base + s for s in plan.slots], dtype=torch.long, device=self.device)
+        self._table.patch(layer, seen, self._mgr, plan)  # the misses and evictions only: no rebuild
+        return torch.tensor([self._gpu.base[layer] + s for s in plan.slots], dtype=torch.long, device=self.device)
 
     def _read_chunk(self, layer: int, j: int, dst: torch.Tensor) -> None:
         """Bulk read (read_layer, truncate): chunk j into dst [2, R, C, D] on the device, from

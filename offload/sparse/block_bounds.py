@@ -147,7 +147,9 @@ class BlockBounds:
             among = (top.sort(dim=-1).values[..., None] * self.fan + fan).flatten(-2)  # [B, Hkv, wanted*fan]
             rest = torch.arange(supers * self.fan, full, device=top.device).expand(*among.shape[:2], -1)
             among = torch.cat([among, rest], dim=-1)
-            rows = self.summary[layer, :, :, :full].gather(-2, among[..., None].expand(-1, -1, -1, row.shape[-1]))
+            b, h, m = among.shape  # their rows, by one index_select over [B * Hkv * capacity, 2r + 2]
+            flat = among + torch.arange(b * h, device=among.device).view(b, h, 1) * self.capacity
+            rows = self.summary[layer].reshape(-1, row.shape[-1]).index_select(0, flat.reshape(-1)).view(b, h, m, -1)
             top = among.gather(-1, torch.topk(_bound(row, rows), keep, dim=-1, sorted=False).indices)
         else:
             top = torch.topk(_bound(row, self.summary[layer, :, :, :full]), keep, dim=-1, sorted=False).indices

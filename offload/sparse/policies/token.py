@@ -273,10 +273,12 @@ class TokenSketches(PolicyState):
         """The sketches of the tokens among [B, Hkv, T]: levels [B, Hkv, r, T], aux [B, Hkv, 2, T],
         gathered where they live (host-resident: the ids go to the host first, a sync)."""
         lo, aux = self.lo[layer], self.aux[layer]
-        if self.token_major:  # rows of r bytes: a block's tokens are one contiguous run
-            ids = among.to(self.home)[..., None]
-            return (lo.gather(-2, ids.expand(-1, -1, -1, self.rank)).transpose(-1, -2),
-                    aux.gather(-2, ids.expand(-1, -1, -1, 2)).transpose(-1, -2))  # fmt: skip
+        if self.token_major:  # whole rows of r bytes (a block's tokens: one run), by one index_select
+            b, h, t = among.shape
+            rows = among.to(self.home) + torch.arange(b * h, device=self.home).view(b, h, 1) * lo.shape[2]
+            rows = rows.reshape(-1)
+            return (lo.reshape(-1, self.rank).index_select(0, rows).view(b, h, t, -1).transpose(-1, -2),
+                    aux.reshape(-1, 2).index_select(0, rows).view(b, h, t, 2).transpose(-1, -2))  # fmt: skip
         ids = among.to(self.home)[:, :, None]
         return lo.gather(-1, ids.expand(-1, -1, lo.shape[2], -1)), aux.gather(-1, ids.expand(-1, -1, 2, -1))
 
