@@ -193,10 +193,15 @@ def child(a) -> dict:
     return row
 
 
+def _other(r: dict) -> int:
+    """Peak RSS less the host pool, the hot set ("GPU" pool: RAM here) and the summaries."""
+    return r["peak_rss_bytes"] - r["host_bytes"] - r["hot_set_bytes"] - r["summary_bytes"]
+
+
 def _table(rows: list[dict]) -> str:
     head = (f"{'tokens':>9} {'policy':>7} | {'step ms':>8} {'p90':>7} | {'select':>7} {'fetch':>7} {'attend':>7} | "
             f"{'chunks hit/host/disk':>21} {'disk MB':>8} | {'fill s':>7} {'spill GiB':>9} {'host GiB':>8} "
-            f"{'summ MiB':>8} {'RSS GiB':>8}")  # fmt: skip
+            f"{'summ MiB':>8} {'RSS GiB':>8} {'other':>6}")  # fmt: skip
     lines = [head, "-" * len(head)]
     g = 2**30
     for r in rows:
@@ -205,7 +210,7 @@ def _table(rows: list[dict]) -> str:
                      f"{r['select_ms']:>7.1f} {r['fetch_ms']:>7.1f} {r['attend_ms']:>7.1f} | {tiers:>21} "
                      f"{r['disk_read_mb']:>8.2f} | {r['fill_s']:>7.1f} {r['spill_bytes'] / g:>9.2f} "
                      f"{r['host_bytes'] / g:>8.2f} {r['summary_bytes'] / 2**20:>8.0f} "
-                     f"{r['peak_rss_bytes'] / g:>8.2f}")  # fmt: skip
+                     f"{r['peak_rss_bytes'] / g:>8.2f} {_other(r) / g:>6.2f}")  # fmt: skip
     return "\n".join(lines)
 
 
