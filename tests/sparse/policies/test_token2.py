@@ -106,16 +106,22 @@ def test_candidates_covering_the_body_select_what_one_level_selects():
     assert whole.select(0, q, n // c, n) is None  # a budget covering the body: exact
 
 
+def _needles(seed, n_kv, n, d, where, strength):
+    """Noise keys [Hkv, n, D] with one key per head at `where` aligned with its group's first query
+    (norm `strength`), and the queries [1, 2 Hkv, D]."""
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n_kv, n, d, generator=g)
+    q = torch.randn(1, 2 * n_kv, d, generator=g)
+    for h, t in enumerate(where):
+        keys[h, t] = q[0, 2 * h] / q[0, 2 * h].norm() * strength
+    return keys, q, where
+
+
 @pytest.mark.parametrize("block", [16, 64])
 def test_a_lone_needle_is_found_at_a_small_budget(block):
     """One key aligned with the query among 8k noise keys: two levels at 1/64 select it."""
-    g = torch.Generator().manual_seed(4)
     n_kv, c, d, n = 2, 8, 64, 8192
-    keys = torch.randn(n_kv, n, d, generator=g)
-    q = torch.randn(1, 2 * n_kv, d, generator=g)
-    where = [1234, 6001]
-    for h, t in enumerate(where):
-        keys[h, t] = q[0, 2 * h] / q[0, 2 * h].norm() * 12
+    keys, q, where = _needles(4, n_kv, n, d, [1234, 6001], 12)
     sel = _selector(TwoLevel(block=block), n_kv, d, c, n // c, n // 64)
     _fill(sel, keys)
     ids = sel.select(0, q, n // c, n)
@@ -148,13 +154,8 @@ def test_three_levels_find_a_lone_needle_scoring_few_blocks():
     """32k isotropic keys (the worst case for boxes), one needle per head, budget 1/256: superblocks
     keep 4x the needed blocks' worth (16 of 128 superblocks), the needle's block is among them and
     the needle is selected, as with two levels."""
-    g = torch.Generator().manual_seed(6)
     n_kv, c, d, n = 2, 8, 64, 32768
-    keys = torch.randn(n_kv, n, d, generator=g)
-    q = torch.randn(1, 2 * n_kv, d, generator=g)
-    where = [777, 30001]
-    for h, t in enumerate(where):
-        keys[h, t] = q[0, 2 * h] / q[0, 2 * h].norm() * 16
+    keys, q, where = _needles(6, n_kv, n, d, [777, 30001], 16)
     for fan in (16, 0):
         sel = _selector(TwoLevel(fan=fan), n_kv, d, c, n // c, n // 256)
         _fill(sel, keys)
