@@ -61,7 +61,8 @@ def test_a_million_tokens_fit_a_24g_gpu_with_the_sketches_in_host_memory_and_the
     gib, kv = 1 << 30, (1 << 20) * 128 * 1024
     assert plan["kv_bytes"] == kv and plan["gpu_total_bytes"] <= 24 * gib
     assert plan["budget_tokens"] >= 1024 and "token2" in plan["decode"] and "host memory" in plan["decode"]
-    assert plan["abstracts_bytes"] < 4 * gib  # fp16 block bounds only: (2*60+2)*2/16 B per token and head
+    # resident: fp16 block bounds only, (2*60+2)*2/16 B per token and KV head, and superblocks (1/16 more)
+    assert plan["abstracts_bytes"] == int((2 * 60 + 2) * 2 / 16 * (1 + 1 / 16) * 8 * 32 * (1 << 20))
     assert plan["host_summary_bytes"] == 16 * gib and plan["host_hidden_bytes"] == 8 * gib
     assert plan["host_pool_bytes"] + plan["host_summary_bytes"] + plan["host_hidden_bytes"] <= 64 * gib
     assert plan["disk_bytes"] == kv - plan["host_pool_bytes"] > 0
