@@ -292,9 +292,3 @@ class TokenSketches(PolicyState):
     def nbytes(self) -> int:
         blocks = 0 if self.blocks is None else self.blocks.nbytes
         return self.lo.numel() + self.aux.numel() * self.aux.element_size() + self.basis.nbytes + blocks
-
-    @property
-    def host_nbytes(self) -> int:
-        """Of `nbytes`, what lives in host memory (the sketches, when `sketches="host"`)."""
-        on_host = self.home.type == "cpu" and torch.device(self.geometry.device).type != "cpu"
-        return self.lo.numel() + self.aux.numel() * self.aux.element_size() if on_host else 0
