@@ -86,6 +86,21 @@ class DiskStore:
             self._ends[layer] = end
 
     # -- reading ---------------------------------------------------------------------------------
+    def will_need(self, layer: int, chunk_ids: list[int]) -> None:
+        """Ask the kernel for these records' pages now, all at once, so that a fetch's disk reads
+        overlap instead of waiting on the device one record at a time (`read_into` then finds them
+        in the page cache or in flight). Unknown ids are left to `read_into` to report."""
+        if not _RANDOM or not chunk_ids:
+            return
+        index = self._index[layer]
+        recs = [index[c] for c in chunk_ids if c in index]
+        if not recs:
+            return
+        mm = self._map(layer, max(r.offset + r.nbytes for r in recs))
+        for rec in recs:
+            start = rec.offset - rec.offset % mmap.PAGESIZE
+            mm.madvise(mmap.MADV_WILLNEED, start, rec.offset + rec.nbytes - start)
+
     def read_into(self, layer: int, chunk_id: int, out: torch.Tensor) -> None:
         """Decode chunk `chunk_id` of `layer` into `out` (contiguous CPU [2, R, C, D]).
         Raises CorruptChunkError when the stored bytes fail their checksum."""

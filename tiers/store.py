@@ -11,8 +11,8 @@ rounds of at most the layer's GPU slots, over every chunk or a given selection, 
 budget). A budget covering every chunk selects None: the step is exact, as dense.
 
 `truncate(n)` restores the canonical layout for n tokens: chunks from m(n) on are freed (slots, host
-slots, disk tail), and the tokens after the last kept chunk — a partially kept chunk included — are
-read back into the window. A store truncated to n is therefore identical to one that was fed n tokens.
+slots, disk tail), and the tokens after the last kept chunk (a partial one included) are read back
+into the window: a store truncated to n is identical to one that was fed n tokens.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ __all__ = ["TieredKVStore"]
 class TieredKVStore(StoreView):
     """KV store spread over the GPU hot set, pinned host memory and mmap'd disk (see module doc).
 
-    n_layers, n_kv_heads, head_dim, dtype, device: the model's KV geometry and compute placement;
-    config: OffloadConfig; batch: sequences per step (rows R = batch * n_kv_heads); spec: the
-    `StoreSpec` when the caller derived it (else derived here from the config).
+    n_layers, n_kv_heads, head_dim, dtype, device: KV geometry and compute placement; config:
+    OffloadConfig; batch: sequences a step (R = batch * n_kv_heads); spec: given, or derived here.
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, dtype, device,
@@ -148,8 +147,7 @@ class TieredKVStore(StoreView):
 
     @property
     def sparse_attention(self) -> DecodeAttention | None:
-        """The sparse decode step over this store's selections (None when dense): what a decode
-        pass attends with (`offload/attention.py`)."""
+        """The sparse decode step over this store's selections (None when dense; `attention.py`)."""
         return self._decode
 
     @property
@@ -272,6 +270,8 @@ class TieredKVStore(StoreView):
         seen, plan = self._mgr.version(layer), self._mgr.acquire(layer, chunks)
         if plan.misses:
             self._xfer.begin(layer)
+            if self._disk is not None:  # every disk miss's read goes out at once
+                self._disk.will_need(layer, [m.chunk for m in plan.misses if m.home != HOST])
             try:
                 for miss in plan.misses:
                     dst = self._gpu.view(layer, miss.slot)

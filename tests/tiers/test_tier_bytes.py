@@ -93,6 +93,30 @@ def test_disk_detects_flipped_byte_and_truncates(tmp_path):
     disk.close()
 
 
+def test_disk_will_need_then_reads_the_same_bytes(tmp_path):
+    """A fetch asks for every disk miss's pages first (`will_need`), across the file's growth
+    (the mapping is redone), with ids that are not (or no longer) on disk left to `read_into`."""
+    layout = ChunkLayout(2, rows=2, chunk=4, head_dim=8, dtype=torch.bfloat16)
+    disk = DiskStore(layout, SpillDir(tmp_path), compress=True)
+    disk.will_need(1, [0, 1])  # nothing on disk yet: no file, no error
+    assert disk.files() == []
+    out = torch.empty(layout.chunk_shape, dtype=layout.dtype)
+    for grow in (3, 6):
+        for j in range(grow - 3, grow):
+            disk.append(1, j, _chunk(layout, j))
+        disk.will_need(1, list(range(grow)) + [99])
+        for j in reversed(range(grow)):
+            disk.read_into(1, j, out)
+            assert _same_bytes(out, _chunk(layout, j))
+    disk.drop_from(1, 4)
+    disk.will_need(1, [5, 3])
+    disk.read_into(1, 3, out)
+    assert _same_bytes(out, _chunk(layout, 3))
+    with pytest.raises(KeyError):
+        disk.read_into(1, 5, out)
+    disk.close()
+
+
 def test_spill_files_private_and_removed(tmp_path):
     layout = ChunkLayout(1, rows=1, chunk=4, head_dim=8, dtype=torch.float32)
     spill = SpillDir(tmp_path / "spill")
