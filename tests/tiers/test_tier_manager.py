@@ -81,6 +81,19 @@ def test_over_budget_request_is_refused():
     mgr.acquire(0, [2])
 
 
+@pytest.mark.parametrize("bad, error", [([0, 3], IndexError), ([-1], IndexError), ([1, 0, 1], ValueError)])
+def test_bad_ids_are_refused_and_change_nothing(bad, error):
+    mgr = TierManager([3], host_capacity=10)
+    for _ in range(3):
+        mgr.add_chunk(0)
+    before = (mgr.resident(0), dict(mgr.counters))
+    with pytest.raises(error, match="chunk 3|chunk -1|distinct"):
+        mgr.acquire(0, bad)
+    assert (mgr.resident(0), dict(mgr.counters)) == before
+    plan = mgr.acquire(0, [2, 0])  # nothing was left pinned: the whole budget is there
+    assert plan.chunks == (2, 0) and mgr.counters["hits"] == before[1]["hits"] + 2
+
+
 def _replay(budget, trace):
     mgr = TierManager([budget], host_capacity=100)
     for _ in range(max(max(s) for s in trace) + 1):
