@@ -143,13 +143,15 @@ class BlockBounds:
         wanted = -(-SUPER_OVERSAMPLE * keep // self.fan) if self.fan else 0
         if wanted < supers:  # three levels: blocks are scored only in the best superblocks (and after)
             top = torch.topk(_bound(row, self.coarse[layer, :, :, :supers]), wanted, dim=-1, sorted=False).indices
-            fan = torch.arange(self.fan, device=top.device)
-            among = (top.sort(dim=-1).values[..., None] * self.fan + fan).flatten(-2)  # [B, Hkv, wanted*fan]
-            rest = torch.arange(supers * self.fan, full, device=top.device).expand(*among.shape[:2], -1)
-            among = torch.cat([among, rest], dim=-1)
-            b, h, m = among.shape  # their rows, by one index_select over [B * Hkv * capacity, 2r + 2]
-            flat = among + torch.arange(b * h, device=among.device).view(b, h, 1) * self.capacity
-            rows = self.summary[layer].reshape(-1, row.shape[-1]).index_select(0, flat.reshape(-1)).view(b, h, m, -1)
+            top = top.sort(dim=-1).values  # [B, Hkv, wanted] superblocks, ascending
+            b, h, width = *top.shape[:2], row.shape[-1]
+            # their blocks' rows, one run of fan rows each: one index_select over [B*Hkv*cap/fan, fan*(2r+2)]
+            flat = top + torch.arange(b * h, device=top.device).view(b, h, 1) * (self.capacity // self.fan)
+            runs = self.summary[layer].reshape(-1, self.fan * width).index_select(0, flat.reshape(-1))
+            rows = torch.cat([runs.view(b, h, -1, width), self.summary[layer, :, :, supers * self.fan : full]], 2)
+            among = (top[..., None] * self.fan + torch.arange(self.fan, device=top.device)).flatten(-2)
+            rest = torch.arange(supers * self.fan, full, device=top.device).expand(b, h, -1)
+            among = torch.cat([among, rest], dim=-1)  # [B, Hkv, wanted*fan + tail] block ids of `rows`
             top = among.gather(-1, torch.topk(_bound(row, rows), keep, dim=-1, sorted=False).indices)
         else:
             top = torch.topk(_bound(row, self.summary[layer, :, :, :full]), keep, dim=-1, sorted=False).indices
