@@ -98,8 +98,7 @@ class DiskStore:
             return
         mm = self._map(layer, max(r.offset + r.nbytes for r in recs))
         for rec in recs:
-            start = rec.offset - rec.offset % mmap.PAGESIZE
-            mm.madvise(mmap.MADV_WILLNEED, start, rec.offset + rec.nbytes - start)
+            _advise(mm, rec)
 
     def read_into(self, layer: int, chunk_id: int, out: torch.Tensor) -> None:
         """Decode chunk `chunk_id` of `layer` into `out` (contiguous CPU [2, R, C, D]).
@@ -109,8 +108,7 @@ class DiskStore:
             raise KeyError(f"chunk {chunk_id} of layer {layer} is not on disk")
         mm = self._map(layer, rec.offset + rec.nbytes)
         if _RANDOM:  # the record's pages in one read, nothing around them (see `_map`)
-            start = rec.offset - rec.offset % mmap.PAGESIZE
-            mm.madvise(mmap.MADV_WILLNEED, start, rec.offset + rec.nbytes - start)
+            _advise(mm, rec)
         payload = memoryview(mm)[rec.offset : rec.offset + rec.nbytes]
         try:
             self.codec.decode_into(payload, rec.compressed, rec.crc, out)
@@ -182,6 +180,12 @@ class DiskStore:
                 mm.close()
             except BufferError:  # still exported somewhere: let GC close it
                 pass
+
+
+def _advise(mm: mmap.mmap, rec: _Record) -> None:
+    """MADV_WILLNEED of the pages holding `rec`: the kernel reads them now, and only them."""
+    start = rec.offset - rec.offset % mmap.PAGESIZE
+    mm.madvise(mmap.MADV_WILLNEED, start, rec.offset + rec.nbytes - start)
 
 
 def _release(fds: list, maps: list) -> None:

@@ -123,7 +123,6 @@ class TwoLevel(Token):
     candidates: float = 8.0
     block: int = 16
     fan: int = 16
-    sketches: str = "device"
 
 
 def _on(t: torch.Tensor, device) -> torch.Tensor:
@@ -185,11 +184,9 @@ class TokenSketches(PolicyState):
         lo = torch.zeros((*lead, *lo_shape), dtype=torch.int8, device=self.home, pin_memory=pin)
         aux = torch.zeros((*lead, *aux_shape), dtype=self.sketch_dtype, device=self.home, pin_memory=pin)
         if self.capacity:
-            old = self.capacity * g.chunk
-            if self.token_major:
-                lo[..., :old, :], aux[..., :old, :] = self.lo, self.aux
-            else:
-                lo[..., :old], aux[..., :old] = self.lo, self.aux
+            dim, old = (-2 if self.token_major else -1), self.capacity * g.chunk  # the tokens' dim
+            lo.narrow(dim, 0, old).copy_(self.lo)
+            aux.narrow(dim, 0, old).copy_(self.aux)
         self.lo, self.aux, self.capacity = lo, aux, capacity
 
     def sketches(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,17 +267,15 @@ class TokenSketches(PolicyState):
         return scored[0] if scaling is None else hybrid_scores(*scored, k, share, rows_k)
 
     def _gathered(self, layer: int, among: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sketches of the tokens among [B, Hkv, T]: levels [B, Hkv, r, T], aux [B, Hkv, 2, T],
-        gathered where they live (host-resident: the ids go to the host first, a sync)."""
+        """The sketches of the tokens among [B, Hkv, T] (two levels: stored tokens first): levels
+        [B, Hkv, r, T], aux [B, Hkv, 2, T], gathered where they live as whole rows (a block's tokens:
+        one run) by one index_select (host-resident: the ids go to the host first, a sync)."""
         lo, aux = self.lo[layer], self.aux[layer]
-        if self.token_major:  # whole rows of r bytes (a block's tokens: one run), by one index_select
-            b, h, t = among.shape
-            rows = among.to(self.home) + torch.arange(b * h, device=self.home).view(b, h, 1) * lo.shape[2]
-            rows = rows.reshape(-1)
-            return (lo.reshape(-1, self.rank).index_select(0, rows).view(b, h, t, -1).transpose(-1, -2),
-                    aux.reshape(-1, 2).index_select(0, rows).view(b, h, t, 2).transpose(-1, -2))  # fmt: skip
-        ids = among.to(self.home)[:, :, None]
-        return lo.gather(-1, ids.expand(-1, -1, lo.shape[2], -1)), aux.gather(-1, ids.expand(-1, -1, 2, -1))
+        b, h, t = among.shape
+        rows = among.to(self.home) + torch.arange(b * h, device=self.home).view(b, h, 1) * lo.shape[2]
+        rows = rows.reshape(-1)
+        return (lo.reshape(-1, self.rank).index_select(0, rows).view(b, h, t, -1).transpose(-1, -2),
+                aux.reshape(-1, 2).index_select(0, rows).view(b, h, t, 2).transpose(-1, -2))  # fmt: skip
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.basis.state_dict()  # sketches and block bounds are rebuilt from the keys (`add`)
