@@ -8,7 +8,9 @@ memory plan read it; nothing else re-derives these facts.
 - GPU slots per layer: `hot_set_bytes` (the config's, else the memory plan's for the model —
   `offload.plan`, what `offload-chat` prints and checks, passed in by `OffloadModel` — else, for a
   store built without a model, on CUDA half the free memory, on a CPU 1 GiB) split evenly over
-  layers, capped at what `ctx` tokens need, at least one.
+  layers, capped at what `ctx` tokens need, at least one. When a token selection's context does
+  not fit them, the hot set holds single rows instead: `token_slots` per layer (all KV heads
+  together, capped at the context's), beside STAGING_CHUNKS chunk slots.
 - host chunks: `host_mem` bytes, else HOST_FRACTION of the available host memory; less what else
   the plan puts in host memory at `ctx`: the policy's host-resident summaries and `host_reserve`
   (the model's prefill hidden states, `offload.prefill_hidden`).
@@ -33,17 +35,19 @@ from .tiers.codec import default_compress
 from .tiers.host import default_host_capacity
 from .tiers.layout import ChunkLayout
 
-__all__ = ["StoreSpec", "DENSE_CHUNK", "GPU_FRACTION", "CPU_POOL_BYTES"]
+__all__ = ["StoreSpec", "DENSE_CHUNK", "GPU_FRACTION", "CPU_POOL_BYTES", "STAGING_CHUNKS"]
 
 DENSE_CHUNK = 64  # chunk without selection: transfer size
 GPU_FRACTION = 0.5  # of free device memory for the hot set of a store built without a plan
 CPU_POOL_BYTES = 1 << 30  # default "GPU" pool on a CPU-only machine (it is host memory there)
+STAGING_CHUNKS = 4  # chunk slots a layer keeps beside a token cache (new chunks, exact rounds)
 
 
 @dataclass(frozen=True)
 class StoreSpec:
     """kind: "dense" | "tiered"; layout: ChunkLayout; device; batch; ctx (None = unbounded);
-    gpu_slots: per layer; host_chunks; compress; disk_dir; sparse: SparseConfig or None;
+    gpu_slots: per layer; token_slots: per layer, (KV head, token) rows of a token cache (0: none);
+    host_chunks; compress; disk_dir; sparse: SparseConfig or None;
     capacity: body chunks per layer to preallocate for summaries and tables; obs_window: prompt
     queries prefill keeps per layer for the selector (0 when dense); windows: per model layer, its
     sliding window or 0 (empty: every layer global); layout.n_layers counts the global ones (1 when
@@ -62,6 +66,7 @@ class StoreSpec:
     capacity: int
     obs_window: int
     windows: tuple[int, ...] = ()
+    token_slots: int = 0
 
     @classmethod
     def derive(cls, config: OffloadConfig, n_layers: int, n_kv_heads: int, head_dim: int,
@@ -86,6 +91,14 @@ class StoreSpec:
         slots = max(1, hot // (lay.chunk_bytes * max(1, n_layers)))
         if config.ctx is not None:
             slots = min(slots, max(1, lay.body_chunks(config.ctx)))
+        tokens = 0
+        if sparse is not None and sparse.policy.selects_tokens and config.ctx is not None \
+                and lay.body_chunks(config.ctx) > slots:  # fmt: skip
+            # a token selection's picks fall ~one per chunk: chunk slots sized for the budget cannot
+            # hold a step's chunks, so the hot set holds single rows (tiers/token_cache.py)
+            row_bytes = 2 * head_dim * lay.itemsize
+            tokens = min(hot // (row_bytes * max(1, n_layers)), lay.body_chunks(config.ctx) * lay.chunk * lay.rows)
+            slots = min(slots, STAGING_CHUNKS) if tokens else slots
         if config.host_mem is not None:
             host_chunks = config.host_mem // lay.chunk_bytes
         else:
@@ -94,7 +107,7 @@ class StoreSpec:
             kind=kind, layout=lay, device=device, batch=batch, ctx=config.ctx, gpu_slots=(slots,) * n_layers,
             host_chunks=host_chunks, compress=default_compress(dtype, config.compress), disk_dir=config.disk_dir,
             sparse=sparse, capacity=lay.body_chunks(config.ctx) + 1 if config.ctx else 64,
-            obs_window=OBS_TAIL if sparse is not None else 0, windows=windows,
+            obs_window=OBS_TAIL if sparse is not None else 0, windows=windows, token_slots=tokens,
         )  # fmt: skip
         beside = host_reserve + (spec.host_summary_bytes(config.ctx) if config.ctx else 0)
         if not beside:

@@ -6,8 +6,11 @@
   the pool by its chunk's slot (the block table's row of the layer), no copy.
 - CUDA, chunk selections: `kernels.sparse_decode_attention` (Triton) reads the pool through the
   block table, no copy.
+- with a token cache (`StoreSpec.token_slots`: the layer's body does not fit its chunk slots), token
+  selections read their rows from it (`TokenCache`; its misses fetched from the tiers first): the
+  `WorkingSet` on a CPU, `kernels.token_decode_attention` over the cache's slots on CUDA.
 - the exact fallback, `rounds.attend_rounds`: when the chunks a selection needs outgrow the layer's
-  GPU slots.
+  GPU slots (or its tokens the cache's).
 With a rest (SparseConfig.rest) each path also gives its log-sum-exp, and the body tokens a row did
 not read are attended at low precision (`sparse.rest`) and merged in (`_with_rest`); a whole layer
 read exactly has no rest. When every chunk of the layer has a GPU copy nothing is fetched or pinned and Python never sees the
@@ -40,6 +43,7 @@ class DecodeAttention:
         self.store, self.selector = store, selector
         self.ws = WorkingSet(store.n_layers)
         self._read: list[tuple | None] = [None] * store.n_layers  # (selection, n_chunks, body mask): the rest's
+        self._slots: list[tuple | None] = [None] * store.n_layers  # (selection, cache epoch, its cache slots)
         # stall_s: host time waiting for a selection's ids (the miss path); rounds: layer steps whose
         # chunks outgrew the layer's slots (read exactly in rounds from the tiers)
         self.counters = {"stall_s": 0.0, "rounds": 0}
@@ -63,6 +67,11 @@ class DecodeAttention:
         chunks = torch.div(select, c, rounding_mode="floor") if sel.tokens else select  # [R, k]
         rest = sel.rest is not None and not sel.whole[layer]
         pinned = not st.all_resident(layer)
+        slots = self._token_slots(layer, chosen, select, valid) if pinned and sel.tokens else None
+        if slots is not None:  # the token cache holds the selection: read it there
+            out = self._cached(layer, q, scaling, chosen, slots, valid, rest)
+            st.done(layer, False)
+            return self._with_rest(layer, q, scaling, chosen, *out) if rest else out
         if pinned:
             t0 = time.perf_counter()
             seen = torch.zeros(st.n_chunks(layer), dtype=torch.bool, device=chunks.device)
@@ -89,6 +98,36 @@ class DecodeAttention:
             out = self._gathered(layer, q, scaling, chosen, select, chunks, valid, rest)
         st.done(layer, pinned, hits)
         return self._with_rest(layer, q, scaling, chosen, *out) if rest else out
+
+    def _token_slots(self, layer, chosen, select, valid):
+        """The token cache's slots [R, k] of the selection (its misses fetched), kept while the
+        selection (the selector's tensor) and the layer's slots stay; None without a cache or when
+        the selection outgrows it (the step then goes the chunks' way)."""
+        cache = self.store.token_cache
+        if cache is None:
+            return None
+        held = self._slots[layer]
+        if held is not None and held[0] is chosen and held[1] == cache.epoch(layer):
+            return held[2]
+        t0 = time.perf_counter()
+        slots = self.store.resident_tokens(layer, select, valid)
+        self.counters["stall_s"] += time.perf_counter() - t0
+        self._slots[layer] = None if slots is None else (chosen, cache.epoch(layer), slots)
+        return slots
+
+    def _cached(self, layer, q, scaling, chosen, slots, valid, want_lse):
+        """Attention over sinks + window + the token cache's slots [R, k] (want_lse: (out, lse))."""
+        st, sel = self.store, self.selector
+        cache = st.token_cache
+        if q.is_cuda:
+            b, h, _, d = q.shape
+            args = token_kernel_args(st, layer, q, slots, valid, cache.pool_views(layer, st.layout.rows))
+            o, lse = token_decode_attention(*args, scaling)
+            return (o.view(b, 1, h, d), lse) if want_lse else o.view(b, 1, h, d)
+        out = self.ws.attend(st, layer, q, scaling, chosen, lambda: cache.gather(layer, slots), 1, valid, want_lse)
+        if sel.wants_mass:
+            sel.attended(layer, chosen, self.ws.unit_mass(st, layer, q, scaling, slots.shape[1], 1))
+        return out
 
     def _with_rest(self, layer, q, scaling, chosen, out, lse):
         """The selected part (out [B, 1, H, D], its lse) merged with the rest's: every body token
@@ -166,20 +205,22 @@ def kernel_args(store, layer: int, q: torch.Tensor, select: torch.Tensor) -> tup
             *_edges(store, layer, b, d, q.device))  # fmt: skip
 
 
-def token_kernel_args(store, layer: int, q: torch.Tensor, select: torch.Tensor, valid) -> tuple:
+def token_kernel_args(store, layer: int, q: torch.Tensor, select: torch.Tensor, valid, pools=None) -> tuple:
     """What the token-gather kernel reads for `layer`'s token selection `select` [R, k] (body
     positions in resident chunks; valid [R, k] bool or None: a row's valid ids come first): (q
     [B, H, D], k_pool, v_pool, the layer's chunk -> slot map, the ids, each row's count, sinks +
-    window keys and values, extra_len) — views of the store's buffers; the softmax scale goes last."""
+    window keys and values, extra_len) — views of the store's buffers; the softmax scale goes last.
+    pools: (k_pool, v_pool, slot map) read instead of the chunk pool's (`TokenCache.pool_views`,
+    with select its slots)."""
     rows, k = select.shape
     if valid is None:
         row_len = torch.full((rows,), k, dtype=torch.int32, device=q.device)
     else:
         row_len = valid.sum(1, dtype=torch.int32)
-    pool = store.pool
+    if pools is None:
+        pools = (store.pool.k_pool, store.pool.v_pool, store.chunk_slots(layer))
     b, _, _, d = q.shape
-    return (q[:, :, 0], pool.k_pool, pool.v_pool, store.chunk_slots(layer), select, row_len,
-            *_edges(store, layer, b, d, q.device))  # fmt: skip
+    return (q[:, :, 0], *pools, select, row_len, *_edges(store, layer, b, d, q.device))
 
 
 def _edges(store, layer: int, b: int, d: int, device) -> tuple:

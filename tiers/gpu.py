@@ -93,6 +93,13 @@ class GpuPool:
         flat = self.kv.view(-1, lay.head_dim)
         return flat.index_select(0, rows.view(-1)).view(2, lay.rows, slots.shape[1], lay.head_dim)
 
+    def read_tokens(self, slots: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """k, v of single tokens: out[t, i] = kv[slots[i], t, rows[i], offsets[i]]; all long [n] on the
+        pool's device (global slots) -> [2, n, D] (a token cache's fill from resident chunks)."""
+        lay = self.layout
+        flat = ((slots * 2 + torch.arange(2, device=slots.device)[:, None]) * lay.rows + rows) * lay.chunk + offsets
+        return self.kv.view(-1, lay.head_dim).index_select(0, flat.view(-1)).view(2, -1, lay.head_dim)
+
     @property
     def nbytes(self) -> int:
         """Bytes preallocated for the pool."""

@@ -59,6 +59,27 @@ class HostPool:
         arena, i = divmod(slot, self.arena_slots)
         return self._arenas[arena][i : i + n] if n > 1 else first[None]
 
+    def read_tokens(self, slots: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """k, v of single tokens: out[t, i] = view(slots[i])[t, rows[i], offsets[i]]; all long [n] on
+        the CPU -> [2, n, D] on the CPU: one index_select per arena the slots fall in."""
+        lay = self.layout
+        n = slots.shape[0]
+        out = torch.empty(2, n, lay.head_dim, dtype=lay.dtype)
+        if n == 0:
+            return out
+        if int(slots.min()) < 0 or int(slots.max()) >= self.capacity:
+            raise IndexError(f"host slots outside [0, {self.capacity})")
+        arena, local = slots // self.arena_slots, slots % self.arena_slots
+        for a in torch.unique(arena).tolist():
+            self.view(a * self.arena_slots)  # allocated (a slot never written reads as garbage, never past it)
+            at = (arena == a).nonzero().flatten()
+            base = (local.index_select(0, at) * 2 * lay.rows + rows.index_select(0, at)) * lay.chunk
+            flat = base + offsets.index_select(0, at)
+            src = self._arenas[a].view(-1, lay.head_dim)
+            out[0].index_copy_(0, at, src.index_select(0, flat))
+            out[1].index_copy_(0, at, src.index_select(0, flat + lay.rows * lay.chunk))
+        return out
+
     @property
     def nbytes_allocated(self) -> int:
         """Host memory held by the pool (allocated arenas, used or not)."""

@@ -11,8 +11,9 @@ rounds of at most the layer's GPU slots, over every chunk or a given selection, 
 budget). A budget covering every chunk selects None: the step is exact, as dense.
 
 `truncate(n)` restores the canonical layout for n tokens: chunks from m(n) on are freed (slots, host
-slots, disk tail), and the tokens after the last kept chunk (a partial one included) are read back
-into the window: a store truncated to n is identical to one that was fed n tokens.
+slots, disk tail, token cache rows), and the tokens after the last kept chunk are read back into
+the window: a store truncated to n is identical to one that was fed n tokens. With
+`spec.token_slots` the hot set of token selections is a `TokenCache` of single rows.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .manager import HOST, TierManager, slot_runs
 from .rounds import attend_rounds
 from .spill import SpillDir
 from .store_view import StoreView
+from .token_cache import TokenCache
 from .transfer import Transfer
 
 __all__ = ["TieredKVStore"]
@@ -60,6 +62,7 @@ class TieredKVStore(StoreView):
         self._mgr = TierManager(list(spec.gpu_slots), spec.host_chunks)
         self._xfer = Transfer(self.device, lay)
         self._table = BlockTable(self._gpu.base, self.device, spec.capacity)  # chunk -> slot, for the kernel
+        self._tokens = TokenCache(n_layers, spec.token_slots, head_dim, dtype, self.device) if spec.token_slots else None
         shape = (n_layers, 2, lay.rows, lay.edge_capacity, head_dim)
         self._edge = torch.zeros(shape, dtype=dtype, device=self.device)
         self._n = [0] * n_layers
@@ -201,6 +204,8 @@ class TieredKVStore(StoreView):
             "working_set_bytes": self._decode.nbytes if self._decode is not None else 0,
             **(self._decode.counters if self._decode is not None else {}),
             **(self.selector.counters if self.selector is not None else {}),
+            **(self._tokens.counters if self._tokens is not None else {}),
+            "token_cache_bytes": self._tokens.nbytes if self._tokens is not None else 0,
             "host_pool_bytes": self._host.nbytes_allocated,
             "tokens": max(self._n, default=0),
             "chunks": sum(self._mgr.n_chunks(i) for i in range(self.n_layers)),
@@ -218,7 +223,7 @@ class TieredKVStore(StoreView):
             self._disk.close()
         self._gpu.close()
         self._host.close()
-        self._decode = None
+        self._decode = self._tokens = None
         self._edge = self._edge.new_empty(0)
         self._n = [0] * self.n_layers
 
@@ -243,6 +248,8 @@ class TieredKVStore(StoreView):
         self._mgr.truncate(layer, m)
         if self.selector is not None:
             self.selector.truncate(layer, m)  # (a new selection: the working set gathers anew)
+        if self._tokens is not None:
+            self._tokens.forget(layer, m * self.layout.chunk)
         if self._disk is not None:
             self._disk.drop_from(layer, m)
 
@@ -264,27 +271,6 @@ class TieredKVStore(StoreView):
                 if self._disk is None:
                     self._disk = DiskStore(self.layout, SpillDir(self.spec.disk_dir), self.spec.compress)
                 self._disk.append(layer, p.chunk, self._xfer.to_cpu(chunk))
-
-    def _fetch(self, layer: int, chunks: list[int]) -> torch.Tensor:
-        """Make `chunks` resident and pinned; returns their global slots, int64 [n]."""
-        seen, plan = self._mgr.version(layer), self._mgr.acquire(layer, chunks)
-        if plan.misses:
-            self._xfer.begin(layer)
-            if self._disk is not None:  # every disk miss's read goes out at once
-                self._disk.will_need(layer, [m.chunk for m in plan.misses if m.home != HOST])
-            try:
-                for miss in plan.misses:
-                    dst = self._gpu.view(layer, miss.slot)
-                    if miss.home == HOST:
-                        self._xfer.upload(self._host.view(miss.host_slot), dst)
-                    else:
-                        self._xfer.upload_from(lambda buf, c=miss.chunk: self._disk.read_into(layer, c, buf), dst)
-            except BaseException:  # a corrupt disk chunk (or Ctrl-C): unfilled slots must not count as copies
-                self._mgr.abort(layer, plan)
-                raise
-        self._xfer.ready(layer)
-        self._table.patch(layer, seen, self._mgr, plan)  # the misses and evictions only: no rebuild
-        return torch.tensor([self._gpu.base[layer] + s for s in plan.slots], dtype=torch.long, device=self.device)
 
     def _read_chunk(self, layer: int, j: int, dst: torch.Tensor) -> None:
         """Bulk read (read_layer, truncate): chunk j into dst [2, R, C, D] on the device, from

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from .manager import HOST
+from .token_cache import KEY
+from .token_fetch import read_rows
+
 __all__ = ["StoreView"]
 
 
@@ -57,7 +61,53 @@ class StoreView:
 
     def pin(self, layer: int, chunks: list[int]) -> torch.Tensor:
         """Make `chunks` resident and pinned until `done`; their global slots, int64 [n]."""
-        return self._fetch(layer, chunks)
+        seen, plan = self._mgr.version(layer), self._mgr.acquire(layer, chunks)
+        if plan.misses:
+            self._xfer.begin(layer)
+            if self._disk is not None:  # every disk miss's read goes out at once
+                self._disk.will_need(layer, [m.chunk for m in plan.misses if m.home != HOST])
+            try:
+                for miss in plan.misses:
+                    dst = self._gpu.view(layer, miss.slot)
+                    if miss.home == HOST:
+                        self._xfer.upload(self._host.view(miss.host_slot), dst)
+                    else:
+                        self._xfer.upload_from(lambda buf, c=miss.chunk: self._disk.read_into(layer, c, buf), dst)
+            except BaseException:  # a corrupt disk chunk (or Ctrl-C): unfilled slots must not count as copies
+                self._mgr.abort(layer, plan)
+                raise
+        self._xfer.ready(layer)
+        self._table.patch(layer, seen, self._mgr, plan)  # the misses and evictions only: no rebuild
+        return torch.tensor([self._gpu.base[layer] + s for s in plan.slots], dtype=torch.long, device=self.device)
+
+    @property
+    def token_cache(self):
+        """The `TokenCache` holding token selections' rows on the GPU, or None (chunk slots do)."""
+        return self._tokens
+
+    def resident_tokens(self, layer: int, select: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
+        """Token-cache slots long [R, k] of `layer`'s body positions select [R, k] (valid [R, k]: a
+        row's real picks, first; the others stand in for its first and get its slot), the misses read
+        from the tiers; None when the valid picks outnumber the layer's slots. One host sync (the miss
+        count and ids)."""
+        cache = self._tokens
+        keys = cache.keys(select)
+        slot, hit = cache.lookup(layer, keys)
+        miss = ~hit if valid is None else ~hit & valid
+        n_valid = torch.tensor(select.numel()) if valid is None else valid.sum()
+        n_miss, n_valid = torch.stack([miss.sum().cpu(), n_valid.cpu()]).tolist()
+        if n_valid > cache.slots:
+            return None
+        cache.counters["token_hits"] += n_valid - n_miss
+        if n_miss:
+            new = cache.admit(layer, keys, miss, n_miss)
+            missed = keys.reshape(-1)[miss.reshape(-1)].cpu()
+            rows = read_rows(layer, missed // KEY, missed % KEY, mgr=self._mgr, gpu=self._gpu, host=self._host,
+                             disk=self._disk, device=self.device)  # fmt: skip
+            cache.write(layer, new, rows)
+            rank = (miss.reshape(-1).cumsum(0) - 1).clamp_(min=0)
+            slot = torch.where(miss.reshape(-1), new.index_select(0, rank), slot.reshape(-1)).view(select.shape)
+        return slot if valid is None else torch.where(valid, slot, slot[:, :1])
 
     def done(self, layer: int, pinned: bool, hits: int = 0) -> None:
         """An attention call over `layer` finished: its slots may be overwritten again; pinned
