@@ -10,7 +10,7 @@ memory plan read it; nothing else re-derives these facts.
   store built without a model, on CUDA half the free memory, on a CPU 1 GiB) split evenly over
   layers, capped at what `ctx` tokens need, at least one. When a token selection's context does
   not fit them, the hot set holds single rows instead: `token_slots` per layer (all KV heads
-  together, capped at the context's), beside STAGING_CHUNKS chunk slots.
+  together), beside STAGING_CHUNKS chunk slots.
 - host chunks: `host_mem` bytes, else HOST_FRACTION of the available host memory; less what else
   the plan puts in host memory at `ctx`: the policy's host-resident summaries and `host_reserve`
   (the model's prefill hidden states, `offload.prefill_hidden`).
@@ -97,7 +97,7 @@ class StoreSpec:
             # a token selection's picks fall ~one per chunk: chunk slots sized for the budget cannot
             # hold a step's chunks, so the hot set holds single rows (tiers/token_cache.py)
             row_bytes = 2 * head_dim * lay.itemsize
-            tokens = min(hot // (row_bytes * max(1, n_layers)), lay.body_chunks(config.ctx) * lay.chunk * lay.rows)
+            tokens = hot // (row_bytes * max(1, n_layers))  # fewer than the body's: it outgrows the slots
             slots = min(slots, STAGING_CHUNKS) if tokens else slots
         if config.host_mem is not None:
             host_chunks = config.host_mem // lay.chunk_bytes

@@ -121,10 +121,10 @@ class DecodeAttention:
         cache = st.token_cache
         if q.is_cuda:
             b, h, _, d = q.shape
-            args = token_kernel_args(st, layer, q, slots, valid, cache.pool_views(layer, st.layout.rows))
+            args = token_kernel_args(st, layer, q, slots, valid, cache.pool_views(st.layout.rows))
             o, lse = token_decode_attention(*args, scaling)
             return (o.view(b, 1, h, d), lse) if want_lse else o.view(b, 1, h, d)
-        out = self.ws.attend(st, layer, q, scaling, chosen, lambda: cache.gather(layer, slots), 1, valid, want_lse)
+        out = self.ws.attend(st, layer, q, scaling, chosen, lambda: cache.gather(slots), 1, valid, want_lse)
         if sel.wants_mass:
             sel.attended(layer, chosen, self.ws.unit_mass(st, layer, q, scaling, slots.shape[1], 1))
         return out

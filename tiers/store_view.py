@@ -88,23 +88,23 @@ class StoreView:
     def resident_tokens(self, layer: int, select: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
         """Token-cache slots long [R, k] of `layer`'s body positions select [R, k] (valid [R, k]: a
         row's real picks, first; the others stand in for its first and get its slot), the misses read
-        from the tiers; None when the valid picks outnumber the layer's slots. One host sync (the miss
-        count and ids)."""
+        from the tiers; None when the cache cannot hold the step's picks. Host syncs: the counts of
+        picks and misses, the missed ids."""
         cache = self._tokens
+        n_valid = select.numel() if valid is None else int(valid.sum())
+        if not cache.fit(layer, n_valid):
+            return None
         keys = cache.keys(select)
         slot, hit = cache.lookup(layer, keys)
         miss = ~hit if valid is None else ~hit & valid
-        n_valid = torch.tensor(select.numel()) if valid is None else valid.sum()
-        n_miss, n_valid = torch.stack([miss.sum().cpu(), n_valid.cpu()]).tolist()
-        if n_valid > cache.slots:
-            return None
+        n_miss = int(miss.sum())
         cache.counters["token_hits"] += n_valid - n_miss
         if n_miss:
             new = cache.admit(layer, keys, miss, n_miss)
             missed = keys.reshape(-1)[miss.reshape(-1)].cpu()
             rows = read_rows(layer, missed // KEY, missed % KEY, mgr=self._mgr, gpu=self._gpu, host=self._host,
                              disk=self._disk, device=self.device)  # fmt: skip
-            cache.write(layer, new, rows)
+            cache.write(new, rows)
             rank = (miss.reshape(-1).cumsum(0) - 1).clamp_(min=0)
             slot = torch.where(miss.reshape(-1), new.index_select(0, rank), slot.reshape(-1)).view(select.shape)
         return slot if valid is None else torch.where(valid, slot, slot[:, :1])

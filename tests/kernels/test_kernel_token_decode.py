@@ -182,3 +182,34 @@ def test_bad_inputs_raise():
     raises(TypeError, "extra_v", *base, xk, xv.float(), xl)
     raises(ValueError, "block_n", *base, block_n=24)
     raises(ValueError, "num_splits", *base, num_splits=65)
+
+
+def test_reads_a_token_cache_through_its_pool_views(error_rule):
+    """The token cache's slots as the kernel's pool (tiers/token_cache.py `pool_views`: k, v [N, R, 1, D]
+    with row stride 0, the identity slot map, slots as ids): the kernel gives attention over each row's
+    slots' rows, as the reference does over the same rows gathered into an ordinary pool."""
+    from offload.tiers.token_cache import TokenCache
+
+    b, n_kv, group, d, n = 1, 3, 4, 64, 50
+    g = torch.Generator().manual_seed(11)
+    cache = TokenCache(1, n, d, F16, DEVICE)
+    rows = torch.randn(2, n, d, generator=g).to(F16)
+    cache.write(torch.randperm(n, generator=g).to(DEVICE), rows.to(DEVICE))
+    lens = [20, 0, 33]
+    slots = torch.full((b * n_kv, 33), -1, dtype=torch.long)
+    for r, m in enumerate(lens):
+        slots[r, :m] = torch.randperm(n, generator=g)[:m]
+    q = torch.randn(b, n_kv * group, d, generator=g).to(F16)
+    xk, xv = (torch.randn(b, n_kv, 5, d, generator=g).to(F16) for _ in range(2))
+    extra = (xk, xv, torch.tensor([5], dtype=torch.int32))
+    k_view, v_view, ident = cache.pool_views(b * n_kv)
+    assert k_view.shape == (n, b * n_kv, 1, d) and k_view.stride(1) == 0
+    row_len = torch.tensor(lens, dtype=torch.int32)
+    args = (q.to(DEVICE), k_view, v_view, ident, slots.to(DEVICE), row_len.to(DEVICE), *(t.to(DEVICE) for t in extra))
+    out, lse = _kernel(*args, num_splits=2, block_n=16)
+    held = cache.kv.cpu()  # [2, N, D]: the rows as written, one pool entry per (slot, row)
+    pool = held[:, :, None, None, :].expand(2, n, b * n_kv, 1, d).contiguous()
+    want = token_decode_attention_ref(q, pool[0], pool[1], torch.arange(n), slots, row_len, *extra)
+    lp = token_decode_attention_ref(q, pool[0], pool[1], torch.arange(n), slots, row_len, *extra, upcast=False)
+    error_rule(out.cpu(), want[0], lp[0], F16)
+    error_rule(lse.cpu(), want[1], lp[1], F16, what="lse")

@@ -31,3 +31,24 @@ def test_greedy_tokens_match_dense_with_spill(model, tmp_path):
     assert got == want
     assert kv["misses_disk"] > 0 and kv["misses_host"] > 0 and kv["disk_chunks"] > 0
     assert not list(tmp_path.rglob("*.kv"))  # spill files gone with the store
+
+
+def test_token_cache_generates_what_a_resident_hot_set_does(model):
+    """Sparse `token` decode with a hot set of 8 chunks' bytes a layer (the context's body outgrows
+    it: the hot set holds single rows, tiers/token_cache.py) gives the greedy tokens of a hot set that
+    holds the whole context: the same selections read from the cache, no step in rounds."""
+    from offload.sparse import SparseConfig
+    from offload.store_spec import StoreSpec
+
+    n_layers, n_kv, head_dim = model.kv_shape()
+    base = model.config.replace(sparse=SparseConfig(budget=32, policy="token", rest=None), ctx=2048)
+    chunk_bytes = 2 * n_kv * StoreSpec.chunk_of(base) * head_dim * 4
+    small = dataclasses.replace(model, config=base.replace(hot_set_bytes=8 * n_layers * chunk_bytes))
+    whole = dataclasses.replace(model, config=base.replace(hot_set_bytes=1 << 30))
+    store = small.new_store()
+    assert store.token_cache is not None
+    store.close()
+    (got, kv), (want, kv_whole) = _run(small), _run(whole)
+    assert got == want
+    assert kv["token_misses"] > 0 and kv["token_hits"] > 0 and kv["rounds"] == 0
+    assert kv_whole["token_cache_bytes"] == 0 and "token_misses" not in kv_whole
