@@ -95,7 +95,7 @@ class StoreView:
         if not cache.fit(layer, n_valid):
             return None
         keys = cache.keys(select)
-        slot, hit = cache.lookup(layer, keys)
+        slot, hit = cache.lookup(layer, keys, self._mgr.n_chunks(layer) * self.layout.chunk)
         miss = ~hit if valid is None else ~hit & valid
         n_miss = int(miss.sum())
         cache.counters["token_hits"] += n_valid - n_miss

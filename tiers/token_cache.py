@@ -40,9 +40,13 @@ class TokenCache:
     """`slots` row slots per layer (on average) for `n_layers` layers of KV rows [head_dim] in
     `dtype` on `device`; a layer's share moves to what its steps pick (`fit`)."""
 
-    def __init__(self, n_layers: int, slots: int, head_dim: int, dtype, device):
+    def __init__(self, n_layers: int, slots: int, head_dim: int, dtype, device, index: str | None = None):
         if slots < 1:
             raise ValueError(f"a token cache needs at least one slot per layer, got {slots}")
+        self.index = index or ("sort" if torch.device(device).type == "cuda" else "map")
+        if self.index not in ("sort", "map"):
+            raise ValueError(f"index must be 'sort' or 'map', got {index!r}")
+        self._map: list[torch.Tensor | None] = [None] * n_layers  # index "map": [R, >= body] slot or -1
         self.n_layers, self.total = n_layers, slots * n_layers
         self.device = torch.device(device)
         self.kv = torch.zeros(2, self.total, head_dim, dtype=dtype, device=self.device)
@@ -81,6 +85,9 @@ class TokenCache:
         self._split(sizes)
         self.owner.fill_(-1)
         self.stamp.zero_()
+        for m in self._map:
+            if m is not None:
+                m.fill_(-1)
         self._epoch = [e + 1 for e in self._epoch]
         self.counters["token_resplits"] += 1
         return True
@@ -98,15 +105,21 @@ class TokenCache:
     def _range(self, layer: int) -> slice:
         return slice(self.base[layer], self.base[layer] + self.size[layer])
 
-    def lookup(self, layer: int, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(slot, hit) of keys [R, k]: slot long [R, k] (meaningless where not hit), hit bool [R, k].
-        Stamps the hits as read now. Device only: no host sync."""
+    def lookup(self, layer: int, keys: torch.Tensor, n_body: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slot, hit) of keys [R, k] of body positions < n_body: slot long [R, k] (meaningless where
+        not hit), hit bool [R, k]. Stamps the hits as read now. Device only: no host sync."""
         self._clock += 1
-        sorted_keys, order = self.owner[self._range(layer)].sort()
         flat = keys.reshape(-1)
-        pos = torch.searchsorted(sorted_keys, flat).clamp_(max=self.size[layer] - 1)
-        hit = sorted_keys.index_select(0, pos) == flat
-        slot = order.index_select(0, pos) + self.base[layer]
+        if self.index == "map":  # a map per (row, position): one read, memory ~ the context
+            where = self._grown(layer, keys.shape[0], n_body)
+            slot = where.view(-1).index_select(0, self._flat(flat, where.shape[1])).long()
+            hit = slot >= 0
+            slot = slot.clamp_(min=0)
+        else:  # the owners sorted, a binary search: memory ~ the cache
+            sorted_keys, order = self.owner[self._range(layer)].sort()
+            pos = torch.searchsorted(sorted_keys, flat).clamp_(max=self.size[layer] - 1)
+            hit = sorted_keys.index_select(0, pos) == flat
+            slot = order.index_select(0, pos) + self.base[layer]
         scratch = torch.full_like(slot, self.total)
         self.stamp.scatter_(0, torch.where(hit, slot, scratch), self._clock)
         return slot.view(keys.shape), hit.view(keys.shape)
@@ -125,7 +138,16 @@ class TokenCache:
         # victims held a key (an eviction) unless empty; the hits were stamped now, the newest
         self.counters["token_evictions"] += int((self.owner.index_select(0, victims) >= 0).sum())
         self.counters["token_misses"] += n_miss
-        self.owner.index_copy_(0, victims, keys.reshape(-1)[miss.reshape(-1)])
+        new_keys = keys.reshape(-1)[miss.reshape(-1)]
+        if self.index == "map":
+            where = self._map[layer]  # [R, W + 1]: the last column a scratch entry (row 0's: W)
+            old = self.owner.index_select(0, victims)
+            w = where.shape[1]
+            gone = torch.where(old >= 0, self._flat(old.clamp(min=0), w), w - 1)
+            flat = where.view(-1)
+            flat.index_fill_(0, gone, -1)
+            flat.index_copy_(0, self._flat(new_keys, w), victims.to(flat.dtype))
+        self.owner.index_copy_(0, victims, new_keys)
         self.stamp.index_fill_(0, victims, self._clock)
         self._epoch[layer] += 1
         return victims
@@ -141,7 +163,26 @@ class TokenCache:
         gone = (owner >= 0) & (owner % KEY >= first)
         owner.masked_fill_(gone, -1)
         self.stamp[part].masked_fill_(gone, 0)
+        if self._map[layer] is not None:
+            self._map[layer][:, first:] = -1
         self._epoch[layer] += 1
+
+    @staticmethod
+    def _flat(keys: torch.Tensor, width: int) -> torch.Tensor:
+        """Keys -> their entries in a map [R, width] viewed flat."""
+        return torch.div(keys, KEY, rounding_mode="floor") * width + keys % KEY
+
+    def _grown(self, layer: int, rows: int, n_body: int) -> torch.Tensor:
+        """`layer`'s map, [rows, W + 1] with W >= n_body (grown by doubling: amortised, like the block
+        table); the last column is scratch."""
+        where = self._map[layer]
+        if where is None or where.shape[1] <= n_body:
+            width = max(64, n_body, 0 if where is None else 2 * where.shape[1]) + 1
+            grown = torch.full((rows, width), -1, dtype=torch.int32, device=self.device)
+            if where is not None:
+                grown[:, : where.shape[1] - 1] = where[:, :-1]
+            self._map[layer] = where = grown
+        return where
 
     def gather(self, slots: torch.Tensor) -> torch.Tensor:
         """k, v of slots [R, k]: [2, R, k, D] (the CPU step's gather)."""
@@ -165,4 +206,5 @@ class TokenCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.kv, self.owner, self.stamp))
+        maps = [m for m in self._map if m is not None]
+        return sum(t.numel() * t.element_size() for t in (self.kv, self.owner, self.stamp, *maps))

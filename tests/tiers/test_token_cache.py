@@ -5,6 +5,8 @@ slots decodes token selections through it exactly as rounds over the same select
 without the rest, kept or fresh selections, after a truncate; more picks than slots go the rounds'
 way; and `StoreSpec` gives it the hot set only where chunk slots cannot hold the context."""
 
+import functools
+
 import pytest
 import torch
 
@@ -19,13 +21,21 @@ from offload.tiers.store import TieredKVStore
 
 L, HKV, D, C, N = 3, 2, 16, 8, 300
 PER_CHUNK = 2 * HKV * C * D * 4
+INDEXES = ["map", "sort"]  # a CPU's default, CUDA's
+
+
+@pytest.fixture(params=INDEXES)
+def index(request, monkeypatch):
+    """Stores built in the test find rows by this index."""
+    monkeypatch.setattr("offload.tiers.store.TokenCache", functools.partial(TokenCache, index=request.param))
+    return request.param
 
 
 def _fill(cache, layer, select, valid=None):
     """One step of the cache as the store runs it, with rows that name their key: [2, n, D] of
     (key, -key) in every column. Returns the slots [R, k]."""
     keys = cache.keys(select)
-    slot, hit = cache.lookup(layer, keys)
+    slot, hit = cache.lookup(layer, keys, int(select.max()) + 1)
     miss = ~hit if valid is None else ~hit & valid
     n_miss = int(miss.sum())
     new = cache.admit(layer, keys, miss, n_miss)
@@ -36,8 +46,9 @@ def _fill(cache, layer, select, valid=None):
     return flat.view(select.shape), hit
 
 
-def test_misses_get_slots_then_hit_with_their_rows():
-    cache = TokenCache(2, 6, D, torch.float32, "cpu")
+@pytest.mark.parametrize("index", INDEXES)
+def test_misses_get_slots_then_hit_with_their_rows(index):
+    cache = TokenCache(2, 6, D, torch.float32, "cpu", index)
     select = torch.tensor([[3, 5], [3, 7]])
     slots, hit = _fill(cache, 1, select)
     assert not hit.any() and len(set(slots.flatten().tolist())) == 4
@@ -50,8 +61,9 @@ def test_misses_get_slots_then_hit_with_their_rows():
     assert cache.counters == {"token_hits": 0, "token_misses": 4, "token_evictions": 0, "token_resplits": 0}
 
 
-def test_least_recently_read_goes_first_and_a_hit_never_does():
-    cache = TokenCache(1, 4, D, torch.float32, "cpu")
+@pytest.mark.parametrize("index", INDEXES)
+def test_least_recently_read_goes_first_and_a_hit_never_does(index):
+    cache = TokenCache(1, 4, D, torch.float32, "cpu", index)
     a, _ = _fill(cache, 0, torch.tensor([[0, 1, 2, 3]]))  # full
     _fill(cache, 0, torch.tensor([[2, 3]]))  # 2 and 3 read again: 0 and 1 are the oldest
     got, hit = _fill(cache, 0, torch.tensor([[3, 8, 9]]))
@@ -65,8 +77,9 @@ def test_least_recently_read_goes_first_and_a_hit_never_does():
         cache.admit(0, cache.keys(torch.arange(10, 15).view(1, 5)), torch.ones(1, 5, dtype=torch.bool), 5)
 
 
-def test_padding_stands_in_and_forget_drops_positions():
-    cache = TokenCache(1, 8, D, torch.float32, "cpu")
+@pytest.mark.parametrize("index", INDEXES)
+def test_padding_stands_in_and_forget_drops_positions(index):
+    cache = TokenCache(1, 8, D, torch.float32, "cpu", index)
     select = torch.tensor([[4, 9, 4], [6, 6, 6]])
     valid = torch.tensor([[True, True, False], [True, False, False]])
     _fill(cache, 0, select, valid)
@@ -78,8 +91,9 @@ def test_padding_stands_in_and_forget_drops_positions():
     assert hit.tolist() == [[True, False, True], [False, False, False]]
 
 
-def test_layers_picking_more_than_their_share_get_it_when_the_total_allows():
-    cache = TokenCache(3, 10, D, torch.float32, "cpu")
+@pytest.mark.parametrize("index", INDEXES)
+def test_layers_picking_more_than_their_share_get_it_when_the_total_allows(index):
+    cache = TokenCache(3, 10, D, torch.float32, "cpu", index)
     _fill(cache, 2, torch.arange(6).view(1, 6))
     assert cache.fit(2, 6) and cache.held(2) == 6  # within its 10: nothing moves
     assert cache.fit(0, 15) and cache.slots(0) >= 15  # 15 > 10: split anew, the 6 rows of layer 2 forgotten
@@ -88,7 +102,9 @@ def test_layers_picking_more_than_their_share_get_it_when_the_total_allows():
     assert not cache.fit(2, 8)  # 15 + 8 + 8 > 30
     assert cache.counters["token_resplits"] == 2
     with pytest.raises(ValueError, match="a token cache needs at least one slot"):
-        TokenCache(3, 0, D, torch.float32, "cpu")
+        TokenCache(3, 0, D, torch.float32, "cpu", index)
+    with pytest.raises(ValueError, match="index must be"):
+        TokenCache(3, 1, D, torch.float32, "cpu", "hash")
 
 
 def _cfg(slots, host_chunks=None, ctx=1024, budget=64, policy=None, **kw):
@@ -125,7 +141,7 @@ def _steps(st, n_steps, seed=1, grow=False):
 
 
 @pytest.mark.parametrize("host", [None, 10], ids=["host", "host-and-disk"])
-def test_step_reads_the_cache_as_rounds_read_the_tiers(host, tmp_path):
+def test_step_reads_the_cache_as_rounds_read_the_tiers(host, index, tmp_path):
     st = _store(_cfg(20, host).replace(disk_dir=str(tmp_path)))
     assert st.token_cache is not None and st.spec.gpu_slots == (STAGING_CHUNKS,) * L
     _steps(st, 3, grow=True)
@@ -142,7 +158,7 @@ def test_step_reads_the_cache_as_rounds_read_the_tiers(host, tmp_path):
 
 
 @pytest.mark.parametrize("rest", [None, "k4v4"])
-def test_the_cache_step_equals_the_all_resident_step(rest):
+def test_the_cache_step_equals_the_all_resident_step(rest, index):
     """The same selections over the token cache and over every chunk resident (a hot set holding the
     context): the same outputs, the rest merged in or not, across chunks leaving the window."""
     cached, resident = _store(_cfg(20, rest=rest)), _store(_cfg(200, rest=rest))
