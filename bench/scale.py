@@ -27,6 +27,7 @@ so it fetches from host and disk.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -82,7 +83,8 @@ class Phases:
     def __init__(self, store):
         self.t = {"select": 0.0, "fetch": 0.0}
         self._wrap(store.selector, "select", "select")
-        self._wrap(store, "pin", "fetch")
+        self._wrap(store, "pin", "fetch")  # chunks made resident, or (a token cache) rows
+        self._wrap(store, "resident_tokens", "fetch")
 
     def _wrap(self, owner, name, label):
         inner = getattr(owner, name)
@@ -121,6 +123,7 @@ def _drop_page_cache(files: list[str]) -> str:
 def child(a) -> dict:
     from offload.config import OffloadConfig, SparseConfig
     from offload.sparse import make_policy
+    from offload.store_spec import StoreSpec
     from offload.tiers.store import TieredKVStore
 
     torch.set_num_threads(a.threads)
@@ -135,7 +138,10 @@ def child(a) -> dict:
     cfg = OffloadConfig(ctx=n + a.warmup + a.steps + 64, kv_store="tiered", sparse=sparse, host_mem=host_mem,
                         hot_set_bytes=hot, disk_dir=a.disk_dir)  # fmt: skip
     syn = Synthetic(a.seed)
-    store = TieredKVStore(layers, KV_HEADS, HEAD_DIM, torch.bfloat16, "cpu", config=cfg)
+    spec = StoreSpec.derive(cfg, layers, KV_HEADS, HEAD_DIM, torch.bfloat16, "cpu")
+    if a.residency == "chunks":  # the hot set as chunk slots whatever the selection (before the token cache)
+        spec = dataclasses.replace(spec, token_slots=0, gpu_slots=(min(a.hot_chunks, spec.capacity),) * layers)
+    store = TieredKVStore(layers, KV_HEADS, HEAD_DIM, torch.bfloat16, "cpu", spec=spec)
     fill = 0.0
     for p0 in range(0, n, PIECE):
         k, v = syn.piece(p0, min(PIECE, n - p0))
@@ -164,7 +170,8 @@ def child(a) -> dict:
                 steps.append(dt * 1000)
                 split.append((phases.t["select"] * 1000, phases.t["fetch"] * 1000))
                 tiers.append(tuple(after[c] - before[c] for c in ("hits", "misses_host", "misses_disk"))
-                             + (_io_read() - io0,))  # fmt: skip
+                             + (_io_read() - io0,)
+                             + tuple(after.get(c, 0) - before.get(c, 0) for c in ("token_misses", "rounds")))  # fmt: skip
             store.append(layer, k, v)
     med = lambda xs: statistics.median(xs)  # noqa: E731
     st = store.stats()
@@ -181,9 +188,14 @@ def child(a) -> dict:
         "host_read_mb": round(med([t[1] for t in tiers]) * chunk_bytes / 2**20, 2),
         "disk_chunk_mb": round(med([t[2] for t in tiers]) * chunk_bytes / 2**20, 2),
         "disk_read_mb": round(med([t[3] for t in tiers]) / 2**20, 2),
+        "residency": "tokens" if spec.token_slots else "chunks", "rows_fetched": med([t[4] for t in tiers]),
+        "fetched_mb": round((med([t[1] + t[2] for t in tiers]) * chunk_bytes
+                             + med([t[4] for t in tiers]) * 2 * HEAD_DIM * 2) / 2**20, 2),
+        "rounds_per_step": round(statistics.mean([t[5] for t in tiers]), 2),
+        "token_resplits": st.get("token_resplits", 0),
         "fill_s": round(fill, 1), "spill_bytes": st["disk_bytes"], "host_bytes": st["host_bytes"],
         "disk_share": round(filled["disk_chunks"] / max(1, filled["chunks"]), 3),
-        "host_cap_bytes": host_mem, "hot_set_bytes": st["gpu_pool_bytes"],
+        "host_cap_bytes": host_mem, "hot_set_bytes": st["gpu_pool_bytes"] + st["token_cache_bytes"],
         "summary_bytes": store.selector.state.nbytes, "working_set_bytes": st["working_set_bytes"],
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "page_cache": dropped, "threads": a.threads, "machine": machine(), "torch": torch.__version__,
@@ -199,15 +211,16 @@ def _other(r: dict) -> int:
 
 
 def _table(rows: list[dict]) -> str:
-    head = (f"{'tokens':>9} {'policy':>7} | {'step ms':>8} {'p90':>7} | {'select':>7} {'fetch':>7} {'attend':>7} | "
-            f"{'chunks hit/host/disk':>21} {'disk MB':>8} | {'fill s':>7} {'spill GiB':>9} {'host GiB':>8} "
-            f"{'summ MiB':>8} {'RSS GiB':>8} {'other':>6}")  # fmt: skip
+    head = (f"{'tokens':>9} {'policy':>7} {'hot set':>7} | {'step ms':>8} {'p90':>7} | {'select':>7} {'fetch':>7} "
+            f"{'attend':>7} | {'chunks hit/host/disk':>21} {'rows':>6} {'MB in':>6} {'rounds':>6} {'disk MB':>8} | "
+            f"{'fill s':>7} {'spill GiB':>9} {'host GiB':>8} {'summ MiB':>8} {'RSS GiB':>8} {'other':>6}")  # fmt: skip
     lines = [head, "-" * len(head)]
     g = 2**30
     for r in rows:
         tiers = f"{r['chunks_hit']:.0f}/{r['chunks_host']:.0f}/{r['chunks_disk']:.0f}"
-        lines.append(f"{r['tokens']:>9,} {r['policy']:>7} | {r['step_ms']:>8.1f} {r['step_p90_ms']:>7.1f} | "
-                     f"{r['select_ms']:>7.1f} {r['fetch_ms']:>7.1f} {r['attend_ms']:>7.1f} | {tiers:>21} "
+        lines.append(f"{r['tokens']:>9,} {r['policy']:>7} {r['residency']:>7} | {r['step_ms']:>8.1f} "
+                     f"{r['step_p90_ms']:>7.1f} | {r['select_ms']:>7.1f} {r['fetch_ms']:>7.1f} {r['attend_ms']:>7.1f} | "
+                     f"{tiers:>21} {r['rows_fetched']:>6.0f} {r['fetched_mb']:>6.1f} {r['rounds_per_step']:>6.2f} "
                      f"{r['disk_read_mb']:>8.2f} | {r['fill_s']:>7.1f} {r['spill_bytes'] / g:>9.2f} "
                      f"{r['host_bytes'] / g:>8.2f} {r['summary_bytes'] / 2**20:>8.0f} "
                      f"{r['peak_rss_bytes'] / g:>8.2f} {_other(r) / g:>6.2f}")  # fmt: skip
@@ -224,6 +237,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--disk-share", type=float, default=0.5, help="least share of the body spilled to disk")
     ap.add_argument("--hot-chunks", type=int, default=16384, help="GPU-pool chunks per layer (RAM on a CPU)")
+    ap.add_argument("--residency", default="auto", choices=["auto", "chunks"],
+                    help="auto: the store's rule (a token cache where chunk slots cannot hold the context); "
+                         "chunks: chunk slots always (the hot set before the token cache)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--disk-dir", default=None, help="spill root (default: a temporary directory)")
@@ -240,7 +256,8 @@ def main():
         for length in a.lengths.split(","):
             for policy in a.policies.split(","):
                 argv = [sys.executable, __file__, "--child", f"{length},{policy}", "--disk-dir", spill]
-                for opt in ("budget", "layers", "steps", "warmup", "disk_share", "hot_chunks", "threads", "seed"):
+                for opt in ("budget", "layers", "steps", "warmup", "disk_share", "hot_chunks", "threads", "seed",
+                            "residency"):
                     argv += [f"--{opt.replace('_', '-')}", str(getattr(a, opt))]
                 out = subprocess.run(argv, check=True, capture_output=True, text=True)
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
