@@ -222,8 +222,10 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
                + m["vocab"] * 4)  # fmt: skip
     fixed = weights + CUDA_RESERVE + prefill + edge + abstracts + rings
     budget_cap = body_chunks * c
-    budget = max(0, min(budget_cap, (gpu_mem - fixed) // max(1, L * tok_layer) // c * c))
-    hot = budget * L * tok_layer
+    # a hot-set token: a chunk slot's share, or (token selections) a token cache's rows with their index
+    hot_token = hkv * spec.token_slot_bytes(d, it) if spec.selects_tokens else tok_layer
+    budget = max(0, min(budget_cap, (gpu_mem - fixed) // max(1, L * hot_token) // c * c))
+    hot = budget * L * hot_token
     want = min(budget_cap, MIN_BUDGET_TOKENS)
     host_cap = offload.host_mem if offload.host_mem is not None else int(host_mem * HOST_FRACTION)
     beside = host_summaries + hidden_host  # host memory that is not the pool
@@ -233,7 +235,7 @@ def _plan_at(m, ctx, dtype, gpu_mem, host_mem, disk, free, offload, device) -> M
     if beside > host_cap:
         reasons.append(f"host: {beside / GIB:.2f} GiB of token sketches and prefill hidden states, "
                        f"{host_cap / GIB:.2f} GiB of host memory planned for")  # fmt: skip
-    short = fixed + want * L * tok_layer - gpu_mem
+    short = fixed + want * L * hot_token - gpu_mem
     if short > 0:
         reasons.append(f"GPU: {short / GIB:.2f} GiB short of weights + activations + a "
                        f"{want}-token hot set per layer")  # fmt: skip

@@ -35,12 +35,14 @@ from .tiers.codec import default_compress
 from .tiers.host import default_host_capacity
 from .tiers.layout import ChunkLayout
 
-__all__ = ["StoreSpec", "DENSE_CHUNK", "GPU_FRACTION", "CPU_POOL_BYTES", "STAGING_CHUNKS"]
+__all__ = ["StoreSpec", "DENSE_CHUNK", "GPU_FRACTION", "CPU_POOL_BYTES", "STAGING_CHUNKS",
+           "TOKEN_SLOT_INDEX"]
 
 DENSE_CHUNK = 64  # chunk without selection: transfer size
 GPU_FRACTION = 0.5  # of free device memory for the hot set of a store built without a plan
 CPU_POOL_BYTES = 1 << 30  # default "GPU" pool on a CPU-only machine (it is host memory there)
 STAGING_CHUNKS = 4  # chunk slots a layer keeps beside a token cache (new chunks, exact rounds)
+TOKEN_SLOT_INDEX = 16  # bytes a token-cache slot adds to its row for finding it (owner, stamp: int64)
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,7 @@ class StoreSpec:
                 and lay.body_chunks(config.ctx) > slots:  # fmt: skip
             # a token selection's picks fall ~one per chunk: chunk slots sized for the budget cannot
             # hold a step's chunks, so the hot set holds single rows (tiers/token_cache.py)
-            row_bytes = 2 * head_dim * lay.itemsize
-            tokens = hot // (row_bytes * max(1, n_layers))  # fewer than the body's: it outgrows the slots
+            tokens = hot // (cls.token_slot_bytes(head_dim, lay.itemsize) * max(1, n_layers))
             slots = min(slots, STAGING_CHUNKS) if tokens else slots
         if config.host_mem is not None:
             host_chunks = config.host_mem // lay.chunk_bytes
@@ -113,6 +114,11 @@ class StoreSpec:
         if not beside:
             return spec
         return dataclasses.replace(spec, host_chunks=max(0, host_chunks - -(-beside // lay.chunk_bytes)))
+
+    @staticmethod
+    def token_slot_bytes(head_dim: int, itemsize: int) -> int:
+        """Hot-set bytes of one token-cache slot: a (KV head, token) row's k and v, and its index."""
+        return 2 * head_dim * itemsize + TOKEN_SLOT_INDEX
 
     @staticmethod
     def chunk_of(config: OffloadConfig) -> int:

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from transformers import LlamaConfig
 
 from offload.config import OffloadConfig
@@ -65,3 +67,18 @@ def test_sliding_window_layers_are_rings_not_tiered_kv(tmp_path):
     assert a.sliding_layers == 29 and a.n_layers == 34 and a.fits and b.fits
     assert a.budget_tokens == a.body_tokens > b.budget_tokens  # 5 layers' KV fits whole; 34 layers' does not
     assert "29 sliding-window" in str(a) and "sliding-window rings" in str(a)
+
+
+def test_a_token_selections_hot_set_holds_its_budget_as_rows(tmp_path):
+    """Sparse `token` decode of Llama-3.1-8B at 200k on 24 GiB: the plan's hot set, given to the
+    store, is a token cache of exactly the plan's budget per KV head and layer (a step at that budget
+    fits), its bytes the rows' and their index's; the chunk slots beside it are a few."""
+    from offload.sparse import SparseConfig
+    from offload.store_spec import STAGING_CHUNKS, StoreSpec
+
+    cfg = OffloadConfig(sparse=SparseConfig(budget=1 / 16, policy="token", rest=None), ctx=200_000)
+    p = plan(LLAMA_8B, 200_000, gpu_mem=24 * GIB, host_mem=64 * GIB, disk_dir=tmp_path, offload=cfg, device="cuda")
+    assert p.fits and 2048 <= p.budget_tokens < 200_000
+    assert p.hot_set_bytes == p.budget_tokens * 32 * 8 * (2 * 128 * 2 + 16)
+    spec = StoreSpec.derive(cfg, 32, 8, 128, torch.bfloat16, "cpu", planned_hot_set=p.hot_set_bytes)
+    assert spec.token_slots == p.budget_tokens * 8 and spec.gpu_slots == (STAGING_CHUNKS,) * 32

@@ -206,7 +206,9 @@ def test_spec_gives_rows_only_where_chunk_slots_cannot_hold_the_context():
         return StoreSpec.derive(cfg, L, HKV, D, torch.float32, "cpu")
 
     s = spec(_cfg(20))  # 20 slots of 8 tokens < the body of 1,024 tokens
-    assert s.token_slots == 20 * L * PER_CHUNK // (2 * D * 4 * L) and s.gpu_slots == (STAGING_CHUNKS,) * L
+    row = StoreSpec.token_slot_bytes(D, 4)  # a row's k and v, and its index
+    assert row == 2 * D * 4 + 16
+    assert s.token_slots == 20 * L * PER_CHUNK // (row * L) and s.gpu_slots == (STAGING_CHUNKS,) * L
     assert spec(_cfg(200)).token_slots == 0  # the whole context fits chunk slots: all resident
     assert spec(_cfg(20, ctx=None)).token_slots == 0  # no context to plan for
     assert spec(_cfg(20, policy=Bound(rank=4))).token_slots == 0  # chunk selections read chunks
