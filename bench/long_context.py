@@ -11,7 +11,8 @@ timed one by one (median, after 2 warm-up steps). Per row: tok/s; layers per ste
 rounds from the tiers (their selection's chunks outgrew the slots: bench/results/chunk-union-smollm2.md)
 and the host's wait for selection ids (stall); the floor = weights + what the step reads on the GPU (selection, summaries, rest, sinks + window) at the measured device-copy GB/s +
 the bytes it missed at the measured pinned host-to-device GB/s; decode ÷ floor; hit rate and misses
-per step; peak GPU (allocator), host (RSS) and disk. `--prefill-lengths`: a real layer-major prefill
+per step (chunks, or single rows where a token cache holds the hot set: tiers/token_cache.py) and
+their MB; peak GPU (allocator), host (RSS) and disk. `--prefill-lengths`: a real layer-major prefill
 of random ids, timed. In the same run: HF `DynamicCache(offloading=True)` decode (sdpa) at
 --hf-lengths, filled the same way, and offload exact (`dense`) at --dense-lengths.
 `--tiny`: a 2-layer model on the CPU at 1k and 2k in seconds, the same code (a test runs it).
@@ -155,19 +156,23 @@ def decode_row(model, memory, reason, n: int, a, bw: dict) -> dict:
         after = store.stats()
         step = statistics.median(times[2:])
         lay = store.layout
-        c = {k: (after.get(k, 0) - before.get(k, 0)) / a.steps for k in ("hits", "misses", "rounds", "stall_s")}
+        counters = ("hits", "misses", "token_hits", "token_misses", "rounds", "stall_s")
+        c = {k: (after.get(k, 0) - before.get(k, 0)) / a.steps for k in counters}
         sparse = model.config.sparse
         n_layers, n_kv, d = model.kv_shape()
         tok_bytes = n_layers * 2 * n_kv * d * model.dtype.itemsize
         budget = store.selector.token_budget(0, n) if sparse is not None else n
         read = min(n, budget + lay.sinks + model.config.window) * tok_bytes + memory.abstracts_bytes
-        miss_bytes = c["misses"] * lay.chunk_bytes
+        miss_bytes = c["misses"] * lay.chunk_bytes + c["token_misses"] * 2 * d * model.dtype.itemsize  # chunks, rows
+        hits, misses = c["hits"] + c["token_hits"], c["misses"] + c["token_misses"]  # a token cache's: rows
         weights = sum(p.numel() * p.element_size() for p in model.hf.parameters())
         floor = (weights + read) / (bw["hbm_gbps"] * 1e9) + miss_bytes / (bw["h2d_gbps"] * 1e9)
         return {
             "row": decode_label(model.config), "ctx": n, "tok_s": round(1 / step, 3), "step_ms": round(step * 1e3, 2),
             "floor_ms": round(floor * 1e3, 2), "decode_over_floor": round(step / floor, 2),
-            "hit_rate": round(c["hits"] / max(c["hits"] + c["misses"], 1e-9), 4), "misses_per_step": round(c["misses"], 1),
+            "hit_rate": round(hits / max(hits + misses, 1e-9), 4), "misses_per_step": round(misses, 1),
+            "miss_mb_per_step": round(miss_bytes / 2**20, 3),
+            "hot_set": "rows" if getattr(store, "token_cache", None) is not None else "chunks",
             "rounds_per_step": round(c["rounds"], 1), "stall_ms": round(c["stall_s"] * 1e3, 2),
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated(dev) / GIB, 2) if dev.type == "cuda" else 0.0,
             "peak_host_gib": round(_peak_host() / GIB, 2), "disk_gib": round(after.get("disk_bytes", 0) / GIB, 3),
@@ -283,7 +288,7 @@ def main(argv=None) -> int:
     for n in _count(a.prefill_lengths):
         rows.append(prefill_row(configure(hf, n + 8, a)[0], n))
     cols = ["row", "ctx", "tok_s", "step_ms", "floor_ms", "decode_over_floor", "hit_rate", "misses_per_step",
-            "rounds_per_step", "stall_ms", "peak_gpu_gib", "peak_host_gib", "disk_gib", "seconds"]  # fmt: skip
+            "miss_mb_per_step", "rounds_per_step", "stall_ms", "peak_gpu_gib", "peak_host_gib", "disk_gib", "seconds"]  # fmt: skip
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r.get(k, "")) for k in cols) + " |")

@@ -27,6 +27,7 @@ def test_gpu_check_cpu_smoke(tmp_path):
     assert by == {("exact", 1000), ("sparse 1/16", 2000), ("HF DynamicCache", 1000), ("prefill", 1000)}
     sparse = next(r for r in rows if r["row"] == "sparse 1/16")
     assert sparse["misses_per_step"] > 0 and 0 < sparse["hit_rate"] < 1  # the hot set holds 3/4 of the KV
+    assert sparse["hot_set"] == "rows" and sparse["miss_mb_per_step"] > 0  # as single rows: a token cache
     assert sparse["floor_ms"] > 0 and sparse["decode_over_floor"] > 0 and "--budget auto" in sparse["why"]
     assert sparse["rounds_per_step"] >= 0 and sparse["stall_ms"] >= 0
     exact = [r for r in rows if r["row"] == "exact"]

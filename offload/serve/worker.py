@@ -216,12 +216,14 @@ class Worker:
         return slot, min(common_prefix(slot.tokens, job.ids), len(job.ids) - 1)
 
 
-STEP_COUNTERS = ("hits", "misses", "misses_host", "misses_disk", "evictions", "rounds", "stall_s")
+STEP_COUNTERS = ("hits", "misses", "misses_host", "misses_disk", "evictions", "rounds", "stall_s", "token_hits",
+                 "token_misses", "token_evictions")
 
 
 def kv_per_step(before: dict, after: dict, steps: int) -> dict:
     """The store's event counters over one request, per generated token (its prefill included):
-    hits and misses of the GPU hot set (from host / disk), evictions, layer steps read in rounds,
+    hits and misses of the GPU hot set (from host / disk; chunks, and rows of a token cache), evictions,
+    layer steps read in rounds,
     and the host's seconds waiting for selection ids; `tokens` and bytes per tier as they stand."""
     out = {k: round((after[k] - before.get(k, 0)) / max(steps, 1), 6) for k in STEP_COUNTERS if k in after}
     return {**out, **{k: after[k] for k in ("tokens", "gpu_bytes", "host_bytes", "disk_bytes") if k in after}}
