@@ -134,7 +134,9 @@ def child(a) -> dict:
     chunk_bytes = chunk * KV_HEADS * HEAD_DIM * 2 * 2
     body_bytes = n * KV_HEADS * HEAD_DIM * 2 * 2
     host_mem = int(body_bytes * (1 - a.disk_share)) // chunk_bytes * chunk_bytes
-    hot = a.hot_chunks * chunk_bytes * layers
+    hot = a.hot_chunks * chunk_bytes * layers  # chunk slots; a token cache: as many rows, with their index
+    if a.residency == "auto":
+        hot = a.hot_chunks * chunk * KV_HEADS * StoreSpec.token_slot_bytes(HEAD_DIM, 2) * layers
     cfg = OffloadConfig(ctx=n + a.warmup + a.steps + 64, kv_store="tiered", sparse=sparse, host_mem=host_mem,
                         hot_set_bytes=hot, disk_dir=a.disk_dir)  # fmt: skip
     syn = Synthetic(a.seed)
@@ -236,7 +238,8 @@ def main():
     ap.add_argument("--steps", type=int, default=24, help="timed decode steps (median)")
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--disk-share", type=float, default=0.5, help="least share of the body spilled to disk")
-    ap.add_argument("--hot-chunks", type=int, default=16384, help="GPU-pool chunks per layer (RAM on a CPU)")
+    ap.add_argument("--hot-chunks", type=int, default=16384,
+                    help="GPU-pool chunks per layer (RAM on a CPU); a token cache holds their tokens' rows")
     ap.add_argument("--residency", default="auto", choices=["auto", "chunks"],
                     help="auto: the store's rule (a token cache where chunk slots cannot hold the context); "
                          "chunks: chunk slots always (the hot set before the token cache)")

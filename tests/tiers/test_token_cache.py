@@ -214,3 +214,24 @@ def test_spec_gives_rows_only_where_chunk_slots_cannot_hold_the_context():
     assert spec(_cfg(20, policy=Bound(rank=4))).token_slots == 0  # chunk selections read chunks
     assert spec(_cfg(20, ctx=20 * C + 12)).token_slots == 0  # exactly 20 body chunks: they fit
     assert spec(_cfg(20, ctx=21 * C + 12)).token_slots > 0
+
+
+def test_rows_fetched_from_every_tier_are_the_stored_bytes(tmp_path, monkeypatch):
+    """Picks whose chunks sit in the chunk slots, the host pool and on disk (decoded two records at a
+    time: several batches): the cache's rows equal the layer's tokens as read back whole."""
+    monkeypatch.setattr("offload.tiers.token_fetch.DISK_BATCH", 2)
+    st = _store(_cfg(20, 10).replace(disk_dir=str(tmp_path)))
+    layer, lay = 1, st.layout
+    assert st.stats()["disk_chunks"] > 3 and any(st.is_resident(layer, j) for j in range(st.n_chunks(layer)))
+    g = torch.Generator().manual_seed(7)
+    body = st.n_chunks(layer) * C
+    select = torch.stack([torch.randperm(body, generator=g)[:150] for _ in range(HKV)])  # [R, 150]
+    slots = st.resident_tokens(layer, select, None)
+    k, v = st.read_layer(layer)  # [1, HKV, n, D]
+    got = st.token_cache.gather(slots)  # [2, R, 150, D]
+    for r in range(HKV):
+        pos = select[r] + lay.sinks
+        assert torch.equal(got[0, r], k[0, r, pos]) and torch.equal(got[1, r], v[0, r, pos])
+    assert st.stats()["token_misses"] == 2 * 150
+    again = st.resident_tokens(layer, select, None)  # all held now: the same slots, nothing fetched
+    assert torch.equal(again, slots) and st.stats()["token_misses"] == 2 * 150

@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""What does a token cache fetch per decode step, and would the layer below predict it? With a hot
+set of single (KV head, token) rows (tiers/token_cache.py) a step fetches the rows its picks miss;
+a pipelined fetch would copy layer l's misses while layer l-1 attends — if something known by then
+names them. The candidate: layer l-1's picks at the same step (chunk unions overlap 68-72 % between
+neighbouring layers, bench/results/chunk-union-smollm2.md).
+
+SmolLM2 on a natural-text prompt, the default sparse config (`token`, adaptive split) at each budget,
+a hot set of --hot times the budget's rows (1: what the memory plan gives at its capped budget).
+Per (length, budget, hot): means over --new greedy steps and the selecting layers of
+- rows fetched per layer step, as a share of its picks (the cache's misses, `token_misses`);
+- new picks: picks (row, position) not picked by the same layer and row at the previous step;
+- of the new picks, the share whose position layer l-1 picked at the same step in the same row (KV
+  head), and in any row: what a prefetch from the layer below could have in flight;
+- layer steps that could not be held (rounds) and new splits of the cache between layers.
+
+    python bench/row_prefetch.py --lengths 4k,8k --budgets 1/16,1/32 --hot 1,2 --new 8 --threads 2
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import statistics
+
+import torch
+from _common import machine, parse_with_threads
+
+
+def _rows(chosen: torch.Tensor) -> list[set[int]]:
+    """Per row, its picked positions (the -1 padding left out)."""
+    return [set(r[r >= 0].tolist()) for r in chosen]
+
+
+def measure(model, ids: list[int], budget, new: int, hot: float) -> dict:
+    from offload.config import SparseConfig
+    from offload.engine import Engine
+    from offload.sparse import make_policy
+    from offload.store_spec import StoreSpec
+
+    n_layers, n_kv, d = model.kv_shape()
+    tokens = budget if isinstance(budget, int) else int(budget * len(ids))
+    hot_bytes = int(hot * tokens) * n_kv * n_layers * StoreSpec.token_slot_bytes(d, model.dtype.itemsize)
+    sparse = SparseConfig(budget=budget, policy=make_policy("token"))
+    cfg = model.config.replace(sparse=sparse, kv_store="tiered", ctx=len(ids) + new + 8, hot_set_bytes=hot_bytes)
+    m = model.__class__(hf=model.hf, tokenizer=model.tokenizer, model_dir=model.model_dir, config=cfg)
+    store = m.new_store()
+    assert store.token_cache is not None, "the hot set holds the whole context: nothing to fetch"
+    seen: dict[int, torch.Tensor] = {}
+    select = store.selector.select
+
+    def spy(layer, *args, **kw):
+        out = select(layer, *args, **kw)
+        if out is not None:
+            seen[layer] = out
+        return out
+
+    store.selector.select = spy
+    try:
+        engine = Engine(m, store)
+        tok = int(engine.prefill(ids).argmax())
+        fetched, fresh, same_row, any_row, prev = [], [], [], [], {}
+        before = store.stats()
+        for _ in range(new):
+            seen.clear()
+            was = store.stats()["token_misses"]
+            tok = int(engine.decode(tok).argmax())
+            picks = sum(int((c >= 0).sum()) for c in seen.values())
+            fetched.append((store.stats()["token_misses"] - was) / max(1, picks))
+            sets = {layer: _rows(c) for layer, c in seen.items()}
+            for layer, rows in sets.items():
+                if layer not in prev:
+                    continue
+                new_picks = [(r, p) for r, ps in enumerate(rows) for p in ps - prev[layer][r]]
+                n_picks = sum(map(len, rows))
+                if not new_picks or not n_picks:
+                    continue
+                fresh.append(len(new_picks) / n_picks)
+                below = sets.get(layer - 1)
+                if below is not None:
+                    anywhere = set().union(*below)
+                    same_row.append(sum(p in below[r] for r, p in new_picks) / len(new_picks))
+                    any_row.append(sum(p in anywhere for _, p in new_picks) / len(new_picks))
+            prev = sets
+        after = store.stats()
+        mean = lambda xs: statistics.fmean(xs) if xs else float("nan")  # noqa: E731
+        return {"fetched": mean(fetched), "fresh": mean(fresh), "same_row": mean(same_row), "any_row": mean(any_row),
+                "rounds": (after["rounds"] - before["rounds"]) / new, "resplits": after["token_resplits"]}  # fmt: skip
+    finally:
+        store.close()
+
+
+def main():
+    import offload
+    from offload.cli.units import parse_count
+    from offload.eval.recall import natural_ids
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", default="4k,8k")
+    ap.add_argument("--budgets", default="1/16,1/32")
+    ap.add_argument("--hot", default="1,2", help="hot set sizes, in multiples of the budget's rows")
+    ap.add_argument("--new", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None)
+    a = parse_with_threads(ap)
+    model = offload.load_model()
+    print(f"# {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, SmolLM2 fp32")
+    print("| context | budget | hot set | rows fetched / picks | new picks | of them in l-1's picks: same head "
+          "| any head | rounds / step | cache splits |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in [parse_count(x) for x in a.lengths.split(",")]:
+        ids = natural_ids(model.tokenizer, n)
+        for b in a.budgets.split(","):
+            num, den = b.split("/") if "/" in b else (b, "1")
+            budget = float(num) / float(den) if "/" in b else int(b)
+            for hot in [float(h) for h in a.hot.split(",")]:
+                r = measure(model, ids, budget, a.new, hot)
+                print(f"| {n:,} | {b} | {hot:g}x | {r['fetched']:.3f} | {r['fresh']:.3f} | {r['same_row']:.2f} | "
+                      f"{r['any_row']:.2f} | {r['rounds']:.1f} | {r['resplits']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
