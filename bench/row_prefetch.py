@@ -6,13 +6,16 @@ names them. The candidate: layer l-1's picks at the same step (chunk unions over
 neighbouring layers, bench/results/chunk-union-smollm2.md).
 
 SmolLM2 on a natural-text prompt, the default sparse config (`token`, adaptive split) at each budget,
-a hot set of --hot times the budget's rows (1: what the memory plan gives at its capped budget).
-Per (length, budget, hot): means over --new greedy steps and the selecting layers of
+the budget a token count (the fraction of the prompt: the plan caps `--budget auto` at a count), a hot
+set of --hot times its rows (1: what the memory plan gives at its capped budget). Per (length, budget,
+hot): means over --new greedy steps after the first (which fills the empty cache) and the selecting
+layers of
 - rows fetched per layer step, as a share of its picks (the cache's misses, `token_misses`);
 - new picks: picks (row, position) not picked by the same layer and row at the previous step;
 - of the new picks, the share whose position layer l-1 picked at the same step in the same row (KV
   head), and in any row: what a prefetch from the layer below could have in flight;
-- layer steps that could not be held (rounds) and new splits of the cache between layers.
+- layer steps that could not be held (rounds; a layer read whole is, when its chunks outgrow their
+  slots) and new splits of the cache between layers.
 
     python bench/row_prefetch.py --lengths 4k,8k --budgets 1/16,1/32 --hot 1,2 --new 8 --threads 2
 """
@@ -43,6 +46,7 @@ def measure(model, ids: list[int], budget, new: int, hot: float) -> dict:
 
     n_layers, n_kv, d = model.kv_shape()
     tokens = budget if isinstance(budget, int) else int(budget * len(ids))
+    budget = tokens  # a token count, as the plan caps it: it does not grow with the decoded tokens
     hot_bytes = int(hot * tokens) * n_kv * n_layers * StoreSpec.token_slot_bytes(d, model.dtype.itemsize)
     sparse = SparseConfig(budget=budget, policy=make_policy("token"))
     cfg = model.config.replace(sparse=sparse, kv_store="tiered", ctx=len(ids) + new + 8, hot_set_bytes=hot_bytes)
@@ -64,12 +68,15 @@ def measure(model, ids: list[int], budget, new: int, hot: float) -> dict:
         tok = int(engine.prefill(ids).argmax())
         fetched, fresh, same_row, any_row, prev = [], [], [], [], {}
         before = store.stats()
-        for _ in range(new):
+        for step in range(new + 1):  # step 0 fills the empty cache: left out of the means
             seen.clear()
             was = store.stats()["token_misses"]
+            if step == 1:
+                before = store.stats()
             tok = int(engine.decode(tok).argmax())
             picks = sum(int((c >= 0).sum()) for c in seen.values())
-            fetched.append((store.stats()["token_misses"] - was) / max(1, picks))
+            if step:
+                fetched.append((store.stats()["token_misses"] - was) / max(1, picks))
             sets = {layer: _rows(c) for layer, c in seen.items()}
             for layer, rows in sets.items():
                 if layer not in prev:
@@ -88,7 +95,8 @@ def measure(model, ids: list[int], budget, new: int, hot: float) -> dict:
         after = store.stats()
         mean = lambda xs: statistics.fmean(xs) if xs else float("nan")  # noqa: E731
         return {"fetched": mean(fetched), "fresh": mean(fresh), "same_row": mean(same_row), "any_row": mean(any_row),
-                "rounds": (after["rounds"] - before["rounds"]) / new, "resplits": after["token_resplits"]}  # fmt: skip
+                "rounds": (after["rounds"] - before["rounds"]) / new,
+                "resplits": after["token_resplits"] - before["token_resplits"]}  # fmt: skip
     finally:
         store.close()
 

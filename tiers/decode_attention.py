@@ -44,6 +44,7 @@ class DecodeAttention:
         self.ws = WorkingSet(store.n_layers)
         self._read: list[tuple | None] = [None] * store.n_layers  # (selection, n_chunks, body mask): the rest's
         self._slots: list[tuple | None] = [None] * store.n_layers  # (selection, cache epoch, its cache slots)
+        self._expected = None  # the selector's budgets the token cache was last told of
         # stall_s: host time waiting for a selection's ids (the miss path); rounds: layer steps whose
         # chunks outgrew the layer's slots (read exactly in rounds from the tiers)
         self.counters = {"stall_s": 0.0, "rounds": 0}
@@ -109,6 +110,12 @@ class DecodeAttention:
         held = self._slots[layer]
         if held is not None and held[0] is chosen and held[1] == cache.epoch(layer):
             return held[2]
+        budgets = self.selector.budgets(self.store.layer_len(layer))
+        if budgets is not self._expected:  # a new plan: every layer's picks, to split the slots by
+            self._expected = budgets
+            rows, st = self.store.layout.rows, self.store
+            cache.expect([min(sum(r) * (rows // len(r)), st.n_chunks(i) * st.layout.chunk * rows)
+                          for i, r in enumerate(budgets.rows)])  # fmt: skip
         t0 = time.perf_counter()
         slots = self.store.resident_tokens(layer, select, valid)
         self.counters["stall_s"] += time.perf_counter() - t0

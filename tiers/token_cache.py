@@ -74,8 +74,16 @@ class TokenCache:
         one — and forget every row (the layers' places moved). False when the picks of all layers
         outnumber the slots (the step cannot be held)."""
         self._need[layer] = need
-        if need <= self.size[layer]:
-            return True
+        return need <= self.size[layer] or self._resplit(layer)
+
+    def expect(self, needs: list[int]) -> None:
+        """Every layer's coming picks (the budget plan's): split the slots anew now, while nothing
+        is lost (the first step), where one of them outgrows its range."""
+        self._need = list(needs)
+        if any(n > s for n, s in zip(needs, self.size)):
+            self._resplit(max(range(self.n_layers), key=lambda i: needs[i] - self.size[i]))
+
+    def _resplit(self, layer: int) -> bool:
         known = [n or 0 for n in self._need]
         spare = self.total - sum(known)
         sizes = [max(1, n + spare // self.n_layers) for n in known]

@@ -101,6 +101,10 @@ def test_layers_picking_more_than_their_share_get_it_when_the_total_allows(index
     assert cache.fit(1, 8) and [cache.slots(i) >= n for i, n in enumerate((15, 8, 6))] == [True] * 3
     assert not cache.fit(2, 8)  # 15 + 8 + 8 > 30
     assert cache.counters["token_resplits"] == 2
+    cache.expect([4, 20, 5])  # the plan's picks for every layer: split for them at once
+    assert [cache.slots(i) >= n for i, n in enumerate((4, 20, 5))] == [True] * 3
+    cache.expect([4, 20, 5])  # nothing outgrows its range: no new split
+    assert cache.counters["token_resplits"] == 3 and cache.fit(1, 20)
     with pytest.raises(ValueError, match="a token cache needs at least one slot"):
         TokenCache(3, 0, D, torch.float32, "cpu", index)
     with pytest.raises(ValueError, match="index must be"):
