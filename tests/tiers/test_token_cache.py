@@ -6,6 +6,7 @@ without the rest, kept or fresh selections, after a truncate; more picks than sl
 way; and `StoreSpec` gives it the hot set only where chunk slots cannot hold the context."""
 
 import functools
+import os
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from offload.tiers.store import TieredKVStore
 L, HKV, D, C, N = 3, 2, 16, 8, 300
 PER_CHUNK = 2 * HKV * C * D * 4
 INDEXES = ["map", "sort"]  # a CPU's default, CUDA's
+DEVICE = torch.device(os.environ.get("OFFLOAD_KERNEL_DEVICE", "cpu"))
 
 
 @pytest.fixture(params=INDEXES)
@@ -119,13 +121,13 @@ def _cfg(slots, host_chunks=None, ctx=1024, budget=64, policy=None, **kw):
                          sparse=sparse, ctx=ctx)  # fmt: skip
 
 
-def _store(cfg, seed=0):
+def _store(cfg, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    st = TieredKVStore(L, HKV, D, torch.float32, "cpu", config=cfg)
+    st = TieredKVStore(L, HKV, D, torch.float32, device, config=cfg)
     for layer in range(L):
-        k, v = torch.randn(1, HKV, N, D, generator=g), torch.randn(1, HKV, N, D, generator=g)
+        k, v = (torch.randn(1, HKV, N, D, generator=g).to(device) for _ in range(2))
         st.append(layer, k, v)
-        st.prefill_observer(layer, torch.randn(1, 2 * HKV, 8, D, generator=g), k, D**-0.5, 0.9)
+        st.prefill_observer(layer, torch.randn(1, 2 * HKV, 8, D, generator=g).to(device), k, D**-0.5, 0.9)
     return st
 
 
@@ -162,16 +164,19 @@ def test_step_reads_the_cache_as_rounds_read_the_tiers(host, index, tmp_path):
 
 
 @pytest.mark.parametrize("rest", [None, "k4v4"])
-def test_the_cache_step_equals_the_all_resident_step(rest, index):
+def test_the_cache_step_equals_the_all_resident_step(rest):
     """The same selections over the token cache and over every chunk resident (a hot set holding the
-    context): the same outputs, the rest merged in or not, across chunks leaving the window."""
-    cached, resident = _store(_cfg(20, rest=rest)), _store(_cfg(200, rest=rest))
+    context): the same outputs, the rest merged in or not, across chunks leaving the window. On
+    OFFLOAD_KERNEL_DEVICE (bench/gpu_check.sh: cuda) — there the token-gather kernel reads both, the
+    cache through its pool views, its rows found by the sorted owners and copied from host memory."""
+    cfg = _cfg(20, rest=rest).replace(device=str(DEVICE))
+    cached, resident = _store(cfg, device=DEVICE), _store(cfg.replace(hot_set_bytes=200 * L * PER_CHUNK), device=DEVICE)
     assert cached.token_cache is not None and resident.token_cache is None and resident.all_resident(0)
+    assert cached.token_cache.index == ("sort" if DEVICE.type == "cuda" else "map")
     g = torch.Generator().manual_seed(3)
     for _ in range(2 * C):
         for layer in range(L):
-            k, v = torch.randn(1, HKV, 1, D, generator=g), torch.randn(1, HKV, 1, D, generator=g)
-            q = torch.randn(1, 2 * HKV, 1, D, generator=g)
+            k, v, q = (torch.randn(1, h, 1, D, generator=g).to(DEVICE) for h in (HKV, HKV, 2 * HKV))
             outs = []
             for st in (cached, resident):
                 st.append(layer, k, v)
