@@ -89,15 +89,20 @@ class StoreView:
         """Token-cache slots long [R, k] of `layer`'s body positions select [R, k] (valid [R, k]: a
         row's real picks, first; the others stand in for its first and get its slot), the misses read
         from the tiers; None when the cache cannot hold the step's picks. Host syncs: the counts of
-        picks and misses, the missed ids."""
-        cache = self._tokens
-        n_valid = select.numel() if valid is None else int(valid.sum())
+        picks and misses (one), the missed ids (when there are misses)."""
+        cache, n_body = self._tokens, self._mgr.n_chunks(layer) * self.layout.chunk
+        keys = cache.keys(select)
+        slot, hit = cache.lookup(layer, keys, n_body)
+        miss = ~hit if valid is None else ~hit & valid
+        n_valid = torch.tensor(select.numel(), device=select.device) if valid is None else valid.sum()
+        n_miss, n_valid = torch.stack([miss.sum(), n_valid]).tolist()  # the one wait for the device
+        epoch = cache.epoch(layer)
         if not cache.fit(layer, n_valid):
             return None
-        keys = cache.keys(select)
-        slot, hit = cache.lookup(layer, keys, self._mgr.n_chunks(layer) * self.layout.chunk)
-        miss = ~hit if valid is None else ~hit & valid
-        n_miss = int(miss.sum())
+        if cache.epoch(layer) != epoch:  # split anew (rows forgotten): look again
+            slot, hit = cache.lookup(layer, keys, n_body)
+            miss = ~hit if valid is None else ~hit & valid
+            n_miss = n_valid
         cache.counters["token_hits"] += n_valid - n_miss
         if n_miss:
             new = cache.admit(layer, keys, miss, n_miss)
