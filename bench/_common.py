@@ -30,6 +30,52 @@ def add_sparse_args(ap, policies: str, budgets: str, json_rows: str) -> None:
                     "default: the embedded SmolLM2")
 
 
+def budget_of(text: str) -> int | float:
+    """A --budgets entry: `1/16` a fraction of the context, `2048` a token count."""
+    num, den = text.split("/") if "/" in text else (text, "1")
+    return float(num) / float(den) if "/" in text else int(text)
+
+
+def spy_selections(store) -> dict:
+    """Each layer's selection as the store's selector makes it ({layer: ids [R, k]}, None left out):
+    the dict it fills, for the caller to clear before each step."""
+    seen: dict = {}
+    select = store.selector.select
+
+    def spy(layer, *args, **kw):
+        out = select(layer, *args, **kw)
+        if out is not None:
+            seen[layer] = out
+        return out
+
+    store.selector.select = spy
+    return seen
+
+
+def text_grid(ap, table_head: str):
+    """The SmolLM2 grid of chunk_union.py and row_prefetch.py: adds --lengths, --budgets, --new and
+    --threads to `ap`, parses, loads the model, prints the machine line and `table_head`, then yields
+    (model, n, ids, budget text, budget) per (length, budget) on a natural-text prompt, and `a` first."""
+    import offload
+    import torch
+    from offload.cli.units import parse_count
+    from offload.eval.recall import natural_ids
+
+    ap.add_argument("--lengths", default="4k,8k")
+    ap.add_argument("--budgets", default="1/16,1/32")
+    ap.add_argument("--new", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None)
+    a = parse_with_threads(ap)
+    yield a
+    model = offload.load_model()
+    print(f"# {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, SmolLM2 fp32")
+    print(table_head)
+    for n in [parse_count(x) for x in a.lengths.split(",")]:
+        ids = natural_ids(model.tokenizer, n)
+        for b in a.budgets.split(","):
+            yield model, n, ids, b, budget_of(b)
+
+
 def parse_with_threads(ap):
     """ap.parse_args(), then torch's thread count from --threads (left alone when unset)."""
     import torch

@@ -23,7 +23,7 @@ import argparse
 import statistics
 
 import torch
-from _common import machine, parse_with_threads
+from _common import spy_selections, text_grid
 
 
 def measure(model, ids: list[int], budget, new: int, unit: str) -> dict:
@@ -35,16 +35,7 @@ def measure(model, ids: list[int], budget, new: int, unit: str) -> dict:
     m = model.__class__(hf=model.hf, tokenizer=model.tokenizer, model_dir=model.model_dir,
                         config=model.config.replace(sparse=sparse, kv_store="tiered", ctx=len(ids) + new + 8))  # fmt: skip
     store = m.new_store()
-    seen: dict[int, torch.Tensor] = {}
-    select = store.selector.select
-
-    def spy(layer, *args, **kw):
-        out = select(layer, *args, **kw)
-        if out is not None:
-            seen[layer] = out
-        return out
-
-    store.selector.select = spy
+    seen = spy_selections(store)
     try:
         engine, c = Engine(m, store), store.layout.chunk
         tok = int(engine.prefill(ids).argmax())
@@ -69,31 +60,16 @@ def measure(model, ids: list[int], budget, new: int, unit: str) -> dict:
 
 
 def main():
-    import offload
-    from offload.cli.units import parse_count
-    from offload.eval.recall import natural_ids
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lengths", default="4k,8k")
-    ap.add_argument("--budgets", default="1/16,1/32")
-    ap.add_argument("--new", type=int, default=8)
     ap.add_argument("--units", default="token,chunk", help="the token policy's unit: single tokens or chunks")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None)
-    a = parse_with_threads(ap)
-    model = offload.load_model()
-    print(f"# {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, SmolLM2 fp32")
-    print("| context | budget | unit | selecting layers | union / layer's chunks | new since last step | in layer l-1's union |")
-    print("|---|---|---|---|---|---|---|")
-    for n in [parse_count(x) for x in a.lengths.split(",")]:
-        ids = natural_ids(model.tokenizer, n)
-        for b in a.budgets.split(","):
-            num, den = b.split("/") if "/" in b else (b, "1")
-            budget = float(num) / float(den) if "/" in b else int(b)
-            for unit in a.units.split(","):
-                r = measure(model, ids, budget, a.new, unit)
-                print(f"| {n:,} | {b} | {unit} | {r['layers']} | {r['union']:.2f} | {r['fresh']:.2f} | "
-                      f"{r['from_below']:.2f} |", flush=True)
+    grid = text_grid(ap, "| context | budget | unit | selecting layers | union / layer's chunks | new since last step "
+                         "| in layer l-1's union |\n|---|---|---|---|---|---|---|")
+    a = next(grid)
+    for model, n, ids, b, budget in grid:
+        for unit in a.units.split(","):
+            r = measure(model, ids, budget, a.new, unit)
+            print(f"| {n:,} | {b} | {unit} | {r['layers']} | {r['union']:.2f} | {r['fresh']:.2f} | "
+                  f"{r['from_below']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

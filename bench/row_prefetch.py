@@ -30,7 +30,7 @@ import argparse
 import statistics
 
 import torch
-from _common import machine, parse_with_threads
+from _common import spy_selections, text_grid
 
 
 def _rows(chosen: torch.Tensor) -> list[set[int]]:
@@ -53,16 +53,7 @@ def measure(model, ids: list[int], budget, new: int, hot: float) -> dict:
     m = model.__class__(hf=model.hf, tokenizer=model.tokenizer, model_dir=model.model_dir, config=cfg)
     store = m.new_store()
     assert store.token_cache is not None, "the hot set holds the whole context: nothing to fetch"
-    seen: dict[int, torch.Tensor] = {}
-    select = store.selector.select
-
-    def spy(layer, *args, **kw):
-        out = select(layer, *args, **kw)
-        if out is not None:
-            seen[layer] = out
-        return out
-
-    store.selector.select = spy
+    seen = spy_selections(store)
     try:
         engine = Engine(m, store)
         tok = int(engine.prefill(ids).argmax())
@@ -102,31 +93,16 @@ def measure(model, ids: list[int], budget, new: int, hot: float) -> dict:
 
 
 def main():
-    import offload
-    from offload.cli.units import parse_count
-    from offload.eval.recall import natural_ids
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lengths", default="4k,8k")
-    ap.add_argument("--budgets", default="1/16,1/32")
     ap.add_argument("--hot", default="1,2", help="hot set sizes, in multiples of the budget's rows")
-    ap.add_argument("--new", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None)
-    a = parse_with_threads(ap)
-    model = offload.load_model()
-    print(f"# {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, SmolLM2 fp32")
-    print("| context | budget | hot set | rows fetched / picks | new picks | of them in l-1's picks: same head "
-          "| any head | rounds / step | cache splits |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n in [parse_count(x) for x in a.lengths.split(",")]:
-        ids = natural_ids(model.tokenizer, n)
-        for b in a.budgets.split(","):
-            num, den = b.split("/") if "/" in b else (b, "1")
-            budget = float(num) / float(den) if "/" in b else int(b)
-            for hot in [float(h) for h in a.hot.split(",")]:
-                r = measure(model, ids, budget, a.new, hot)
-                print(f"| {n:,} | {b} | {hot:g}x | {r['fetched']:.3f} | {r['fresh']:.3f} | {r['same_row']:.2f} | "
-                      f"{r['any_row']:.2f} | {r['rounds']:.1f} | {r['resplits']} |", flush=True)
+    grid = text_grid(ap, "| context | budget | hot set | rows fetched / picks | new picks | of them in l-1's picks: "
+                         "same head | any head | rounds / step | cache splits |\n|---|---|---|---|---|---|---|---|---|")
+    a = next(grid)
+    for model, n, ids, b, budget in grid:
+        for hot in [float(h) for h in a.hot.split(",")]:
+            r = measure(model, ids, budget, a.new, hot)
+            print(f"| {n:,} | {b} | {hot:g}x | {r['fetched']:.3f} | {r['fresh']:.3f} | {r['same_row']:.2f} | "
+                  f"{r['any_row']:.2f} | {r['rounds']:.1f} | {r['resplits']} |", flush=True)
 
 
 if __name__ == "__main__":
