@@ -100,6 +100,15 @@ class TierManager:
     def gpu_slot(self, layer: int, chunk: int) -> int | None:
         return self._gpu[layer].get(chunk)
 
+    def homes(self, layer: int, chunks: list[int]) -> tuple[list[int], list[int]]:
+        """For each of `chunks` (ids of `layer`): its host slot (-1: its home is the disk) and its
+        layer-local GPU slot (-1: none) — `placement` for many at once, without a record each."""
+        if chunks and not (0 <= min(chunks) and max(chunks) < len(self._home[layer])):
+            for c in chunks:
+                self._check(layer, c)
+        home, host, gpu = self._home[layer], self._host_slot[layer], self._gpu[layer]
+        return [host[c] if home[c] == HOST else -1 for c in chunks], [gpu.get(c, -1) for c in chunks]
+
     def resident(self, layer: int) -> dict[int, int]:
         """chunk -> slot of `layer`'s GPU-resident chunks (a copy)."""
         return dict(self._gpu[layer])

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from .manager import HOST
-
 __all__ = ["read_rows", "DISK_BATCH"]
 
 DISK_BATCH = 512  # disk records decoded into one buffer at a time (8 MiB of bf16 Llama-8B chunks)
@@ -29,16 +27,12 @@ def read_rows(layer: int, rows: torch.Tensor, positions: torch.Tensor, *, mgr, g
         return out
     chunks, inverse = torch.unique(positions // lay.chunk, return_inverse=True)
     offsets = positions % lay.chunk
-    gpu_slot, host_slot, on_disk, on_disk_idx = [], [], [], []
-    for i, j in enumerate(chunks.tolist()):
-        p = mgr.placement(layer, j)
-        gpu_slot.append(-1 if p.gpu_slot is None else gpu.global_slot(layer, p.gpu_slot))
-        host_slot.append(p.host_slot if p.home == HOST else -1)
-        if p.gpu_slot is None and p.home != HOST:
-            on_disk.append(j)
-            on_disk_idx.append(i)
-    g = torch.tensor(gpu_slot, dtype=torch.long).index_select(0, inverse)  # per row: its chunk's
-    h = torch.tensor(host_slot, dtype=torch.long).index_select(0, inverse)
+    host_slot, gpu_slot = (torch.tensor(x, dtype=torch.long) for x in mgr.homes(layer, chunks.tolist()))
+    gpu_slot = torch.where(gpu_slot >= 0, gpu_slot + gpu.base[layer], -1)  # global slots
+    on_disk_idx = ((gpu_slot < 0) & (host_slot < 0)).nonzero().flatten()  # chunks only the disk holds
+    on_disk = chunks.index_select(0, on_disk_idx).tolist()
+    g = gpu_slot.index_select(0, inverse)  # per row: its chunk's
+    h = host_slot.index_select(0, inverse)
     from_gpu = (g >= 0).nonzero().flatten()
     if from_gpu.numel():
         got = gpu.read_tokens(*(t.index_select(0, from_gpu).to(device) for t in (g, rows, offsets)))
@@ -51,7 +45,7 @@ def read_rows(layer: int, rows: torch.Tensor, positions: torch.Tensor, *, mgr, g
         disk.will_need(layer, on_disk)  # every record's pages asked for before the first read
         at = ((g < 0) & (h < 0)).nonzero().flatten()  # rows whose chunk only the disk holds
         place = torch.full((chunks.shape[0],), -1, dtype=torch.long)  # chunk index -> index in on_disk
-        place[torch.tensor(on_disk_idx, dtype=torch.long)] = torch.arange(len(on_disk))
+        place[on_disk_idx] = torch.arange(len(on_disk))
         which = place.index_select(0, inverse.index_select(0, at))  # [n_disk_rows] in 0..len(on_disk)
         r, o = rows.index_select(0, at), offsets.index_select(0, at)
         for lo in range(0, len(on_disk), DISK_BATCH):  # records decoded into one buffer, then one gather

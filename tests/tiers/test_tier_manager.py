@@ -14,6 +14,10 @@ def _check_invariants(mgr: TierManager):
         assert len(resident) <= budget
         assert len(set(resident.values())) == len(resident)  # one chunk per slot
         assert all(0 <= s < budget for s in resident.values())
+        every = list(range(mgr.n_chunks(layer)))[::-1]  # `homes` (many at once) says what `placement` does
+        places = [mgr.placement(layer, c) for c in every]
+        assert mgr.homes(layer, every) == ([-1 if p.home == DISK else p.host_slot for p in places],
+                                           [-1 if p.gpu_slot is None else p.gpu_slot for p in places])  # fmt: skip
     assert mgr.host_used <= mgr.host_capacity
 
 
@@ -52,6 +56,10 @@ def test_homes_fill_host_then_disk_and_truncate_frees():
     mgr = TierManager([2], host_capacity=3)
     homes = [mgr.add_chunk(0).home for _ in range(5)]
     assert homes == [HOST, HOST, HOST, DISK, DISK]
+    assert mgr.homes(0, [4, 0]) == ([-1, 0], [-1, 0])  # chunk 0 took the free GPU slot 0
+    for bad in ([5], [-1], [0, 7]):
+        with pytest.raises(IndexError):
+            mgr.homes(0, bad)
     assert mgr.host_used == 3 and mgr.disk_chunks == 2
     freed = mgr.truncate(0, 2)
     assert [p.chunk for p in freed] == [4, 3, 2]
