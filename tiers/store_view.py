@@ -103,7 +103,7 @@ class StoreView:
             slot, hit = cache.lookup(layer, keys, n_body)
             miss = ~hit if valid is None else ~hit & valid
             n_miss = n_valid
-        cache.counters["token_hits"] += n_valid - n_miss
+        cache.note_hits(n_valid - n_miss)
         if n_miss:
             new = cache.admit(layer, keys, miss, n_miss)
             missed = keys.reshape(-1)[miss.reshape(-1)].cpu()

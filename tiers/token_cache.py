@@ -10,15 +10,16 @@ owns a range of row slots, shared by its rows (KV heads):
                        writes of non-misses go to, so no write needs a host-side mask)
     stamp: [T + 1]     the step at which the slot was last read (the LRU clock)
 
-A step (`lookup`, then `admit` for what it missed) finds each selected key among the owners by a
-sort and a binary search over the layer's range on the device (nothing per context token: at a
-million tokens a map per token would outgrow the hot set itself), stamps the hits, and gives each miss the least
-recently read slot that no hit of the step holds. That always exists while the step's valid picks
-number at most the layer's slots (the caller checks, `fit`). The slots of the misses are then filled by the caller (the
-store, from the tiers) with `write`. Rows share a layer's slots, so adaptive per-head budgets (a
-head taking more than its share) fit as long as the layer's total does; layers start with equal ranges,
-and when a layer picks more than its range the ranges are split anew after the layers' latest picks
-(`fit`: the adaptive split moves budget between layers under a fixed total, the plan's hot set).
+A step (`lookup`, then `admit` for what it missed) finds each selected key on the device — on CUDA
+among the layer's owners by a sort and a binary search (nothing per context token: at a million
+tokens a map per token would outgrow the hot set itself), on a CPU (index "map") through a map per
+(row, position), where memory is the host's and a sort of a million owners costs 140 ms — stamps the
+hits, and gives each miss the least recently read slot that no hit of the step holds. That exists
+while the step's valid picks number at most the layer's slots (the caller checks, `fit`); the
+caller (the store, from the tiers) fills the misses' slots with `write`. Rows share a layer's
+slots, so adaptive per-head budgets fit as long as the layer's total does. Layers split the slots by
+the budget plan's picks for every layer (`expect`), and anew when one picks more than its range
+(`fit`): the adaptive split moves budget between layers under a fixed total, the plan's hot set.
 Layers do not evict each other's rows: a search stays within one layer's range.
 
 A slot's bytes never change while it holds its key (KV is immutable), so a slot id stays right for
@@ -58,7 +59,17 @@ class TokenCache:
         self._need: list[int | None] = [None] * n_layers  # the latest step's picks, per layer
         self._split([slots] * n_layers)
         self._ident: torch.Tensor | None = None  # slot -> slot, the kernel's "chunk -> slot" map
-        self.counters = {"token_hits": 0, "token_misses": 0, "token_evictions": 0, "token_resplits": 0}
+        self._counts = {"token_hits": 0, "token_misses": 0, "token_resplits": 0}
+        self._evicted = torch.zeros((), dtype=torch.long, device=self.device)  # counted where it happens
+
+    @property
+    def counters(self) -> dict:
+        """Rows read from the cache, fetched into it, evicted from it; new splits (a host sync: stats)."""
+        return {**self._counts, "token_evictions": int(self._evicted)}
+
+    def note_hits(self, n: int) -> None:
+        """Count n picks a step found held."""
+        self._counts["token_hits"] += n
 
     def _split(self, sizes: list[int]) -> None:
         self.base = [0, *itertools.accumulate(sizes)][:-1]
@@ -97,7 +108,7 @@ class TokenCache:
             if m is not None:
                 m.fill_(-1)
         self._epoch = [e + 1 for e in self._epoch]
-        self.counters["token_resplits"] += 1
+        self._counts["token_resplits"] += 1
         return True
 
     def epoch(self, layer: int) -> int:
@@ -143,13 +154,12 @@ class TokenCache:
             raise ValueError(f"layer {layer}: {n_miss} misses for {self.size[layer]} token slots")
         part = self._range(layer)
         victims = torch.topk(self.stamp[part], n_miss, largest=False, sorted=False).indices + part.start
-        # victims held a key (an eviction) unless empty; the hits were stamped now, the newest
-        self.counters["token_evictions"] += int((self.owner.index_select(0, victims) >= 0).sum())
-        self.counters["token_misses"] += n_miss
+        old = self.owner.index_select(0, victims)  # the hits were stamped now, the newest: never victims
+        self._evicted += (old >= 0).sum()  # a victim that held a key (not an empty slot): on the device
+        self._counts["token_misses"] += n_miss
         new_keys = keys.reshape(-1)[miss.reshape(-1)]
         if self.index == "map":
             where = self._map[layer]  # [R, W + 1]: the last column a scratch entry (row 0's: W)
-            old = self.owner.index_select(0, victims)
             w = where.shape[1]
             gone = torch.where(old >= 0, self._flat(old.clamp(min=0), w), w - 1)
             flat = where.view(-1)
