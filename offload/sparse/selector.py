@@ -167,7 +167,23 @@ class Selector:
         self.whole[layer] = whole
         return chosen
 
-    def _choose(self, layer, q, n_chunks, units, k, scaling, rows_k, whole) -> torch.Tensor:
+    def predict(self, layer: int, q: torch.Tensor, n_chunks: int, n_tokens: int,
+                scaling: float | None = None) -> torch.Tensor | None:  # fmt: skip
+        """What `select` would pick for q [B, H, D] made afresh, with nothing recorded (kept
+        selections, counters, the policy's state): a lookahead's guess from a query to come
+        (`offload.next_query`). None where `select` would attend densely or read the layer whole."""
+        c = self.geometry.chunk
+        if self.tokens:
+            k, units = self.token_budget(layer, n_tokens), n_chunks * c
+        else:
+            k, units = self.chunk_budget(layer, n_tokens), n_chunks
+        if k >= units or self.is_whole(layer, n_chunks, n_tokens):
+            return None
+        rows_k = self.row_budgets(layer, n_tokens) if self.tokens else None
+        scale = q.shape[-1] ** -0.5 if scaling is None else scaling
+        return self._choose(layer, q, n_chunks, units, k, scale, rows_k, False, record=False)
+
+    def _choose(self, layer, q, n_chunks, units, k, scaling, rows_k, whole, record=True) -> torch.Tensor:
         g = self.geometry
         rows = g.batch * g.n_kv
         if whole:  # every unit (chunk, or token) of the body
@@ -180,14 +196,15 @@ class Selector:
             scores = self.state.scores(layer, q, n_chunks, k, scaling, rk)  # [B, Hkv, units]
         else:
             scores = self.state.scores(layer, q, n_chunks, k, scaling, rk, among=among)  # [B, Hkv, T]
-            self.counters["selections_two_level"] += 1
+            self.counters["selections_two_level"] += record
         if rk is not None:  # each row its own k: its best first (sorted), -1 past its budget
             idx = best_first(scores, k)
             idx = idx if among is None else among.gather(-1, idx)
             return idx.masked_fill(torch.arange(k, device=g.device) >= rk, -1).reshape(rows, k)
         idx = top_chunks(scores, k).long()  # [B, Hkv, k]
         idx = idx if among is None else among.gather(-1, idx)
-        self.state.chose(layer, idx, n_chunks)
+        if record:
+            self.state.chose(layer, idx, n_chunks)
         return idx.reshape(rows, k)
 
     def attended(self, layer: int, ids: torch.Tensor, mass: torch.Tensor) -> None:

@@ -174,3 +174,24 @@ def test_summaries_take_whole_chunks_of_the_stores_rows():
     after = sel.state.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     st.close()
+
+
+@pytest.mark.parametrize("name,unit,split", [("token", "token", "adaptive"), ("token", "token", "uniform"),
+                                             ("h2o", "token", "uniform"), ("quest", "token", "uniform")])  # fmt: skip
+def test_predict_picks_what_select_would_and_records_nothing(name, unit, split):
+    sparse = SparseConfig(budget=0.25, policy=policy(name, unit), split=split, whole_below=0, select_every=4)
+    st, g = _filled_store(sparse)
+    sel, n = st.selector, st.layer_len(0)
+    for layer in range(4):
+        m = st.n_chunks(layer)
+        kept = sel.select(layer, _q(g), m, n)
+        counters, state = dict(sel.counters), [t.clone() for t in st.selector.state.state_dict().values()]
+        q = _q(g)
+        guess = sel.predict(layer, q, m, n)
+        assert sel.counters == counters and sel.select(layer, _q(g), m, n) is kept  # still kept
+        assert all(torch.equal(a, b) for a, b in zip(state, st.selector.state.state_dict().values()))
+        fresh = sel._choose(layer, q, m, *((m * st.layout.chunk, sel.token_budget(layer, n)) if sel.tokens else
+                                         (m, sel.chunk_budget(layer, n))), 16**-0.5,
+                            sel.row_budgets(layer, n) if sel.tokens else None, False)  # fmt: skip
+        assert torch.equal(guess, fresh) and guess.shape == kept.shape
+    st.close()
