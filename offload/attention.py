@@ -120,6 +120,15 @@ class DecodePass:
     def attend(self, layer, q, k, v, scaling, sliding_window):
         return decode_attend(self.store, layer, q, scaling, sliding_window)
 
+    def wants_lookahead(self, layer: int) -> bool:
+        """The store's sparse step would fetch `layer`'s guessed rows ahead (`tiers/lookahead.py`)."""
+        sparse = getattr(self.store, "sparse_attention", None)
+        return sparse is not None and getattr(sparse, "wants_lookahead", None) is not None and sparse.wants_lookahead(layer)
+
+    def lookahead(self, layer: int, q: torch.Tensor, scaling: float) -> None:
+        """q [B, H, 1, D]: the query `layer` is expected to ask, before the layer below runs."""
+        self.store.sparse_attention.lookahead(layer, q, scaling)
+
 
 class RowsPass:
     """One decode step of several independent sequences, row j of the batch over `stores[j]`.

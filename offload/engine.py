@@ -17,6 +17,7 @@ from .attention import DecodePass, PrefillPass, RowsPass
 from .hf_compat import cache_keyword
 from .kvstore import KVStore
 from .model import OffloadModel
+from .next_query import next_query
 from .prefill_hidden import hidden_on_host
 from .sparse.prefill_stats import AttentionCosine
 
@@ -153,7 +154,12 @@ class Engine:
         """ids [J, 1] at position n through every layer with pass `p`; logits [J, V]."""
         pos = torch.full_like(ids, n)
         h, ropes = self._embed(ids), {}  # [J, 1, hidden]
+        ahead = getattr(p, "wants_lookahead", None)
+        last = len(self._layers) - 1
         for li, layer in enumerate(self._layers):
+            if ahead is not None and li < last and ahead(li + 1):  # layer li+1's query, guessed from li's input
+                rope = self._rope(h, pos, li + 1, ropes)
+                p.lookahead(li + 1, *next_query(self._layers[li + 1], h, rope, self._cache_kw))
             out = layer(
                 h, attention_mask=None, position_ids=pos, use_cache=True,
                 position_embeddings=self._rope(h, pos, li, ropes), offload_pass=p, **{self._cache_kw: p},

@@ -54,6 +54,11 @@ class _Remapped:
     def attend(self, layer: int, q: torch.Tensor, scaling: float):
         return self._sparse.attend(self._inner_of[layer], q, scaling)
 
+    def wants_lookahead(self, layer: int) -> bool:
+        """No lookahead fetch: it starts when the layer below attends through the inner store, and
+        below a global layer is a sliding one (its ring)."""
+        return False
+
     def __getattr__(self, name):  # selector, stats, ... as the inner step has them
         return getattr(self._sparse, name)
 

@@ -30,6 +30,7 @@ import torch
 from offload.kernels.dispatch import sparse_decode_attention, token_decode_attention
 
 from .attention import merge_partials
+from .lookahead import Lookahead
 from .rounds import attend_rounds
 from .working_set import WorkingSet
 
@@ -47,15 +48,45 @@ class DecodeAttention:
         self._expected = None  # the selector's budgets the token cache was last told of
         # stall_s: host time waiting for a selection's ids (the miss path); rounds: layer steps whose
         # chunks outgrew the layer's slots (read exactly in rounds from the tiers)
-        self.counters = {"stall_s": 0.0, "rounds": 0}
+        self.counters = {"stall_s": 0.0, "rounds": 0, "ahead_wait_s": 0.0}
+        cfg = selector.config
+        wanted = store.token_cache is not None and cfg.lookahead and cfg.select_every == 1
+        self.ahead = Lookahead(store, selector, self.counters) if wanted else None
 
     @property
     def nbytes(self) -> int:
         return self.ws.nbytes
 
+    def wants_lookahead(self, layer: int) -> bool:
+        """`layer`'s next step would take a guess of its query ahead (`lookahead`): its last step
+        read the token cache."""
+        return self.ahead is not None and self._slots[layer] is not None
+
+    def lookahead(self, layer: int, q: torch.Tensor, scaling: float) -> None:
+        """q [B, H, 1, D]: the query `layer` is expected to ask this step, given before the layer below
+        runs; its guessed rows are fetched while that layer finishes (`tiers/lookahead.py`)."""
+        if self.ahead is not None:
+            self.ahead.note(layer, q, scaling)
+
+    def settle(self) -> None:
+        """Wait for a lookahead fetch in flight (before the store's KV changes or is read)."""
+        if self.ahead is not None:
+            self.ahead.settle()
+
+    def close(self) -> None:
+        if self.ahead is not None:
+            self.ahead.close()
+
     def attend(self, layer: int, q: torch.Tensor, scaling: float) -> torch.Tensor | None:
         """q [B, H, 1, D] -> [B, 1, H, D] over the layer's selection; None when the budget covers
         every unit (the caller attends exactly)."""
+        self.settle()
+        out = self._attend(layer, q, scaling)
+        if self.ahead is not None:
+            self.ahead.run(layer)
+        return out
+
+    def _attend(self, layer: int, q: torch.Tensor, scaling: float) -> torch.Tensor | None:
         st, sel = self.store, self.selector
         chosen = sel.select(layer, q[:, :, 0].contiguous(), st.n_chunks(layer), st.layer_len(layer), scaling)
         if chosen is None:

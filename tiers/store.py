@@ -218,6 +218,8 @@ class TieredKVStore(StoreView):
         if self._closed:
             return
         self._closed = True
+        if self._decode is not None:
+            self._decode.close()
         self._xfer.synchronize()
         if self._disk is not None:
             self._disk.close()
@@ -240,8 +242,11 @@ class TieredKVStore(StoreView):
 
     # -- internals -------------------------------------------------------------------------------
     def _check_open(self) -> None:
+        """Raise when closed; else wait for a lookahead fetch in flight (the caller changes or reads KV)."""
         if self._closed:
             raise RuntimeError("this TieredKVStore is closed")
+        if self._decode is not None:
+            self._decode.settle()
 
     def _drop_chunks(self, layer: int, m: int) -> None:
         """Forget body chunks >= m of `layer`: GPU and host slots, summaries, the disk file's tail."""

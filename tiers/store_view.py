@@ -114,6 +114,40 @@ class StoreView:
             slot = torch.where(miss.reshape(-1), new.index_select(0, rank), slot.reshape(-1)).view(select.shape)
         return slot if valid is None else torch.where(valid, slot, slot[:, :1])
 
+    def fetch_ahead(self, layer: int, guess: torch.Tensor):
+        """Admit to the token cache the rows of `layer`'s guessed picks guess long [R, k] (-1: none)
+        it does not hold, at most its `room`: (the slots long [n], the work that fills them — for
+        another thread: reads the tiers, writes the cache on the copy stream; `ready(layer)` before
+        a read), or None when none is missing. The guess's held rows count as read now. One host
+        wait (the missed ids)."""
+        cache, n_body = self._tokens, self._mgr.n_chunks(layer) * self.layout.chunk
+        room = cache.room(layer)
+        if room <= 0:
+            return None
+        keys = cache.keys(guess.clamp(min=0))
+        _, hit = cache.lookup(layer, keys, n_body)
+        miss = ~hit & (guess >= 0)
+        miss &= miss.reshape(-1).cumsum(0).view_as(miss) <= room  # the first `room` in row-major order
+        missed = keys.reshape(-1)[miss.reshape(-1)].cpu()  # the wait
+        if missed.numel() == 0:
+            return None
+        new = cache.admit(layer, keys, miss, missed.numel(), ahead=True)
+        side = self._xfer.side(layer)
+
+        def fill():
+            with torch.inference_mode(), side:
+                if new.is_cuda:
+                    new.record_stream(torch.cuda.current_stream(new.device))
+                rows = read_rows(layer, missed // KEY, missed % KEY, mgr=self._mgr, gpu=self._gpu, host=self._host,
+                                 disk=self._disk, device=self.device)  # fmt: skip
+                cache.write(new, rows)
+
+        return new, fill
+
+    def ready(self, layer: int) -> None:
+        """Copies into `layer`'s slots and cache rows issued so far come before its next reads."""
+        self._xfer.ready(layer)
+
     def done(self, layer: int, pinned: bool, hits: int = 0) -> None:
         """An attention call over `layer` finished: its slots may be overwritten again; pinned
         chunks are released; hits: (row, unit) reads to count when nothing had to be fetched."""

@@ -59,13 +59,17 @@ class TokenCache:
         self._need: list[int | None] = [None] * n_layers  # the latest step's picks, per layer
         self._split([slots] * n_layers)
         self._ident: torch.Tensor | None = None  # slot -> slot, the kernel's "chunk -> slot" map
-        self._counts = {"token_hits": 0, "token_misses": 0, "token_resplits": 0}
-        self._evicted = torch.zeros((), dtype=torch.long, device=self.device)  # counted where it happens
+        self._counts = {"token_hits": 0, "token_misses": 0, "token_resplits": 0, "token_ahead": 0}
+        # counted where they happen (no host wait): evictions; hits on rows fetched ahead, not yet read
+        self._evicted = torch.zeros(2, dtype=torch.long, device=self.device)
+        self.ahead = torch.zeros(self.total + 1, dtype=torch.bool, device=self.device)  # fetched ahead, unread
 
     @property
     def counters(self) -> dict:
-        """Rows read from the cache, fetched into it, evicted from it; new splits (a host sync: stats)."""
-        return {**self._counts, "token_evictions": int(self._evicted)}
+        """Rows read from the cache, fetched into it (on demand; ahead of the step, `admit(ahead=)`),
+        evicted from it; rows fetched ahead that a step then read; new splits (a host sync: stats)."""
+        evicted, ahead_hits = self._evicted.tolist()
+        return {**self._counts, "token_evictions": evicted, "token_ahead_hits": ahead_hits}
 
     def note_hits(self, n: int) -> None:
         """Count n picks a step found held."""
@@ -78,6 +82,11 @@ class TokenCache:
     def slots(self, layer: int) -> int:
         """Slots `layer` holds now."""
         return self.size[layer]
+
+    def room(self, layer: int) -> int:
+        """Slots of `layer` beyond what its latest step picked: rows a guess may take without
+        evicting what that step read."""
+        return self.size[layer] - (self._need[layer] or 0)
 
     def fit(self, layer: int, need: int) -> bool:
         """Note that `layer`'s step picks `need` rows; when its slots are fewer, split the slots anew —
@@ -104,6 +113,7 @@ class TokenCache:
         self._split(sizes)
         self.owner.fill_(-1)
         self.stamp.zero_()
+        self.ahead.zero_()
         for m in self._map:
             if m is not None:
                 m.fill_(-1)
@@ -139,15 +149,20 @@ class TokenCache:
             pos = torch.searchsorted(sorted_keys, flat).clamp_(max=self.size[layer] - 1)
             hit = sorted_keys.index_select(0, pos) == flat
             slot = order.index_select(0, pos) + self.base[layer]
-        scratch = torch.full_like(slot, self.total)
-        self.stamp.scatter_(0, torch.where(hit, slot, scratch), self._clock)
+        read = torch.where(hit, slot, torch.full_like(slot, self.total))  # misses: the scratch entry
+        self.stamp.scatter_(0, read, self._clock)
+        ahead = self.ahead[self._range(layer)]
+        unread = ahead.sum()  # rows fetched ahead that no step read yet (a pick may repeat: padding)
+        self.ahead.index_fill_(0, read, False)
+        self._evicted[1] += unread - ahead.sum()
         return slot.view(keys.shape), hit.view(keys.shape)
 
-    def admit(self, layer: int, keys: torch.Tensor, miss: torch.Tensor, n_miss: int) -> torch.Tensor:
+    def admit(self, layer: int, keys: torch.Tensor, miss: torch.Tensor, n_miss: int, ahead: bool = False) -> torch.Tensor:
         """Give each of the n_miss keys [R, k] marked in miss [R, k] (distinct, none held; n_miss the
         host's count of them) a slot of `layer`: the least recently read ones that no hit of this step
         holds. Returns the slots in the row-major order of the misses, long [n_miss]; the caller writes
-        their bytes (`write`). Needs n_miss + the step's distinct hits <= the layer's slots."""
+        their bytes (`write`). Needs n_miss + the step's distinct hits <= the layer's slots.
+        ahead: the keys are a guess at a step to come (a lookahead's), counted apart."""
         if n_miss == 0:
             return torch.empty(0, dtype=torch.long, device=self.device)
         if n_miss > self.size[layer]:
@@ -155,8 +170,9 @@ class TokenCache:
         part = self._range(layer)
         victims = torch.topk(self.stamp[part], n_miss, largest=False, sorted=False).indices + part.start
         old = self.owner.index_select(0, victims)  # the hits were stamped now, the newest: never victims
-        self._evicted += (old >= 0).sum()  # a victim that held a key (not an empty slot): on the device
-        self._counts["token_misses"] += n_miss
+        self._evicted[0] += (old >= 0).sum()  # a victim that held a key (not an empty slot): on the device
+        self._counts["token_ahead" if ahead else "token_misses"] += n_miss
+        self.ahead.index_fill_(0, victims, ahead)
         new_keys = keys.reshape(-1)[miss.reshape(-1)]
         if self.index == "map":
             where = self._map[layer]  # [R, W + 1]: the last column a scratch entry (row 0's: W)
@@ -174,6 +190,17 @@ class TokenCache:
         """Store rows [2, n, D] (k, v; any device) in slots long [n]."""
         self.kv.index_copy_(1, slots, rows.to(self.device, self.kv.dtype))
 
+    def drop(self, layer: int, slots: torch.Tensor) -> None:
+        """Empty `layer`'s slots long [n] (admitted, their bytes never written: a failed fetch)."""
+        if self._map[layer] is not None:
+            owner = self.owner.index_select(0, slots)
+            w = self._map[layer].shape[1]
+            self._map[layer].view(-1).index_fill_(0, torch.where(owner >= 0, self._flat(owner.clamp(min=0), w), w - 1), -1)
+        self.owner.index_fill_(0, slots, -1)
+        self.stamp.index_fill_(0, slots, 0)
+        self.ahead.index_fill_(0, slots, False)
+        self._epoch[layer] += 1
+
     def forget(self, layer: int, first: int = 0) -> None:
         """Drop `layer`'s rows of body positions >= first (a truncated or failed append)."""
         part = self._range(layer)
@@ -181,6 +208,7 @@ class TokenCache:
         gone = (owner >= 0) & (owner % KEY >= first)
         owner.masked_fill_(gone, -1)
         self.stamp[part].masked_fill_(gone, 0)
+        self.ahead[part].masked_fill_(gone, False)
         if self._map[layer] is not None:
             self._map[layer][:, first:] = -1
         self._epoch[layer] += 1

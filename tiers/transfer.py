@@ -17,6 +17,7 @@ CPU: the "device" is host memory; every method is a plain synchronous `copy_`.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -105,6 +106,17 @@ class Transfer:
         with torch.cuda.stream(self._stream):
             dst.copy_(buf, non_blocking=True)
         event.record(self._stream)
+
+    def side(self, layer: int):
+        """For copies into layer `layer`'s slots issued from another thread (a lookahead's fetch):
+        call here (the compute thread) first; the copy stream waits for the compute stream's work so
+        far (the slots' ids) and for attention's last read of the layer. Returns the context the
+        other thread copies in (the copy stream; nothing on CPU). `ready(layer)` then orders them."""
+        if not self.cuda:
+            return contextlib.nullcontext()
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        self._stream.wait_event(self._used[layer])
+        return torch.cuda.stream(self._stream)
 
     def ready(self, layer: int) -> None:
         """After the copies into layer `layer`: the compute stream waits for them (no host sync)."""

@@ -217,7 +217,7 @@ class Worker:
 
 
 STEP_COUNTERS = ("hits", "misses", "misses_host", "misses_disk", "evictions", "rounds", "stall_s", "token_hits",
-                 "token_misses", "token_evictions")
+                 "token_misses", "token_evictions", "token_ahead", "token_ahead_hits", "ahead_wait_s")
 
 
 def kv_per_step(before: dict, after: dict, steps: int) -> dict:

@@ -16,6 +16,9 @@ rest: the body tokens a step does not select, attended at low precision (`Rest`,
     drops them, as the published selection methods do. rest.py says why.
 select_every: decode steps a layer keeps its selection (1 = choose afresh each step; more is faster
     on a CPU and misses what a later query turns to).
+lookahead: where a token cache fetches rows (the context outgrows the GPU hot set), fetch the rows
+    a layer is expected to pick while the layer below runs (`tiers/lookahead.py`); what the step
+    reads is the same either way.
 What each default buys: bench/results/sparse-smollm2.md.
 """
 
@@ -40,6 +43,7 @@ class SparseConfig:
     whole_below: float = 0.5
     select_every: int = 1
     rest: Rest | str | None = Rest()
+    lookahead: bool = True
 
     def __post_init__(self):
         b = self.budget
@@ -61,6 +65,8 @@ class SparseConfig:
         e = self.select_every
         if isinstance(e, bool) or not isinstance(e, int) or e < 1:
             raise ConfigError(f"select_every must be a positive integer, got {e!r}")
+        if not isinstance(self.lookahead, bool):
+            raise ConfigError(f"lookahead must be True or False, got {self.lookahead!r}")
         if self.rest is None or isinstance(self.rest, str):
             object.__setattr__(self, "rest", parse_rest(self.rest))
         elif not isinstance(self.rest, Rest):

@@ -60,7 +60,8 @@ def test_misses_get_slots_then_hit_with_their_rows(index):
     keys = cache.keys(select).float()
     assert torch.equal(rows[0, :, :, 0], keys) and torch.equal(rows[1, :, :, 0], -keys)
     assert cache.held(1) == 4 and cache.held(0) == 0  # layers do not share slots
-    assert cache.counters == {"token_hits": 0, "token_misses": 4, "token_evictions": 0, "token_resplits": 0}
+    assert cache.counters == {"token_hits": 0, "token_misses": 4, "token_evictions": 0, "token_resplits": 0,
+                              "token_ahead": 0, "token_ahead_hits": 0}
 
 
 @pytest.mark.parametrize("index", INDEXES)

@@ -1,0 +1,109 @@
+"""The lookahead fetch (tiers/lookahead.py): rows a layer is expected to pick, fetched while the layer
+below runs, change where a step's rows come from, never what it reads — the real SmolLM2 with a
+token cache, host and disk homes: logits equal to the same decode without it, bit for bit, with
+fewer rows fetched on demand; a failed fetch raises and leaves no slot claiming a row it lacks."""
+
+import dataclasses
+import threading
+
+import pytest
+import torch
+
+from offload.engine import Engine
+from offload.eval.recall import natural_ids
+from offload.sparse import SparseConfig
+from offload.store_spec import StoreSpec
+from offload.tiers import store_view
+from offload.tiers.token_cache import TokenCache
+
+N_PROMPT, STEPS, BUDGET = 900, 6, 48
+
+
+def _model(model, tmp_path, lookahead, name):
+    n_layers, n_kv, d = model.kv_shape()
+    sparse = SparseConfig(budget=BUDGET, policy="token", lookahead=lookahead)
+    base = model.config.replace(sparse=sparse, ctx=N_PROMPT + 64, kv_store="tiered")
+    rows = 4 * BUDGET * n_kv * n_layers  # room for 4x the budget's rows
+    chunk = StoreSpec.chunk_of(base)
+    host = (N_PROMPT // chunk // 2) * n_layers * 2 * n_kv * chunk * d * 4  # half the body on disk
+    cfg = base.replace(hot_set_bytes=rows * StoreSpec.token_slot_bytes(d, 4), host_mem=host,
+                       disk_dir=str(tmp_path / name))  # fmt: skip
+    return dataclasses.replace(model, config=cfg)
+
+
+def _decode(m, ids, tokens=None):
+    """Logits of STEPS greedy steps (fed `tokens` when given) and the store's counters."""
+    store = m.new_store()
+    assert store.token_cache is not None
+    try:
+        engine, out = Engine(m, store), []
+        logits = engine.prefill(ids)
+        for i in range(STEPS):
+            tok = int(logits.argmax()) if tokens is None else tokens[i]
+            logits = engine.decode(tok)
+            out.append((tok, logits))
+        return out, store.stats()
+    finally:
+        store.close()
+
+
+def test_lookahead_reads_what_the_step_reads_and_fetches_less_on_demand(model, tmp_path):
+    ids = natural_ids(model.tokenizer, N_PROMPT)
+    off, kv_off = _decode(_model(model, tmp_path, False, "off"), ids)
+    on, kv_on = _decode(_model(model, tmp_path, True, "on"), ids, [t for t, _ in off])
+    for (_, a), (_, b) in zip(off, on):
+        assert torch.equal(a, b)
+    assert kv_off["token_ahead"] == 0 and kv_off["ahead_wait_s"] == 0
+    assert kv_on["token_ahead"] > 0 and 0 < kv_on["token_ahead_hits"] <= kv_on["token_ahead"]
+    assert kv_on["token_misses"] < kv_off["token_misses"]  # misses: what was fetched on demand
+    assert kv_on["misses_disk"] + kv_on["misses_host"] == 0 or kv_on["disk_chunks"] > 0
+    assert kv_on["rounds"] == kv_off["rounds"] == 0
+
+
+def test_a_failed_fetch_raises_and_leaves_its_slots_empty(model, tmp_path, monkeypatch):
+    ids = natural_ids(model.tokenizer, N_PROMPT)
+    m = _model(model, tmp_path, True, "fail")
+    store = m.new_store()
+    engine = Engine(m, store)
+    tok = int(engine.prefill(ids).argmax())
+    tok = int(engine.decode(tok).argmax())  # the first step reads every layer's cache: lookahead on
+    cache, dropped = store.token_cache, []
+    drop = TokenCache.drop
+
+    def spy_drop(self, layer, slots):
+        dropped.append(slots.clone())
+        drop(self, layer, slots)
+
+    read = store_view.read_rows
+
+    def broken(*args, **kwargs):  # the lookahead's reads fail (its worker thread), the step's do not
+        if threading.current_thread().name.startswith("offload-lookahead"):
+            raise OSError("a corrupt record")
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(store_view, "read_rows", broken)
+    monkeypatch.setattr(TokenCache, "drop", spy_drop)
+    try:
+        with pytest.raises(OSError, match="corrupt"):
+            engine.decode(tok)
+        assert dropped and all((cache.owner[s] == -1).all() for s in dropped)
+    finally:
+        monkeypatch.undo()
+        store.close()
+
+
+def test_ahead_rows_count_once_when_read_and_drop_empties_slots():
+    cache = TokenCache(2, 8, 4, torch.float32, "cpu", index="sort")
+    keys = TokenCache.keys(torch.tensor([[0, 1, 2, 3]]))
+    _, hit = cache.lookup(1, keys, 16)
+    cache.fit(1, 2)  # the layer's last step read 2 rows: room for 6
+    assert cache.room(1) == 6
+    new = cache.admit(1, keys, ~hit, 4, ahead=True)
+    cache.write(new, torch.ones(2, 4, 4))
+    slot, hit = cache.lookup(1, keys[:, :3], 16)
+    assert hit.all() and cache.counters["token_ahead"] == 4 and cache.counters["token_ahead_hits"] == 3
+    cache.lookup(1, keys, 16)  # read again: counted once; the fourth now read for the first time
+    assert cache.counters["token_ahead_hits"] == 4 and cache.counters["token_misses"] == 0
+    cache.drop(1, new[:2])
+    _, hit = cache.lookup(1, keys, 16)
+    assert hit.tolist() == [[False, False, True, True]] and cache.held(1) == 2
