@@ -8,7 +8,9 @@ import threading
 
 import pytest
 import torch
+from test_token_cache import DEVICE, HKV, L, D, _cfg, _store  # this folder is on sys.path (rootdir import)
 
+from offload.attention import decode_attend
 from offload.engine import Engine
 from offload.eval.recall import natural_ids
 from offload.sparse import SparseConfig
@@ -107,3 +109,33 @@ def test_ahead_rows_count_once_when_read_and_drop_empties_slots():
     cache.drop(1, new[:2])
     _, hit = cache.lookup(1, keys, 16)
     assert hit.tolist() == [[False, False, True, True]] and cache.held(1) == 2
+
+
+@pytest.mark.parametrize("host", [None, 10], ids=["host", "host-and-disk"])
+def test_a_store_fetching_ahead_attends_as_one_that_does_not(host, tmp_path):
+    """Store level, as the engine drives it (the guess for layer l+1 noted before layer l runs, its
+    fetch started when layer l has attended, waited for at layer l+1's append): the same outputs
+    with and without the lookahead over random KV — guesses half right (the next layer's query plus
+    noise). On OFFLOAD_KERNEL_DEVICE (bench/gpu_check.sh: cuda): the worker copies on the copy stream."""
+    stores = [_store(_cfg(20, host, lookahead=on).replace(disk_dir=str(tmp_path / str(on)), device=str(DEVICE)),
+                     device=DEVICE) for on in (False, True)]  # fmt: skip
+    g = torch.Generator().manual_seed(4)
+    for _ in range(12):
+        ks, vs, qs = ([torch.randn(1, h, 1, D, generator=g).to(DEVICE) for _ in range(L)] for h in (HKV, HKV, 2 * HKV))
+        guesses = [q + 0.5 * torch.randn(q.shape, generator=g).to(DEVICE) for q in qs]
+        outs = [[], []]
+        for i, st in enumerate(stores):
+            sparse = st.sparse_attention
+            for layer in range(L):
+                if layer + 1 < L and sparse.wants_lookahead(layer + 1):
+                    sparse.lookahead(layer + 1, guesses[layer + 1], 0.3)
+                st.append(layer, ks[layer], vs[layer])
+                outs[i].append(decode_attend(st, layer, qs[layer], 0.3, None))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    off, on = (st.stats() for st in stores)
+    assert on["token_ahead"] > 0 and on["token_ahead_hits"] > 0 and on["token_misses"] < off["token_misses"]
+    assert on["rounds"] == off["rounds"] == 0 and (on["disk_chunks"] > 0) == (host is not None)
+    for st in stores:
+        st.close()
+    assert not list(tmp_path.rglob("*.kv"))
