@@ -54,7 +54,8 @@ def spy_selections(store) -> dict:
 
 def text_grid(ap, table_head: str):
     """The SmolLM2 grid of chunk_union.py and row_prefetch.py: adds --lengths, --budgets, --new and
-    --threads to `ap`, parses, loads the model, prints the machine line and `table_head`, then yields
+    --threads to `ap`, parses, loads the model, prints the machine line and `table_head` (or
+    `table_head(a)`), then yields
     (model, n, ids, budget text, budget) per (length, budget) on a natural-text prompt, and `a` first."""
     import offload
     import torch
@@ -69,7 +70,7 @@ def text_grid(ap, table_head: str):
     yield a
     model = offload.load_model()
     print(f"# {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, SmolLM2 fp32")
-    print(table_head)
+    print(table_head(a) if callable(table_head) else table_head)
     for n in [parse_count(x) for x in a.lengths.split(",")]:
         ids = natural_ids(model.tokenizer, n)
         for b in a.budgets.split(","):

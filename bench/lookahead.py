@@ -18,6 +18,14 @@ token count. Means over --new greedy steps and the selecting layers above the fi
   selection (one selection per layer step, fetched a layer ahead).
 
     python bench/lookahead.py --lengths 4k,8k --budgets 1/16,1/32 --new 8 --threads 2
+
+--fetch: the lookahead fetch itself (tiers/lookahead.py) on a store whose hot set holds --hot times
+the budget's rows (single-row token cache) and whose host memory holds half the body (the rest on
+disk): the same greedy steps with it off and on (logits checked equal), per step: rows fetched on
+demand, rows fetched ahead and those a step then read, the compute thread's waits, and the step's
+median time on this machine.
+
+    python bench/lookahead.py --fetch --lengths 4k,8k --budgets 1/16 --hot 3 --new 16 --threads 2
 """
 
 from __future__ import annotations
@@ -118,12 +126,80 @@ def measure(model, ids: list[int], budget, new: int) -> dict:
     return {k: statistics.fmean(v) if v else float("nan") for k, v in out.items()}
 
 
+def _fetch_run(model, ids, tokens, hot, disk_dir, lookahead, new):
+    """Greedy steps on a store with a token cache of `hot` x the budget's rows, half the body on disk:
+    (the logits, per-step counters and median ms)."""
+    import dataclasses
+    import tempfile
+    import time
+
+    from offload.config import SparseConfig
+    from offload.engine import Engine
+    from offload.store_spec import StoreSpec
+
+    n_layers, n_kv, d = model.kv_shape()
+    base = model.config.replace(sparse=SparseConfig(budget=tokens, policy="token", lookahead=lookahead),
+                                ctx=len(ids) + new + 8, kv_store="tiered")  # fmt: skip
+    chunk, item = StoreSpec.chunk_of(base), model.dtype.itemsize
+    host = len(ids) // chunk // 2 * n_layers * 2 * n_kv * chunk * d * item  # half the body
+    hot_bytes = int(hot * tokens) * n_kv * n_layers * StoreSpec.token_slot_bytes(d, item)
+    cfg = base.replace(hot_set_bytes=hot_bytes, host_mem=host, disk_dir=tempfile.mkdtemp(dir=disk_dir))
+    m = dataclasses.replace(model, config=cfg)
+    store = m.new_store()
+    assert store.token_cache is not None, "the hot set holds the whole context: nothing to fetch"
+    try:
+        engine = Engine(m, store)
+        logits, times, out, before = engine.prefill(ids), [], [], None
+        for i in range(new + 1):  # step 0 fills the empty cache: left out
+            if i == 1:
+                before = store.stats()
+            t0 = time.perf_counter()
+            logits = engine.decode(int(logits.argmax()))
+            times.append(time.perf_counter() - t0)
+            out.append(logits)
+        after = store.stats()
+        keys = ("token_misses", "token_ahead", "token_ahead_hits", "ahead_wait_s", "stall_s", "rounds")
+        per = {k: (after[k] - before[k]) / new for k in keys}
+        per["ms"] = 1e3 * statistics.median(times[1:])
+        return out, per
+    finally:
+        store.close()
+
+
+FETCH_HEAD = ("| context | budget | hot set | lookahead | rows on demand / step | ahead / step | of them read | "
+              "wait ms / step | stall ms / step | ms / step |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def fetch_table(a, grid):
+    """--fetch: the same greedy steps with the lookahead off and on (logits equal), a row each."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as disk_dir:
+        for model, n, ids, b, budget in grid:
+            tokens = budget if isinstance(budget, int) else int(budget * len(ids))
+            for hot in [float(h) for h in a.hot.split(",")]:
+                ref = None
+                for on in (False, True):
+                    out, r = _fetch_run(model, ids, tokens, hot, disk_dir, on, a.new)
+                    if ref is None:
+                        ref = out
+                    else:
+                        assert all(torch.equal(x, y) for x, y in zip(ref, out)), "the lookahead changed logits"
+                    print(f"| {n:,} | {b} | {hot:g}x | {'on' if on else 'off'} | {r['token_misses']:.0f} | "
+                          f"{r['token_ahead']:.0f} | {r['token_ahead_hits'] / max(1, r['token_ahead']):.2f} | "
+                          f"{1e3 * r['ahead_wait_s']:.1f} | {1e3 * r['stall_s']:.1f} | {r['ms']:.0f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    grid = text_grid(ap, "| context | budget | new picks | named by l-1's picks | named by lookahead | lookahead rows "
+    ap.add_argument("--fetch", action="store_true", help="measure the lookahead fetch (see above)")
+    ap.add_argument("--hot", default="3", help="--fetch: hot set sizes, in multiples of the budget's rows")
+    grid = text_grid(ap, lambda a: FETCH_HEAD if a.fetch else "| context | budget | new picks | named by l-1's picks | named by lookahead | lookahead rows "
                          "copied / pick | of them picked | mass: own picks | mass: lookahead's |\n"
                          "|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     a = next(grid)
+    if a.fetch:
+        return fetch_table(a, grid)
     for model, n, ids, b, budget in grid:
         r = measure(model, ids, budget, a.new)
         print(f"| {n:,} | {b} | {r['fresh']:.3f} | {r['below']:.2f} | {r['ahead']:.2f} | {r['copied']:.3f} | "

@@ -50,7 +50,8 @@ class DecodeAttention:
         # chunks outgrew the layer's slots (read exactly in rounds from the tiers)
         self.counters = {"stall_s": 0.0, "rounds": 0, "ahead_wait_s": 0.0}
         cfg = selector.config
-        wanted = store.token_cache is not None and cfg.lookahead and cfg.select_every == 1
+        on = cfg.lookahead if cfg.lookahead is not None else store.device.type == "cuda"  # auto: see SparseConfig
+        wanted = store.token_cache is not None and on and cfg.select_every == 1
         self.ahead = Lookahead(store, selector, self.counters) if wanted else None
 
     @property

@@ -18,7 +18,9 @@ select_every: decode steps a layer keeps its selection (1 = choose afresh each s
     on a CPU and misses what a later query turns to).
 lookahead: where a token cache fetches rows (the context outgrows the GPU hot set), fetch the rows
     a layer is expected to pick while the layer below runs (`tiers/lookahead.py`); what the step
-    reads is the same either way.
+    reads is the same either way. None (auto): on CUDA, where a fetch crosses PCIe; off on a CPU,
+    where the hot set and the host pool share memory and the guess costs more than the copy it
+    hides (bench/results/lookahead/).
 What each default buys: bench/results/sparse-smollm2.md.
 """
 
@@ -43,7 +45,7 @@ class SparseConfig:
     whole_below: float = 0.5
     select_every: int = 1
     rest: Rest | str | None = Rest()
-    lookahead: bool = True
+    lookahead: bool | None = None
 
     def __post_init__(self):
         b = self.budget
@@ -65,8 +67,8 @@ class SparseConfig:
         e = self.select_every
         if isinstance(e, bool) or not isinstance(e, int) or e < 1:
             raise ConfigError(f"select_every must be a positive integer, got {e!r}")
-        if not isinstance(self.lookahead, bool):
-            raise ConfigError(f"lookahead must be True or False, got {self.lookahead!r}")
+        if self.lookahead is not None and not isinstance(self.lookahead, bool):
+            raise ConfigError(f"lookahead must be True, False or None (auto), got {self.lookahead!r}")
         if self.rest is None or isinstance(self.rest, str):
             object.__setattr__(self, "rest", parse_rest(self.rest))
         elif not isinstance(self.rest, Rest):

@@ -13,7 +13,7 @@ from offload.sparse.policies.token import Token
     {"budget": "1/8"}, {"budget": None}, {"policy": "magic"}, {"policy": 3}, {"split": "random"},
     {"split": "layer"}, {"whole_below": -0.1}, {"whole_below": 1.5}, {"whole_below": "0.5"},
     {"whole_below": True}, {"whole_below": None}, {"select_every": 0}, {"select_every": 2.0},
-    {"select_every": True},
+    {"select_every": True}, {"lookahead": 1}, {"lookahead": "on"},
 ])  # fmt: skip
 def test_bad_fields(kwargs):
     with pytest.raises(ConfigError):
