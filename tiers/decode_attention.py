@@ -60,8 +60,8 @@ class DecodeAttention:
 
     def wants_lookahead(self, layer: int) -> bool:
         """`layer`'s next step would take a guess of its query ahead (`lookahead`): its last step
-        read the token cache."""
-        return self.ahead is not None and self._slots[layer] is not None
+        read the token cache, which has slots beyond that step's picks."""
+        return self.ahead is not None and self._slots[layer] is not None and self.store.token_cache.room(layer) > 0
 
     def lookahead(self, layer: int, q: torch.Tensor, scaling: float) -> None:
         """q [B, H, 1, D]: the query `layer` is expected to ask this step, given before the layer below

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import torch
-from test_token_cache import DEVICE, HKV, L, D, _cfg, _store  # this folder is on sys.path (rootdir import)
+from test_token_cache import DEVICE, HKV, L, D, N, _cfg, _store  # this folder is on sys.path (rootdir import)
 
 from offload.attention import decode_attend
 from offload.engine import Engine
@@ -18,7 +18,7 @@ from offload.store_spec import StoreSpec
 from offload.tiers import store_view
 from offload.tiers.token_cache import TokenCache
 
-N_PROMPT, STEPS, BUDGET = 900, 6, 48
+N_PROMPT, STEPS, BUDGET = 600, 4, 32
 
 
 def _model(model, tmp_path, lookahead, name):
@@ -62,36 +62,37 @@ def test_lookahead_reads_what_the_step_reads_and_fetches_less_on_demand(model, t
     assert kv_on["rounds"] == kv_off["rounds"] == 0
 
 
-def test_a_failed_fetch_raises_and_leaves_its_slots_empty(model, tmp_path, monkeypatch):
-    ids = natural_ids(model.tokenizer, N_PROMPT)
-    m = _model(model, tmp_path, True, "fail")
-    store = m.new_store()
-    engine = Engine(m, store)
-    tok = int(engine.prefill(ids).argmax())
-    tok = int(engine.decode(tok).argmax())  # the first step reads every layer's cache: lookahead on
-    cache, dropped = store.token_cache, []
-    drop = TokenCache.drop
-
-    def spy_drop(self, layer, slots):
-        dropped.append(slots.clone())
-        drop(self, layer, slots)
-
-    read = store_view.read_rows
+def test_a_failed_fetch_raises_and_leaves_its_slots_empty(tmp_path, monkeypatch):
+    st = _store(_cfg(20, 10, lookahead=True).replace(disk_dir=str(tmp_path)))
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 2 * HKV, 1, D, generator=g)
+    for layer in range(L):  # a first step: every layer reads the cache
+        decode_attend(st, layer, q, 0.3, None)
+    read, dropped, drop = store_view.read_rows, [], TokenCache.drop
 
     def broken(*args, **kwargs):  # the lookahead's reads fail (its worker thread), the step's do not
         if threading.current_thread().name.startswith("offload-lookahead"):
             raise OSError("a corrupt record")
         return read(*args, **kwargs)
 
+    def spy_drop(self, layer, slots):
+        dropped.append(slots.clone())
+        drop(self, layer, slots)
+
     monkeypatch.setattr(store_view, "read_rows", broken)
     monkeypatch.setattr(TokenCache, "drop", spy_drop)
-    try:
-        with pytest.raises(OSError, match="corrupt"):
-            engine.decode(tok)
-        assert dropped and all((cache.owner[s] == -1).all() for s in dropped)
-    finally:
-        monkeypatch.undo()
-        store.close()
+    sparse = st.sparse_attention
+    assert sparse.wants_lookahead(1)
+    sparse.lookahead(1, -q, 0.3)  # another query: rows the cache lacks
+    decode_attend(st, 0, q, 0.3, None)  # layer 0 attends, then layer 1's guess is fetched: it fails
+    with pytest.raises(OSError, match="corrupt"):
+        st.append(1, *(torch.randn(1, HKV, 1, D, generator=g) for _ in range(2)))  # waits for it
+    assert len(dropped) == 1 and (st.token_cache.owner[dropped[0]] == -1).all()
+    assert st.layer_len(1) == N  # the append never happened
+    monkeypatch.undo()
+    st.append(1, *(torch.randn(1, HKV, 1, D, generator=g) for _ in range(2)))
+    assert decode_attend(st, 1, q, 0.3, None).isfinite().all()
+    st.close()
 
 
 def test_ahead_rows_count_once_when_read_and_drop_empties_slots():
