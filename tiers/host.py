@@ -61,10 +61,11 @@ class HostPool:
 
     def read_tokens(self, slots: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """k, v of single tokens: out[t, i] = view(slots[i])[t, rows[i], offsets[i]]; all long [n] on
-        the CPU -> [2, n, D] on the CPU: one index_select per arena the slots fall in."""
+        the CPU -> [2, n, D] on the CPU (pinned with the pool: its copy to the device need not wait):
+        one index_select per arena the slots fall in."""
         lay = self.layout
         n = slots.shape[0]
-        out = torch.empty(2, n, lay.head_dim, dtype=lay.dtype)
+        out = torch.empty(2, n, lay.head_dim, dtype=lay.dtype, pin_memory=self.pin)
         if n == 0:
             return out
         if int(slots.min()) < 0 or int(slots.max()) >= self.capacity:

@@ -6,7 +6,9 @@ layer l-1 has attended, layer l's selector picks with that query (`Selector.pred
 recorded), the store admits the guessed rows its token cache lacks (at most the slots beyond what
 the layer's last step read: a guess never evicts that step's rows) and one worker thread reads them
 from the tiers and writes them — on the copy stream on CUDA — while the compute thread runs the
-rest of layer l-1 (o_proj, MLP) and layer l's projections. Before layer l's KV changes or is read
+rest of layer l-1 (o_proj, MLP) and layer l's projections (on a CPU the fetch runs inline: a second
+thread's torch ops would share the cores with the compute thread's, which on 2 cores cost 2.4x a
+step; bench/results/lookahead/). Before layer l's KV changes or is read
 (the store's next call on it) the fetch is waited for (`settle`): the guess's rows are then plain
 cache rows, so a step reads exactly what it would without the lookahead; what the guess missed
 is fetched on demand as before. bench/lookahead.py measures how much of a step's fetch it names.
@@ -26,10 +28,12 @@ __all__ = ["Lookahead"]
 
 
 class Lookahead:
-    """The lookahead fetch of one store's token cache; counters: the decode step's dict."""
+    """The lookahead fetch of one store's token cache; counters: the decode step's dict; threaded:
+    the fetch runs on a worker thread (default: on CUDA) or inline."""
 
-    def __init__(self, store, selector, counters: dict):
+    def __init__(self, store, selector, counters: dict, threaded: bool | None = None):
         self.store, self.selector, self.counters = store, selector, counters
+        self.threaded = store.device.type == "cuda" if threaded is None else threaded
         self._pending: tuple | None = None  # (layer, q [B, H, 1, D], scaling): the guess's query
         self._inflight: tuple | None = None  # (layer, slots, future)
         self._pool: ThreadPoolExecutor | None = None  # one worker, made at the first fetch
@@ -52,6 +56,13 @@ class Lookahead:
         if got is None:
             return
         slots, fill = got
+        if not self.threaded:
+            try:
+                fill()
+            except BaseException:
+                self.store.token_cache.drop(layer, slots)
+                raise
+            return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offload-lookahead")
         self._inflight = (layer, slots, self._pool.submit(fill))

@@ -39,8 +39,8 @@ def read_rows(layer: int, rows: torch.Tensor, positions: torch.Tensor, *, mgr, g
         out.index_copy_(1, from_gpu.to(device), got)
     from_host = ((g < 0) & (h >= 0)).nonzero().flatten()
     if from_host.numel():
-        got = host.read_tokens(*(t.index_select(0, from_host) for t in (h, rows, offsets)))
-        out.index_copy_(1, from_host.to(device), got.to(device))
+        got = host.read_tokens(*(t.index_select(0, from_host) for t in (h, rows, offsets)))  # pinned on CUDA
+        out.index_copy_(1, from_host.to(device), got.to(device, non_blocking=True))
     if on_disk:
         disk.will_need(layer, on_disk)  # every record's pages asked for before the first read
         at = ((g < 0) & (h < 0)).nonzero().flatten()  # rows whose chunk only the disk holds

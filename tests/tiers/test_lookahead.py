@@ -16,6 +16,7 @@ from offload.eval.recall import natural_ids
 from offload.sparse import SparseConfig
 from offload.store_spec import StoreSpec
 from offload.tiers import store_view
+from offload.tiers.store_view import StoreView
 from offload.tiers.token_cache import TokenCache
 
 N_PROMPT, STEPS, BUDGET = 600, 4, 32
@@ -62,18 +63,37 @@ def test_lookahead_reads_what_the_step_reads_and_fetches_less_on_demand(model, t
     assert kv_on["rounds"] == kv_off["rounds"] == 0
 
 
-def test_a_failed_fetch_raises_and_leaves_its_slots_empty(tmp_path, monkeypatch):
+@pytest.mark.parametrize("threaded", [True, False], ids=["worker", "inline"])
+def test_a_failed_fetch_raises_and_leaves_its_slots_empty(threaded, tmp_path, monkeypatch):
     st = _store(_cfg(20, 10, lookahead=True).replace(disk_dir=str(tmp_path)))
     g = torch.Generator().manual_seed(5)
     q = torch.randn(1, 2 * HKV, 1, D, generator=g)
     for layer in range(L):  # a first step: every layer reads the cache
         decode_attend(st, layer, q, 0.3, None)
     read, dropped, drop = store_view.read_rows, [], TokenCache.drop
+    ahead = threading.local()  # set while the lookahead's fill runs
 
-    def broken(*args, **kwargs):  # the lookahead's reads fail (its worker thread), the step's do not
-        if threading.current_thread().name.startswith("offload-lookahead"):
+    def broken(*args, **kwargs):  # the lookahead's reads fail, the step's do not
+        if getattr(ahead, "on", False):
             raise OSError("a corrupt record")
         return read(*args, **kwargs)
+
+    fetch = StoreView.fetch_ahead
+
+    def flagged(self, layer, guess):  # the fill it returns runs with the flag up, in whatever thread
+        got = fetch(self, layer, guess)
+        if got is None:
+            return None
+        slots, fill = got
+
+        def run():
+            ahead.on = True
+            try:
+                fill()
+            finally:
+                ahead.on = False
+
+        return slots, run
 
     def spy_drop(self, layer, slots):
         dropped.append(slots.clone())
@@ -81,12 +101,18 @@ def test_a_failed_fetch_raises_and_leaves_its_slots_empty(tmp_path, monkeypatch)
 
     monkeypatch.setattr(store_view, "read_rows", broken)
     monkeypatch.setattr(TokenCache, "drop", spy_drop)
+    monkeypatch.setattr(StoreView, "fetch_ahead", flagged)
     sparse = st.sparse_attention
+    sparse.ahead.threaded = threaded  # True: the worker thread, as on CUDA (a CPU fetches inline)
     assert sparse.wants_lookahead(1)
     sparse.lookahead(1, -q, 0.3)  # another query: rows the cache lacks
-    decode_attend(st, 0, q, 0.3, None)  # layer 0 attends, then layer 1's guess is fetched: it fails
-    with pytest.raises(OSError, match="corrupt"):
-        st.append(1, *(torch.randn(1, HKV, 1, D, generator=g) for _ in range(2)))  # waits for it
+    if threaded:
+        decode_attend(st, 0, q, 0.3, None)  # layer 0 attends, then layer 1's guess is fetched: it fails
+        with pytest.raises(OSError, match="corrupt"):
+            st.append(1, *(torch.randn(1, HKV, 1, D, generator=g) for _ in range(2)))  # waits for it
+    else:
+        with pytest.raises(OSError, match="corrupt"):
+            decode_attend(st, 0, q, 0.3, None)
     assert len(dropped) == 1 and (st.token_cache.owner[dropped[0]] == -1).all()
     assert st.layer_len(1) == N  # the append never happened
     monkeypatch.undo()
@@ -112,14 +138,17 @@ def test_ahead_rows_count_once_when_read_and_drop_empties_slots():
     assert hit.tolist() == [[False, False, True, True]] and cache.held(1) == 2
 
 
-@pytest.mark.parametrize("host", [None, 10], ids=["host", "host-and-disk"])
-def test_a_store_fetching_ahead_attends_as_one_that_does_not(host, tmp_path):
+@pytest.mark.parametrize("host,threaded", [(None, False), (10, False), (10, True)],
+                         ids=["host", "host-and-disk", "host-and-disk-worker"])  # fmt: skip
+def test_a_store_fetching_ahead_attends_as_one_that_does_not(host, threaded, tmp_path):
     """Store level, as the engine drives it (the guess for layer l+1 noted before layer l runs, its
     fetch started when layer l has attended, waited for at layer l+1's append): the same outputs
     with and without the lookahead over random KV — guesses half right (the next layer's query plus
     noise). On OFFLOAD_KERNEL_DEVICE (bench/gpu_check.sh: cuda): the worker copies on the copy stream."""
     stores = [_store(_cfg(20, host, lookahead=on).replace(disk_dir=str(tmp_path / str(on)), device=str(DEVICE)),
                      device=DEVICE) for on in (False, True)]  # fmt: skip
+    if threaded:
+        stores[1].sparse_attention.ahead.threaded = True  # the worker thread on a CPU too
     g = torch.Generator().manual_seed(4)
     for _ in range(12):
         ks, vs, qs = ([torch.randn(1, h, 1, D, generator=g).to(DEVICE) for _ in range(L)] for h in (HKV, HKV, 2 * HKV))
