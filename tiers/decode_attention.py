@@ -9,6 +9,9 @@
 - with a token cache (`StoreSpec.token_slots`: the layer's body does not fit its chunk slots), token
   selections read their rows from it (`TokenCache`; its misses fetched from the tiers first): the
   `WorkingSet` on a CPU, `kernels.token_decode_attention` over the cache's slots on CUDA.
+- the lookahead (`lookahead.py`, where a token cache fetches): the engine hands over a guess of the
+  next layer's query before this layer runs; when this layer has attended, the guess's missing rows
+  are fetched (a worker thread and the copy stream on CUDA) — the next step reads the cache as always.
 - the exact fallback, `rounds.attend_rounds`: when the chunks a selection needs outgrow the layer's
   GPU slots (or its tokens the cache's).
 With a rest (SparseConfig.rest) each path also gives its log-sum-exp, and the body tokens a row did

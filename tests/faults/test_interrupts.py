@@ -101,7 +101,10 @@ def test_kill_9_while_spilling_is_reaped_by_the_next_run(model, tmp_path):
 
 
 def test_the_default_spill_root_is_reaped_too(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    from offload.paths import cache_dir
+
+    monkeypatch.setenv("OFFLOAD_CACHE_DIR", str(cache_dir()))  # the converted model is still found there
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the spill root moves
     dead = default_spill_root() / f"offload-spill-{2**22 + random.randrange(1000)}-1000"
     (dead / "store-x").mkdir(parents=True)
     (dead / "store-x" / "layer_000.kv").write_bytes(b"kv")
