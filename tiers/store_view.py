@@ -125,7 +125,7 @@ class StoreView:
         if room <= 0:
             return None
         keys = cache.keys(guess.clamp(min=0))
-        _, hit = cache.lookup(layer, keys, n_body)
+        _, hit = cache.lookup(layer, keys, n_body, guess=True)
         miss = ~hit & (guess >= 0)
         miss &= miss.reshape(-1).cumsum(0).view_as(miss) <= room  # the first `room` in row-major order
         missed = keys.reshape(-1)[miss.reshape(-1)].cpu()  # the wait

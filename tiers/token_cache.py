@@ -61,14 +61,15 @@ class TokenCache:
         self._ident: torch.Tensor | None = None  # slot -> slot, the kernel's "chunk -> slot" map
         self._counts = {"token_hits": 0, "token_misses": 0, "token_resplits": 0, "token_ahead": 0}
         # counted where they happen (no host wait): evictions; hits on rows fetched ahead, not yet read
-        self._evicted = torch.zeros(2, dtype=torch.long, device=self.device)
+        self._on_device = torch.zeros(2, dtype=torch.long, device=self.device)  # [evictions, ahead hits]
         self.ahead = torch.zeros(self.total + 1, dtype=torch.bool, device=self.device)  # fetched ahead, unread
+        self._any_ahead = False  # a row was ever fetched ahead (else lookups skip that count)
 
     @property
     def counters(self) -> dict:
         """Rows read from the cache, fetched into it (on demand; ahead of the step, `admit(ahead=)`),
         evicted from it; rows fetched ahead that a step then read; new splits (a host sync: stats)."""
-        evicted, ahead_hits = self._evicted.tolist()
+        evicted, ahead_hits = self._on_device.tolist()
         return {**self._counts, "token_evictions": evicted, "token_ahead_hits": ahead_hits}
 
     def note_hits(self, n: int) -> None:
@@ -134,9 +135,10 @@ class TokenCache:
     def _range(self, layer: int) -> slice:
         return slice(self.base[layer], self.base[layer] + self.size[layer])
 
-    def lookup(self, layer: int, keys: torch.Tensor, n_body: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup(self, layer: int, keys: torch.Tensor, n_body: int, guess: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(slot, hit) of keys [R, k] of body positions < n_body: slot long [R, k] (meaningless where
-        not hit), hit bool [R, k]. Stamps the hits as read now. Device only: no host sync."""
+        not hit), hit bool [R, k]. Stamps the hits as read now (guess: the keys are a lookahead's
+        guess, not a step's reads: rows fetched ahead stay unread). Device only: no host sync."""
         self._clock += 1
         flat = keys.reshape(-1)
         if self.index == "map":  # a map per (row, position): one read, memory ~ the context
@@ -151,10 +153,11 @@ class TokenCache:
             slot = order.index_select(0, pos) + self.base[layer]
         read = torch.where(hit, slot, torch.full_like(slot, self.total))  # misses: the scratch entry
         self.stamp.scatter_(0, read, self._clock)
-        ahead = self.ahead[self._range(layer)]
-        unread = ahead.sum()  # rows fetched ahead that no step read yet (a pick may repeat: padding)
-        self.ahead.index_fill_(0, read, False)
-        self._evicted[1] += unread - ahead.sum()
+        if self._any_ahead and not guess:
+            ahead = self.ahead[self._range(layer)]
+            unread = ahead.sum()  # rows fetched ahead that no step read yet (a pick may repeat: padding)
+            self.ahead.index_fill_(0, read, False)
+            self._on_device[1] += unread - ahead.sum()
         return slot.view(keys.shape), hit.view(keys.shape)
 
     def admit(self, layer: int, keys: torch.Tensor, miss: torch.Tensor, n_miss: int, ahead: bool = False) -> torch.Tensor:
@@ -170,9 +173,11 @@ class TokenCache:
         part = self._range(layer)
         victims = torch.topk(self.stamp[part], n_miss, largest=False, sorted=False).indices + part.start
         old = self.owner.index_select(0, victims)  # the hits were stamped now, the newest: never victims
-        self._evicted[0] += (old >= 0).sum()  # a victim that held a key (not an empty slot): on the device
+        self._on_device[0] += (old >= 0).sum()  # a victim that held a key (not an empty slot): on the device
         self._counts["token_ahead" if ahead else "token_misses"] += n_miss
-        self.ahead.index_fill_(0, victims, ahead)
+        if ahead or self._any_ahead:
+            self.ahead.index_fill_(0, victims, ahead)
+            self._any_ahead = True
         new_keys = keys.reshape(-1)[miss.reshape(-1)]
         if self.index == "map":
             where = self._map[layer]  # [R, W + 1]: the last column a scratch entry (row 0's: W)

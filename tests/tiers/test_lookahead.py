@@ -129,6 +129,8 @@ def test_ahead_rows_count_once_when_read_and_drop_empties_slots():
     assert cache.room(1) == 6
     new = cache.admit(1, keys, ~hit, 4, ahead=True)
     cache.write(new, torch.ones(2, 4, 4))
+    _, hit = cache.lookup(1, keys, 16, guess=True)  # a guess finds them held: not a read
+    assert hit.all() and cache.counters["token_ahead_hits"] == 0
     slot, hit = cache.lookup(1, keys[:, :3], 16)
     assert hit.all() and cache.counters["token_ahead"] == 4 and cache.counters["token_ahead_hits"] == 3
     cache.lookup(1, keys, 16)  # read again: counted once; the fourth now read for the first time
