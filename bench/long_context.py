@@ -10,9 +10,10 @@ prefill, so the split over layers is uniform: no prompt statistics), then --step
 timed one by one (median, after 2 warm-up steps). Per row: tok/s; layers per step that read in
 rounds from the tiers (their selection's chunks outgrew the slots: bench/results/chunk-union-smollm2.md)
 and the host's wait for selection ids (stall); the floor = weights + what the step reads on the GPU (selection, summaries, rest, sinks + window) at the measured device-copy GB/s +
-the bytes it missed at the measured pinned host-to-device GB/s; decode ÷ floor; hit rate and misses
-per step (chunks, or single rows where a token cache holds the hot set: tiers/token_cache.py) and
-their MB; peak GPU (allocator), host (RSS) and disk. `--prefill-lengths`: a real layer-major prefill
+the bytes it fetched (on demand and ahead) at the measured pinned host-to-device GB/s; decode ÷
+floor; hit rate and misses per step (chunks, or single rows where a token cache holds the hot set:
+tiers/token_cache.py) and their MB; rows fetched a layer ahead (tiers/lookahead.py; `--lookahead
+off` to compare); peak GPU (allocator), host (RSS) and disk. `--prefill-lengths`: a real layer-major prefill
 of random ids, timed. In the same run: HF `DynamicCache(offloading=True)` decode (sdpa) at
 --hf-lengths, filled the same way, and offload exact (`dense`) at --dense-lengths.
 `--tiny`: a 2-layer model on the CPU at 1k and 2k in seconds, the same code (a test runs it).
@@ -102,7 +103,8 @@ def configure(hf, ctx: int, a, budget="auto"):
                     dtype=hf.dtype, device=hf.device)  # fmt: skip
 
     def plan_for(b):
-        return fit_rest(base if b is None else base.replace(sparse=SparseConfig(budget=b)), plan_of)
+        ahead = {"auto": None, "on": True, "off": False}[getattr(a, "lookahead", "auto")]
+        return fit_rest(base if b is None else base.replace(sparse=SparseConfig(budget=b, lookahead=ahead)), plan_of)
 
     if budget == "auto":
         choice, config, memory = choose_decode(plan_for)
@@ -156,14 +158,15 @@ def decode_row(model, memory, reason, n: int, a, bw: dict) -> dict:
         after = store.stats()
         step = statistics.median(times[2:])
         lay = store.layout
-        counters = ("hits", "misses", "token_hits", "token_misses", "rounds", "stall_s")
+        counters = ("hits", "misses", "token_hits", "token_misses", "token_ahead", "rounds", "stall_s", "ahead_wait_s")
         c = {k: (after.get(k, 0) - before.get(k, 0)) / a.steps for k in counters}
         sparse = model.config.sparse
         n_layers, n_kv, d = model.kv_shape()
         tok_bytes = n_layers * 2 * n_kv * d * model.dtype.itemsize
         budget = store.selector.token_budget(0, n) if sparse is not None else n
         read = min(n, budget + lay.sinks + model.config.window) * tok_bytes + memory.abstracts_bytes
-        miss_bytes = c["misses"] * lay.chunk_bytes + c["token_misses"] * 2 * d * model.dtype.itemsize  # chunks, rows
+        rows = c["token_misses"] + c["token_ahead"]  # rows fetched on demand and ahead both cross PCIe
+        miss_bytes = c["misses"] * lay.chunk_bytes + rows * 2 * d * model.dtype.itemsize  # chunks, rows
         hits, misses = c["hits"] + c["token_hits"], c["misses"] + c["token_misses"]  # a token cache's: rows
         weights = sum(p.numel() * p.element_size() for p in model.hf.parameters())
         floor = (weights + read) / (bw["hbm_gbps"] * 1e9) + miss_bytes / (bw["h2d_gbps"] * 1e9)
@@ -174,6 +177,7 @@ def decode_row(model, memory, reason, n: int, a, bw: dict) -> dict:
             "miss_mb_per_step": round(miss_bytes / 2**20, 3),
             "hot_set": "rows" if getattr(store, "token_cache", None) is not None else "chunks",
             "rounds_per_step": round(c["rounds"], 1), "stall_ms": round(c["stall_s"] * 1e3, 2),
+            "ahead_per_step": round(c["token_ahead"], 1), "ahead_wait_ms": round(c["ahead_wait_s"] * 1e3, 2),
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated(dev) / GIB, 2) if dev.type == "cuda" else 0.0,
             "peak_host_gib": round(_peak_host() / GIB, 2), "disk_gib": round(after.get("disk_bytes", 0) / GIB, 3),
             "fill_s": round(fill_s, 1), "why": reason,
@@ -260,6 +264,7 @@ def main(argv=None) -> int:
     ap.add_argument("--disk-dir", default=None)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU at 1k/2k: the same code")
     ap.add_argument("--json", default=None, help="append one JSON row per measurement to this file")
+    ap.add_argument("--lookahead", choices=("auto", "on", "off"), default="auto", help="SparseConfig.lookahead")
     a = ap.parse_args(argv)
     if a.tiny:
         a.lengths, a.prefill_lengths, a.hf_lengths, a.dense_lengths, a.steps = "1k,2k", "1k", "1k", "1k", 3
@@ -288,7 +293,7 @@ def main(argv=None) -> int:
     for n in _count(a.prefill_lengths):
         rows.append(prefill_row(configure(hf, n + 8, a)[0], n))
     cols = ["row", "ctx", "tok_s", "step_ms", "floor_ms", "decode_over_floor", "hit_rate", "misses_per_step",
-            "miss_mb_per_step", "rounds_per_step", "stall_ms", "peak_gpu_gib", "peak_host_gib", "disk_gib", "seconds"]  # fmt: skip
+            "miss_mb_per_step", "rounds_per_step", "stall_ms", "ahead_per_step", "peak_gpu_gib", "peak_host_gib", "disk_gib", "seconds"]  # fmt: skip
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r.get(k, "")) for k in cols) + " |")
