@@ -18,9 +18,9 @@ select_every: decode steps a layer keeps its selection (1 = choose afresh each s
     on a CPU and misses what a later query turns to).
 lookahead: where a token cache fetches rows (the context outgrows the GPU hot set), fetch the rows
     a layer is expected to pick while the layer below runs (`tiers/lookahead.py`); what the step
-    reads is the same either way. None (auto): on CUDA, where a fetch crosses PCIe; off on a CPU,
-    where the hot set and the host pool share memory and the guess costs more than the copy it
-    hides (bench/results/lookahead/).
+    reads is the same either way. None (auto): on CUDA, where a fetch crosses PCIe while the GPU
+    computes; off on a CPU, where the hot set and the host pool share memory and fetching the
+    guess's rows costs more than the copies it takes off the step's path (bench/results/lookahead/).
 What each default buys: bench/results/sparse-smollm2.md.
 """
 
