@@ -19,6 +19,32 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cpus"
 
 
+def sync(device) -> None:
+    """Wait for the device (CUDA); nothing on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_gbps(device, host: bool) -> float:
+    """GB/s of a device-to-device copy (bytes read + written) or a pinned host-to-device copy."""
+    import torch
+
+    n = (256 << 20) if host or device.type == "cpu" else (1 << 30)
+    src = torch.empty(n, dtype=torch.uint8, pin_memory=host and device.type == "cuda")
+    src = src if host else src.to(device)
+    dst = torch.empty(n, dtype=torch.uint8, device=device)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src, non_blocking=True)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return n * (1 if host else 2) / best / 1e9
+
+
 def add_sparse_args(ap, policies: str, budgets: str, json_rows: str) -> None:
     """The options every sparse-decode bench takes (policies, budgets, prompt seed, threads, JSON)."""
     ap.add_argument("--policies", default=policies, help="comma list; POLICY+SPLIT sets the split over layers (uniform, squeeze; default adaptive), POLICY/REST the rest (none, k4v2, ...)")

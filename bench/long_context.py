@@ -12,8 +12,8 @@ rounds from the tiers (their selection's chunks outgrew the slots: bench/results
 and the host's wait for selection ids (stall); the floor = weights + what the step reads on the GPU (selection, summaries, rest, sinks + window) at the measured device-copy GB/s +
 the bytes it fetched (on demand and ahead) at the measured pinned host-to-device GB/s; decode ÷
 floor; hit rate and misses per step (chunks, or single rows where a token cache holds the hot set:
-tiers/token_cache.py) and their MB; rows fetched a layer ahead (tiers/lookahead.py; `--lookahead
-off` to compare); peak GPU (allocator), host (RSS) and disk. `--prefill-lengths`: a real layer-major prefill
+tiers/token_cache.py) and their MB; rows fetched a layer ahead (tiers/lookahead.py; on by default
+on CUDA, and --ahead-off-lengths again without it); peak GPU (allocator), host (RSS) and disk. `--prefill-lengths`: a real layer-major prefill
 of random ids, timed. In the same run: HF `DynamicCache(offloading=True)` decode (sdpa) at
 --hf-lengths, filled the same way, and offload exact (`dense`) at --dense-lengths.
 `--tiny`: a 2-layer model on the CPU at 1k and 2k in seconds, the same code (a test runs it).
@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import copy_gbps  # noqa: E402
+from _common import sync as _sync  # noqa: E402
 
 GIB = 1 << 30
 LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -46,27 +48,6 @@ LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
 TINY = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=False)
 SLICE = 8192  # tokens of random KV made at a time
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def copy_gbps(device, host: bool) -> float:
-    """GB/s of a device-to-device copy (bytes read + written) or a pinned host-to-device copy."""
-    n = (256 << 20) if host or device.type == "cpu" else (1 << 30)
-    src = torch.empty(n, dtype=torch.uint8, pin_memory=host and device.type == "cuda")
-    src = src if host else src.to(device)
-    dst = torch.empty(n, dtype=torch.uint8, device=device)
-    best = float("inf")
-    for _ in range(5):
-        _sync(device)
-        t0 = time.perf_counter()
-        dst.copy_(src, non_blocking=True)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return n * (1 if host else 2) / best / 1e9
 
 
 def build(geometry: dict, device, dtype):
@@ -88,8 +69,9 @@ def build(geometry: dict, device, dtype):
     return hf.eval()
 
 
-def configure(hf, ctx: int, a, budget="auto"):
-    """(OffloadModel, plan, decode reason) at ctx: budget "auto" as offload-chat decides, None exact."""
+def configure(hf, ctx: int, a, budget="auto", lookahead=None):
+    """(OffloadModel, plan, decode reason) at ctx: budget "auto" as offload-chat decides, None exact;
+    lookahead: SparseConfig.lookahead (None: auto)."""
     from offload.config import OffloadConfig, SparseConfig
     from offload.decode_choice import choose_decode, fit_rest
     from offload.model import OffloadModel
@@ -103,8 +85,7 @@ def configure(hf, ctx: int, a, budget="auto"):
                     dtype=hf.dtype, device=hf.device)  # fmt: skip
 
     def plan_for(b):
-        ahead = {"auto": None, "on": True, "off": False}[getattr(a, "lookahead", "auto")]
-        return fit_rest(base if b is None else base.replace(sparse=SparseConfig(budget=b, lookahead=ahead)), plan_of)
+        return fit_rest(base if b is None else base.replace(sparse=SparseConfig(budget=b, lookahead=lookahead)), plan_of)
 
     if budget == "auto":
         choice, config, memory = choose_decode(plan_for)
@@ -264,10 +245,11 @@ def main(argv=None) -> int:
     ap.add_argument("--disk-dir", default=None)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU at 1k/2k: the same code")
     ap.add_argument("--json", default=None, help="append one JSON row per measurement to this file")
-    ap.add_argument("--lookahead", choices=("auto", "on", "off"), default="auto", help="SparseConfig.lookahead")
+    ap.add_argument("--ahead-off-lengths", default="128k", help="decode rows again with the lookahead off")
     a = ap.parse_args(argv)
     if a.tiny:
         a.lengths, a.prefill_lengths, a.hf_lengths, a.dense_lengths, a.steps = "1k,2k", "1k", "1k", "1k", 3
+        a.ahead_off_lengths = "2k"
     a.gpu_mem = parse_bytes(a.gpu_mem)
     a.host_mem = parse_bytes(a.host_mem) if a.host_mem else None
     device = torch.device("cuda" if torch.cuda.is_available() and not a.tiny else "cpu")
@@ -286,6 +268,9 @@ def main(argv=None) -> int:
     rows = []
     for n in _count(a.lengths):
         rows.append(decode_row(*configure(hf, n + a.steps + 8, a), n, a, bw))
+    for n in _count(a.ahead_off_lengths):  # the lookahead's worth: the same row without it
+        r = decode_row(*configure(hf, n + a.steps + 8, a, lookahead=False), n, a, bw)
+        rows.append({**r, "row": r["row"] + ", lookahead off"})
     for n in _count(a.dense_lengths):
         rows.append(decode_row(*configure(hf, n + a.steps + 8, a, budget=None), n, a, bw))
     for n in _count(a.hf_lengths):

@@ -24,12 +24,15 @@ def test_gpu_check_cpu_smoke(tmp_path):
     assert " passed" in (out / "kernels.txt").read_text()
     rows = [json.loads(line) for line in (out / "long_context.jsonl").read_text().splitlines()]
     by = {(r["row"], r["ctx"]) for r in rows}
-    assert by == {("exact", 1000), ("sparse 1/16", 2000), ("HF DynamicCache", 1000), ("prefill", 1000)}
+    assert by == {("exact", 1000), ("sparse 1/16", 2000), ("sparse 1/16, lookahead off", 2000), ("HF DynamicCache", 1000),
+                  ("prefill", 1000)}  # fmt: skip
     sparse = next(r for r in rows if r["row"] == "sparse 1/16")
     assert sparse["misses_per_step"] > 0 and 0 < sparse["hit_rate"] < 1  # the hot set holds 3/4 of the KV
     assert sparse["hot_set"] == "rows" and sparse["miss_mb_per_step"] > 0  # as single rows: a token cache
     assert sparse["floor_ms"] > 0 and sparse["decode_over_floor"] > 0 and "--budget auto" in sparse["why"]
     assert sparse["rounds_per_step"] >= 0 and sparse["stall_ms"] >= 0
+    off = next(r for r in rows if r["row"] == "sparse 1/16, lookahead off")  # on a CPU the default is off too
+    assert off["ahead_per_step"] == sparse["ahead_per_step"] == 0 and off["misses_per_step"] > 0
     exact = [r for r in rows if r["row"] == "exact"]
     assert len(exact) == 2 and all(r["hit_rate"] == 1.0 and r["misses_per_step"] == 0 for r in exact)
     assert all(r["tok_s"] > 0 for r in rows)
