@@ -3,7 +3,8 @@ stalls the pipeline): decode steps of the real model run with every tensor-to-ho
 raise, across a re-split of the budget (a fraction: the uniform budget grows with the context), for
 the default policy with and without the rest, single tokens and chunks, a chunk policy and a budget
 in tokens; the patched steps give the logits an unpatched store gives. Every chunk is resident here:
-a miss is still fetched by Python (`tiers/decode_attention.py`) until the pipelined fetch lands."""
+a miss is fetched by Python (`tiers/decode_attention.py`; a lookahead's guess a layer ahead,
+`tiers/lookahead.py`, with one wait for its ids)."""
 
 import contextlib
 
