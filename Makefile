@@ -18,8 +18,8 @@ DEMO_QUESTION ?= How old is the lighthouse?
 OLDEST_VENV ?= .venv-oldest
 OLDEST_LOCK ?= requirements-oldest.lock
 HF_TESTS ?= tests/test_engine.py tests/test_generate.py tests/test_chat.py tests/test_chat_session.py \
-	tests/test_loading.py tests/test_packaging.py tests/test_session.py tests/test_session_sparse.py \
-	tests/tiers/test_tier_generate.py tests/eval/test_eval_smoke.py tests/cli tests/serve
+	tests/test_loading.py tests/test_packaging.py tests/test_session.py tests/test_session_sparse.py tests/test_next_query.py \
+	tests/tiers/test_tier_generate.py tests/tiers/test_lookahead.py tests/eval/test_eval_smoke.py tests/cli tests/serve
 LATEST_VENV ?= .venv-latest
 
 # The second embedded model (Gemma-3-270M, four part wheels + a metapackage naming the GGUF's sha256;

@@ -144,11 +144,7 @@ class Selector:
         """Unit ids per row [B*Hkv, k] for q [B, H, D] (one decode query) — chunk ids, or body token
         ids — or None = the budget covers every unit (attend densely). scaling: the attention's
         logit scale (default D^-0.5)."""
-        c = self.geometry.chunk
-        if self.tokens:
-            k, units = self.token_budget(layer, n_tokens), n_chunks * c
-        else:
-            k, units = self.chunk_budget(layer, n_tokens), n_chunks
+        k, units = self._size(layer, n_chunks, n_tokens)
         if k >= units:
             return None
         whole = self.is_whole(layer, n_chunks, n_tokens)
@@ -172,16 +168,18 @@ class Selector:
         """What `select` would pick for q [B, H, D] made afresh, with nothing recorded (kept
         selections, counters, the policy's state): a lookahead's guess from a query to come
         (`offload.next_query`). None where `select` would attend densely or read the layer whole."""
-        c = self.geometry.chunk
-        if self.tokens:
-            k, units = self.token_budget(layer, n_tokens), n_chunks * c
-        else:
-            k, units = self.chunk_budget(layer, n_tokens), n_chunks
+        k, units = self._size(layer, n_chunks, n_tokens)
         if k >= units or self.is_whole(layer, n_chunks, n_tokens):
             return None
         rows_k = self.row_budgets(layer, n_tokens) if self.tokens else None
         scale = q.shape[-1] ** -0.5 if scaling is None else scaling
         return self._choose(layer, q, n_chunks, units, k, scale, rows_k, False, record=False)
+
+    def _size(self, layer: int, n_chunks: int, n_tokens: int) -> tuple[int, int]:
+        """(units the layer's budget allows, units its body has): tokens, or chunks."""
+        if self.tokens:
+            return self.token_budget(layer, n_tokens), n_chunks * self.geometry.chunk
+        return self.chunk_budget(layer, n_tokens), n_chunks
 
     def _choose(self, layer, q, n_chunks, units, k, scaling, rows_k, whole, record=True) -> torch.Tensor:
         g = self.geometry
