@@ -157,3 +157,10 @@ def test_older_transformers_are_refused_clearly():
     check_transformers(embedded("smollm2"), "5.17.0")
     with pytest.raises(offload.ModelFileError, match="needs transformers >= 5.25"):
         check_transformers(embedded("gemma3-270m"), "5.17.0")
+
+
+def test_next_query_reads_the_query_through_gemmas_attention(gemma):
+    """q norm, a rotary table per layer type and Gemma's own scale: the lookahead's query is the query."""
+    from test_next_query import check_next_query  # tests/ is on sys.path (rootdir import)
+
+    check_next_query(gemma)
