@@ -96,7 +96,7 @@ def measure(model, ids: list[int], budget, new: int) -> dict:
             for layer, (chosen, q, n_chunks, n_tokens, scaling) in seen.items():
                 if layer - 1 not in inputs or layer not in prev or layer - 1 not in cur:
                     continue
-                h, kw = inputs[layer - 1]  # layer l-1's input, at layer l's position embedding
+                h = inputs[layer - 1][0]  # layer l-1's input, at layer l's position embedding
                 q_ahead, _ = next_query(engine._layers[layer], h, inputs[layer][1]["position_embeddings"],
                                         engine._cache_kw)  # fmt: skip
                 guess = sel.predict(layer, q_ahead[:, :, 0].contiguous(), n_chunks, n_tokens, scaling)

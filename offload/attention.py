@@ -123,7 +123,7 @@ class DecodePass:
     def wants_lookahead(self, layer: int) -> bool:
         """The store's sparse step would fetch `layer`'s guessed rows ahead (`tiers/lookahead.py`)."""
         sparse = getattr(self.store, "sparse_attention", None)
-        return sparse is not None and getattr(sparse, "wants_lookahead", None) is not None and sparse.wants_lookahead(layer)
+        return sparse is not None and sparse.wants_lookahead(layer)
 
     def lookahead(self, layer: int, q: torch.Tensor, scaling: float) -> None:
         """q [B, H, 1, D]: the query `layer` is expected to ask, before the layer below runs."""

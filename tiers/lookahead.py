@@ -46,8 +46,7 @@ class Lookahead:
         """Layer `after` has attended: start the fetch of layer after + 1's guessed rows."""
         pending, self._pending = self._pending, None
         if pending is None or pending[0] != after + 1:
-            return
-        self.settle()
+            return  # (the fetch before was waited for when layer `after` attended)
         layer, q, scaling = pending
         st = self.store
         n_tokens = st.layer_len(layer) + 1  # what the layer will hold once this step's token is in
@@ -57,11 +56,7 @@ class Lookahead:
             return
         slots, fill = got
         if not self.threaded:
-            try:
-                fill()
-            except BaseException:
-                self.store.token_cache.drop(layer, slots)
-                raise
+            self._wait(layer, slots, fill)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offload-lookahead")
@@ -76,13 +71,18 @@ class Lookahead:
         layer, slots, future = inflight
         t0 = time.perf_counter()
         try:
-            future.result()
-        except BaseException:
-            self.store.token_cache.drop(layer, slots)
-            raise
+            self._wait(layer, slots, future.result)
         finally:
             self.counters["ahead_wait_s"] += time.perf_counter() - t0
         self.store.ready(layer)
+
+    def _wait(self, layer: int, slots: torch.Tensor, done) -> None:
+        """done(): the fill, or its end; a failure leaves the admitted slots empty and is raised."""
+        try:
+            done()
+        except BaseException:
+            self.store.token_cache.drop(layer, slots)
+            raise
 
     def close(self) -> None:
         """Wait for the fetch in flight and stop the worker (idempotent)."""
